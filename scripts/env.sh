@@ -1,0 +1,9 @@
+# Sourced by the Makefile and scripts: offline model loading and every telemetry switch off.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export DO_NOT_TRACK=true
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export MLFLOW_DISABLE_TELEMETRY=true
+export BENTOML_DO_NOT_TRACK=true
+export TOKENIZERS_PARALLELISM=false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}
