@@ -21,17 +21,474 @@ app.add_typer(pipeline_app, name="pipeline")
 
 # ---------------------------------------------------------------- data: ingest, quarantine (store.py) --------
 
+def _store(url: str | None):
+    from mixllm.store import Store
+
+    return Store(url)
+
+
+def _console():
+    """A rich console at least 140 columns wide, so tables stay readable when piped or logged."""
+    from rich.console import Console
+
+    return Console(width=max(Console().width, 140))
+
+
+@app.command()
+def ingest(
+    paths: list[str] = typer.Argument(
+        ..., help="Log files: canonical .csv/.csv.gz/.jsonl/.parquet or RouterBench wide CSV."),
+    store: str | None = typer.Option(
+        None, "--store", help="SQLAlchemy URL (default: MIXLLM_STORE_URL or SQLite in home)."),
+    feedback: bool = typer.Option(False, "--feedback", help="The files hold feedback rows, not interaction logs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON lines instead of a table."),
+) -> None:
+    """Validate files against the data contracts and land them: bad rows to quarantine, repeats counted once."""
+    import json
+    from pathlib import Path
+
+    from rich.table import Table
+
+    reports = _store(store).ingest(paths, kind="feedback" if feedback else "log")
+    if as_json:
+        for r in reports:
+            typer.echo(json.dumps(r.as_dict()))
+        return
+    table = Table(title="mixllm ingest")
+    for col in ("file", "batch", "rows", "accepted", "quarantined", "duplicate", "rows/s"):
+        table.add_column(col, justify="left" if col in ("file", "batch") else "right", no_wrap=col != "file")
+    for r in reports:
+        table.add_row(Path(r.path).name, r.batch_id, str(r.rows_read), str(r.accepted), str(r.quarantined),
+                      str(r.duplicate),
+                      "seen file" if r.seen_before else f"{r.rows_read / r.seconds:,.0f}" if r.seconds > 0 else "-")
+    total = [sum(getattr(r, f) for r in reports) for f in ("rows_read", "accepted", "quarantined", "duplicate")]
+    table.add_row("total", "", *map(str, total), "")
+    _console().print(table)
+
+
+@app.command()
+def quarantine(
+    batch: str | None = typer.Option(None, "--batch", help="Only rows of this ingest batch id."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many rows (0: all)."),
+    store: str | None = typer.Option(None, "--store", help="SQLAlchemy URL of the store."),
+    as_json: bool = typer.Option(False, "--json", help="Print rows as JSON lines (reason and the raw row)."),
+) -> None:
+    """List quarantined rows with the expectation that failed and why (--batch takes an id or its prefix)."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    df = _store(store).quarantine(batch_id=batch, limit=limit + 1 if limit else None)
+    more = bool(limit) and len(df) > limit
+    df = df.iloc[:limit] if limit else df
+    if as_json:
+        typer.echo(df.to_json(orient="records", lines=True, date_format="iso", force_ascii=False), nl=False)
+        return
+    table = Table(title=f"mixllm quarantine ({len(df)} rows shown)")
+    for col in ("batch", "file:row", "column", "reason"):
+        table.add_column(col, overflow="fold", no_wrap=col == "batch")
+    for r in df.itertuples():
+        table.add_row(r.batch_id[:12], f"{Path(r.source).name}:{r.row_number}", r.column_name, r.reason)
+    _console().print(table)
+    if more:
+        typer.echo(f"more rows than --limit {limit}: use --limit 0 to list all", err=True)
+
+
+@app.command()
+def batches(
+    store: str | None = typer.Option(None, "--store", help="SQLAlchemy URL of the store."),
+) -> None:
+    """List ingest batches: file, digest and accepted / quarantined / duplicate counts."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    df = _store(store).batches()
+    table = Table(title=f"mixllm ingest batches ({len(df)})")
+    for col in ("batch", "file", "sha256", "finished (UTC)", "rows", "accepted", "quarantined", "duplicate"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("batch", "sha256"))
+    for r in df.itertuples():
+        table.add_row(r.batch_id[:12], f"{Path(r.source).name} ({r.kind})", (r.file_digest or "")[:12],
+                      f"{r.finished_at:%Y-%m-%d %H:%M:%S}",
+                      str(r.rows_read), str(r.accepted), str(r.quarantined), str(r.duplicate))
+    _console().print(table)
+
+
 
 # ---------------------------------------------------------------- router: train, route (router.py) -----------
+
+def _router_config(base: str | None, **overrides):
+    """RouterConfig from an optional JSON file plus the CLI's explicit overrides (None = keep)."""
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from mixllm.exceptions import ConfigError
+    from mixllm.router import RouterConfig
+
+    try:
+        fields = json.loads(Path(base).read_text()) if base else {}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return RouterConfig(**fields)
+    except (OSError, json.JSONDecodeError, ValidationError) as e:
+        raise ConfigError(f"invalid router config ({e}); see `mixllm.router.RouterConfig` for the fields") from e
+
+
+@app.command()
+def train(
+    data: list[str] = typer.Option(..., "--data", help="Log files (any accepted format); repeat for several."),
+    out: str = typer.Option(..., "--out", help="Directory to write the router artifact to."),
+    config: str | None = typer.Option(None, "--config", help="JSON file of RouterConfig fields."),
+    epochs: int | None = typer.Option(None, "--epochs", min=0, help="Encoder fine-tuning epochs."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (fine-tuning, LightGBM)."),
+    tag_enhanced: bool | None = typer.Option(None, "--tag-enhanced/--no-tag-enhanced",
+                                             help="Fine-tune the encoder with the tag losses (default: on)."),
+    max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Encoder max tokens per prompt."),
+    catalogue: str | None = typer.Option(None, "--catalogue", help="LLM catalogue YAML (default: bundled)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a router from interaction logs (validated; bad rows are skipped) and save the artifact to --out."""
+    import json
+    import time
+
+    from mixllm.catalogue import load_catalogue
+    from mixllm.data import load_training_log
+    from mixllm.router import MixLLMRouter
+
+    cfg = _router_config(config, epochs=epochs, seed=seed, tag_enhanced=tag_enhanced,
+                         max_seq_length=max_seq_length, progress=False if quiet else None)
+    start = time.perf_counter()
+    log = load_training_log(data)
+    router = MixLLMRouter(cfg, load_catalogue(catalogue)).fit(log)
+    path = router.save(out)
+    summary = {"router_version": router.version, "out": str(path), "rows": len(log),
+               "queries": router.manifest["n_queries"], "models": list(router.models), "tags": list(router.tags),
+               "seconds": round(time.perf_counter() - start, 1)}
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def route(
+    router_dir: str = typer.Option(..., "--router", help="Router artifact directory (from `mixllm train`)."),
+    wtp: str = typer.Option(..., "--wtp", help="Willingness to pay, USD per unit of quality; comma-separated list."),
+    allowed_models: str | None = typer.Option(None, "--allowed-models", help="Comma-separated model names."),
+    max_cost: float | None = typer.Option(None, "--max-cost", min=0, help="Most a query may cost (USD)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts embedded per batch."),
+) -> None:
+    """Route JSON lines {"id", "prompt"} from stdin; one JSON line per prompt and wtp on stdout (greedy, no state change).
+
+    A line that is not valid JSON, lacks a prompt, or cannot be routed gives {"line": N, "id": ..., "error": ...}
+    in its place, and the stream goes on (good lines are never lost); the exit status is then 1.
+    """
+    import json
+
+    from mixllm.exceptions import RoutingError
+    from mixllm.router import MixLLMRouter
+    from mixllm.schemas import RouteConstraints
+
+    try:
+        wtps = [float(w) for w in wtp.split(",") if w.strip()]
+    except ValueError as e:
+        raise RoutingError(f"--wtp must be numbers separated by commas, got {wtp!r}") from e
+    if not wtps or any(not w > 0 for w in wtps):
+        raise RoutingError(f"--wtp needs positive numbers, got {wtp!r}")
+    constraints = None
+    if allowed_models or max_cost is not None:
+        names = tuple(m.strip() for m in allowed_models.split(",")) if allowed_models else None
+        constraints = RouteConstraints(allowed_models=names, max_cost_usd=max_cost)
+    router = MixLLMRouter.load(router_dir)
+    router.catalogue.check_known(constraints.allowed_models if constraints and constraints.allowed_models else ())
+    failed = False
+
+    def emit(obj: dict) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+
+    def flush(items: list) -> None:
+        nonlocal failed
+        good = [(n, r) for n, r in items if "error" not in r]
+        results: dict[int, list[dict]] = {}
+        if good:
+            pred = router.predict([r["prompt"] for _, r in good])
+            for w in wtps:
+                for k, (n, r) in enumerate(good):
+                    try:  # one prompt at a time so one unroutable prompt does not sink the batch
+                        qid = None if r["id"] is None else str(r["id"])
+                        d = router.decide(_row(pred, k), w, constraints, query_ids=[qid])[0]
+                        results.setdefault(n, []).append(
+                            {"id": r["id"], "wtp": w, "model": d.model, "router_version": d.router_version,
+                             "candidates": [c.model_dump() for c in d.candidates]})
+                    except RoutingError as e:
+                        results.setdefault(n, []).append({"line": n, "id": r["id"], "wtp": w, "error": str(e)})
+        for n, r in items:
+            for obj in ([r] if "error" in r else results[n]):
+                failed |= "error" in obj
+                emit(obj)
+        sys.stdout.flush()
+
+    def _row(pred, k):
+        from dataclasses import replace
+
+        sl = slice(k, k + 1)
+        return replace(pred, quality=pred.quality[sl], completion_tokens=pred.completion_tokens[sl],
+                       cost=pred.cost[sl], embeddings=pred.embeddings[sl],
+                       prompt_tokens=None if pred.prompt_tokens is None else pred.prompt_tokens[sl])
+
+    pending: list = []
+    for n, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+                raise ValueError('expected an object with a non-empty string "prompt"')
+            pending.append((n, {"id": obj.get("id"), "prompt": obj["prompt"]}))
+        except ValueError as e:
+            pending.append((n, {"line": n, "id": None, "error": f"line {n}: {e}"}))
+        if len(pending) >= batch_size:
+            flush(pending)
+            pending = []
+    flush(pending)
+    if failed:
+        raise typer.Exit(1)
+
 
 
 # ---------------------------------------------------------------- evaluation: evaluate (evaluation.py) -------
 
+@app.command()
+def evaluate(
+    router: str | None = typer.Option(None, "--router", help="Router artifact directory (omit: baselines only)."),
+    data: list[str] = typer.Option(..., "--data", help="Test log files (any accepted format); repeat for several."),
+    json_out: str = typer.Option(..., "--json", help="Write the full report (JSON) here."),
+    plot: str | None = typer.Option(None, "--plot", help="Write the frontier plot (PNG) here."),
+    markdown: str | None = typer.Option(None, "--markdown", help="Write the markdown table here."),
+    wtp: list[float] | None = typer.Option(None, "--wtp", help="Willingness-to-pay sweep values (repeat); "
+                                           "default: 121 points from 1e-8 to 1e2 dollars per unit quality."),
+    reference: str | None = typer.Option(None, "--reference", help="Reference model (default: most expensive)."),
+    train: list[str] | None = typer.Option(None, "--train", help="Train logs for task_prior/knn/tfidf_lgbm/"
+                                           "plain_router baselines (repeat)."),
+    baselines: str = typer.Option("single,random,oracle,task_prior", "--baselines",
+                                  help="Comma-separated: single,random,oracle,task_prior,knn,tfidf_lgbm,"
+                                       "plain_router (or 'none')."),
+    latency: bool = typer.Option(False, "--latency/--no-latency", help="Add the latency-constrained replay."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random baseline, the ablation and the replay."),
+) -> None:
+    """Replay test logs through a router over a willingness-to-pay sweep, next to baselines; JSON/PNG/markdown."""
+    import json
+    from pathlib import Path
+
+    from mixllm.data import load_training_log
+    from mixllm.evaluation import evaluate as run_evaluation
+
+    chosen = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
+    model = None
+    if router is not None:
+        from mixllm.router import MixLLMRouter
+
+        model = MixLLMRouter.load(router)
+    latency_cfg = None
+    if latency:
+        from mixllm.baselines import LatencyConfig
+
+        latency_cfg = LatencyConfig(seed=seed)
+    try:
+        report = run_evaluation(model, load_training_log(data), wtps=wtp or None, reference=reference,
+                                baselines=chosen, train_log=load_training_log(train) if train else None,
+                                seed=seed, latency=latency_cfg)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(report.to_json(), encoding="utf-8")
+    if plot:
+        report.plot(plot)
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(report.to_markdown(), encoding="utf-8")
+    headline = {k: v for k, v in report.summary.items() if "/" not in k}
+    typer.echo(json.dumps({"json": json_out, **{k: round(v, 4) for k, v in headline.items()}}))
+
 
 # ---------------------------------------------------------------- registry: pipeline, promote, rollback ------
 
+def _registry():
+    from mixllm.registry import Registry
+
+    return Registry()
+
+
+def _who(who: str | None) -> str:
+    import getpass
+
+    return who or getpass.getuser()
+
+
+def _follow(version: str, service_url: str | None) -> None:
+    """Tell a running service to reload now (it also polls the alias every few seconds)."""
+    if not service_url:
+        typer.echo("a running service picks the new champion up at its next alias poll (MIXLLM_POLL_SECONDS, 5 s)")
+        return
+    from mixllm.config import get_settings
+    from mixllm.pipeline import deploy, load_pipeline_config
+
+    result = deploy(version, get_settings(), load_pipeline_config(service_url=service_url))
+    typer.echo(result.message)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+_SERVICE_URL = typer.Option(None, "--service-url", envvar="MIXLLM_PIPELINE_SERVICE_URL",
+                            help="Running service to reload at once (POST /admin/reload with MIXLLM_ADMIN_TOKEN).")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: str | None = typer.Option(None, "--config", help="Pipeline YAML (PipelineConfig fields)."),
+    max_train_queries_per_task: int | None = typer.Option(None, help="Subsample the training snapshot."),
+    max_test_queries_per_task: int | None = typer.Option(None, help="Subsample the held-out slice."),
+    service_url: str | None = _SERVICE_URL,
+) -> None:
+    """Run the nightly flow once, now, on Prefect's ephemeral API (no server needed); prints the versions."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from mixllm.pipeline import REPO_ROOT
+
+    if not (REPO_ROOT / "flows" / "nightly.py").is_file():
+        raise MixLLMError(f"flows/nightly.py not found under {REPO_ROOT}: run from a source checkout of mixllm")
+    env = dict(os.environ)
+    for key, value in (("MAX_TRAIN_QUERIES_PER_TASK", max_train_queries_per_task),
+                       ("MAX_TEST_QUERIES_PER_TASK", max_test_queries_per_task), ("SERVICE_URL", service_url)):
+        if value is not None:
+            env[f"MIXLLM_PIPELINE_{key}"] = str(value)
+    env.setdefault("MIXLLM_HOME", str(Path(".mixllm").resolve()))  # state stays where the user ran the command
+    cmd = [sys.executable, "-m", "flows.nightly"] + (["--config", str(Path(config).resolve())] if config else [])
+    code = subprocess.call(cmd, cwd=REPO_ROOT, env=env)
+    raise typer.Exit(code)
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    cron: str = typer.Option("0 2 * * *", help="When to run (cron, in --timezone)."),
+    timezone: str = typer.Option("UTC", "--timezone", help="IANA timezone of the cron, e.g. Europe/Paris."),
+    pool: str = typer.Option("mixllm-process", help="Prefect process work pool (created when missing)."),
+    api_url: str | None = typer.Option(None, envvar="PREFECT_API_URL", help="Prefect server API URL."),
+) -> None:
+    """Register the nightly deployment (prefect.yaml) on a Prefect server; a worker on the pool runs it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from mixllm.pipeline import REPO_ROOT
+
+    if not api_url:
+        raise MixLLMError("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) or pass "
+                          "--api-url; start one with infra/ scripts or `prefect server start`")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MIXLLM_REPO_ROOT": str(REPO_ROOT)}
+    env.setdefault("MIXLLM_HOME", str(Path(".mixllm").resolve()))  # the worker's runs share this state
+    made = subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    if made.returncode != 0 and "already exists" not in (made.stdout + made.stderr):
+        raise MixLLMError(f"cannot create work pool {pool!r}: {(made.stderr or made.stdout).strip()[-400:]}")
+    # prefect.yaml's schedule with this cron/timezone (passing --cron as well would ADD a second schedule)
+    import tempfile
+
+    import yaml
+
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    for dep in spec["deployments"]:
+        if dep["name"] == "nightly":
+            dep["schedules"] = [{"cron": cron, "timezone": timezone, "active": True}]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = Path(tmp) / "prefect.yaml"
+        spec_file.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        code = subprocess.call([prefect, "--no-prompt", "deploy", "--prefect-file", str(spec_file),
+                                "--name", "nightly", "--pool", pool], cwd=REPO_ROOT, env=env)
+    if code != 0:
+        raise typer.Exit(code)
+    typer.echo(f"\nscheduled mixllm-nightly/nightly at '{cron}' ({timezone}) on pool {pool!r}.\n"
+               f"start a worker:   PREFECT_API_URL={api_url} prefect worker start --pool {pool}\n"
+               f"run it now:       PREFECT_API_URL={api_url} prefect deployment run mixllm-nightly/nightly")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="Registered version number to make champion."),
+    reason: str = typer.Option("manual promotion", help="Why (recorded in the version's tags)."),
+    who: str | None = typer.Option(None, help="Who (default: your user name)."),
+    service_url: str | None = _SERVICE_URL,
+) -> None:
+    """Move the `champion` alias to VERSION (gates are not re-checked: this is the human override)."""
+    reg = _registry()
+    reg.promote(version, reason=reason, who=_who(who))
+    typer.echo(f"version {version} of {reg.name} is now champion")
+    _follow(version, service_url)
+
+
+@app.command()
+def rollback(
+    to: str | None = typer.Option(None, "--to", help="Version to restore (default: the previous champion)."),
+    reason: str = typer.Option("manual rollback", help="Why (recorded in the version's tags)."),
+    who: str | None = typer.Option(None, help="Who (default: your user name)."),
+    service_url: str | None = _SERVICE_URL,
+) -> None:
+    """Move the `champion` alias back (to the previous champion, or --to VERSION)."""
+    reg = _registry()
+    before = reg.version_for("champion")
+    target = reg.rollback(to, reason=reason, who=_who(who))
+    typer.echo(f"champion of {reg.name}: version {before} -> {target}")
+    _follow(target, service_url)
+
+
+@app.command()
+def versions(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Every registered router version with its aliases, gate verdict and headline metrics."""
+    import json
+
+    from mixllm.config import get_settings
+    from mixllm.pipeline import versions_table
+
+    if as_json:
+        typer.echo(json.dumps(_registry().versions(), indent=2, default=str))
+    else:
+        typer.echo(versions_table(get_settings()))
+
+
 
 # ---------------------------------------------------------------- service: serve (bento/) --------------------
+
+@app.command()
+def serve(
+    router_dir: str | None = typer.Option(None, "--router-dir", envvar="MIXLLM_ROUTER_DIR",
+                                          help="Serve this saved router directory instead of the registry alias."),
+    alias: str = typer.Option("champion", "--alias", envvar="MIXLLM_ROUTER_ALIAS",
+                              help="Registry alias to serve and follow (polled every MIXLLM_POLL_SECONDS)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(3000, "--port", help="TCP port."),
+) -> None:
+    """Start the routing service (BentoML): /route, /feedback, /readyz, /metrics, /admin/reload (see README)."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "bento" / "service.py").is_file():
+        raise MixLLMError(f"bento/service.py not found under {repo}: run from a source checkout of mixllm")
+    if router_dir is not None:
+        path = Path(router_dir).expanduser().resolve()
+        if not (path / "manifest.json").is_file():
+            raise MixLLMError(f"{path} is not a saved router (no manifest.json); train one with `mixllm train`")
+        os.environ["MIXLLM_ROUTER_DIR"] = str(path)
+    os.environ["MIXLLM_ROUTER_ALIAS"] = alias
+    from mixllm.config import get_settings
+
+    os.environ["MIXLLM_HOME"] = str(get_settings().home)  # the worker may start elsewhere: pin the data folder
+    bentoml = Path(sys.executable).parent / "bentoml"
+    args = [str(bentoml), "serve", "bento.service:RouterService", "--host", host, "--port", str(port),
+            "--working-dir", str(repo)]
+    os.execv(str(bentoml), args)  # replace this process: Ctrl-C / SIGTERM reach the server directly
+
 
 
 def main() -> None:

@@ -36,3 +36,21 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def routerbench_dir() -> Path:
     return ROUTERBENCH_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real router (real encoder, 1 fine-tuning epoch, real LightGBM) on 14 bundled train queries per task.
+
+    Saved once per session; tests that need a router call `MixLLMRouter.load(trained_router_dir)` (a fresh copy,
+    so updates in one test never leak into another). Training takes ~20-40 s on 2 cores.
+    """
+    from mixllm.data import load_routerbench
+    from mixllm.router import MixLLMRouter, RouterConfig
+
+    base = tmp_path_factory.mktemp("trained-router")
+    log = load_routerbench(ROUTERBENCH_DIR, "train")
+    keep = log.drop_duplicates("query_id").groupby("task").head(14)["query_id"]
+    log = log[log["query_id"].isin(keep)]
+    config = RouterConfig(epochs=1, batch_size=16, progress=False, cache_dir=base / "cache", seed=0)
+    return MixLLMRouter(config).fit(log).save(base / "router")

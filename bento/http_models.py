@@ -1,0 +1,75 @@
+"""HTTP request/response bodies of the router service that are not already in `mixllm.schemas`.
+
+Request fields are the API methods' parameters (BentoML maps top-level JSON keys to them), so a body reads
+``{"prompt": "...", "willingness_to_pay": 100}``. Responses reuse `CandidateScore` so the decision trace over HTTP is
+the router's own trace.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mixllm.schemas import CandidateScore
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+Prompt = Annotated[str, Field(min_length=1, description="The user's query (at most MIXLLM_MAX_PROMPT_CHARS chars).")]
+Wtp = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False,
+                             description="Quality points per dollar: higher pays more for quality.")]
+Budget = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False, description="Most a query may cost (USD).")]
+QueryId = Annotated[str, Field(min_length=1, max_length=200)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0.0, le=1e12, allow_inf_nan=False)]
+Tokens = Annotated[int, Field(ge=0, le=100_000_000)]
+SessionId = Annotated[str, Field(min_length=1, max_length=200, description="Keeps a conversation on one model.")]
+AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=1000,
+                                                 description="Only these catalogue models may be chosen.")]
+
+
+class ChatMessage(BaseModel):
+    """One chat turn (OpenAI shape); `content` may be a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Annotated[str, Field(min_length=1, max_length=50)]
+    content: str | list[dict[str, Any]] | None = None
+
+
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=10_000)]
+
+
+class RouteResult(BaseModel):
+    """One routing decision with the reason for it (every candidate's score terms)."""
+
+    request_id: str = Field(description="Send it back with /feedback.")
+    model: str = Field(description="The model to call.")
+    router_choice: str = Field(description="The router's own first choice (differs when the session kept its model).")
+    sticky: bool = Field(description="True when the session's earlier model was kept.")
+    session_id: str | None = None
+    willingness_to_pay: float
+    router_version: str
+    source_version: str | None = Field(default=None, description="Registry version (or local stamp) served.")
+    candidates: list[CandidateScore]
+
+
+class RouteBatchResult(BaseModel):
+    decisions: list[RouteResult]
+
+
+class FeedbackResult(BaseModel):
+    query_id: str
+    model: str
+    recorded: list[Literal["feedback", "log"]] = Field(description="Which rows were appended to the store outbox.")
+    applied_online: bool = Field(description="Whether the live router learned from it (router.update).")
+    online_error: str | None = None
+    router_version: str | None = None
+
+
+class ReloadResult(BaseModel):
+    reloaded: bool
+    previous_version: str | None
+    router_version: str | None
+    source_version: str | None
+    source_reachable: bool
+    last_error: str | None = None

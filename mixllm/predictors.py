@@ -1,0 +1,173 @@
+"""Per-LLM predictors: a LightGBM quality model and a LightGBM response-length (or cost) model for each LLM.
+
+Why per LLM: adding an LLM to the catalogue trains only its two models; removing one drops them; the others are
+untouched (same objects). Predicted cost = prompt tokens x input price + predicted completion tokens x output price,
+which uses the catalogue's prices (a price change needs no retrain). When a log has no token counts for an LLM, a
+cost model is learned from `cost_usd` instead. Rows with a null quality are skipped for that LLM's quality model.
+
+Speed: a single-row LightGBM predict costs ~1 ms, so the router always predicts all prompts of a request in one call
+per model, on raw numpy, single-threaded (n_jobs=1: many small models side by side on 2 cores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from mixllm.catalogue import LLMSpec
+from mixllm.exceptions import ArtifactError, TrainingError
+
+
+class PredictorConfig(BaseModel):
+    """LightGBM hyper-parameters shared by every per-LLM model (small trees, strong regularisation: ~2k rows)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_estimators: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    num_leaves: int = Field(default=7, ge=2)
+    min_child_samples: int = Field(default=40, ge=1)
+    feature_fraction: float = Field(default=0.8, gt=0, le=1)
+    bagging_fraction: float = Field(default=0.8, gt=0, le=1)
+    lambda_l2: float = Field(default=1.0, ge=0)
+    min_rows: int = Field(default=2, ge=1, description="Fewer labelled rows than this for an LLM is an error.")
+
+    def params(self, objective: str, seed: int) -> dict:
+        return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+                "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
+                "bagging_fraction": self.bagging_fraction, "bagging_freq": 1, "lambda_l2": self.lambda_l2,
+                "num_threads": 1, "verbosity": -1, "seed": seed, "deterministic": True,
+                "force_row_wise": True}
+
+
+def _train(x: np.ndarray, y: np.ndarray, objective: str, cfg: PredictorConfig, seed: int) -> lgb.Booster | float:
+    """A booster, or the constant mean when the target does not vary (e.g. an LLM that always succeeds)."""
+    if len(np.unique(y)) < 2:
+        return float(y[0])
+    min_leaf = max(1, min(cfg.min_child_samples, len(y) // 4))
+    params = cfg.params(objective, seed) | {"min_data_in_leaf": min_leaf}
+    return lgb.train(params, lgb.Dataset(x, label=y, params={"verbosity": -1}), num_boost_round=cfg.n_estimators)
+
+
+def _predict(model: lgb.Booster | float, x: np.ndarray) -> np.ndarray:
+    if isinstance(model, float):
+        return np.full(len(x), model)
+    return model.predict(x, num_threads=1)
+
+
+@dataclass
+class LLMPredictor:
+    """The two models of one LLM. `target` says whether the second model predicts tokens or cost."""
+
+    name: str
+    quality: lgb.Booster | float
+    quality_kind: str  # "binary" (0/1 labels, probability) or "regression" (graded labels, clipped to [0, 1])
+    length: lgb.Booster | float
+    target: str  # "tokens": log1p(completion tokens); "cost": log1p(cost in micro-dollars)
+    n_rows: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, spec: LLMSpec) -> tuple[np.ndarray, ...]:
+        """(quality, completion tokens or NaN, cost USD) for every row of x."""
+        q = np.clip(_predict(self.quality, x), 0.0, 1.0)
+        second = np.expm1(np.maximum(_predict(self.length, x), 0.0))
+        if self.target == "tokens":
+            return q, second, prompt_tokens * spec.input_price_per_token + second * spec.output_price_per_token
+        return q, np.full(len(x), np.nan), second * 1e-6
+
+
+def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int) -> LLMPredictor:
+    """Train one LLM's models from its log rows (aligned with x)."""
+    quality = pd.to_numeric(rows["quality"], errors="coerce").to_numpy(float)
+    labelled = ~np.isnan(quality)
+    if labelled.sum() < cfg.min_rows:
+        raise TrainingError(f"LLM {name!r} has {int(labelled.sum())} rows with a quality label; at least "
+                            f"{cfg.min_rows} are needed. Add logs for it or remove it from the catalogue")
+    y = quality[labelled]
+    kind = "binary" if np.isin(y, (0.0, 1.0)).all() else "regression"
+    q_model = _train(x[labelled], y, kind, cfg, seed)
+    tokens = pd.to_numeric(rows["completion_tokens"], errors="coerce").to_numpy(float)
+    cost = pd.to_numeric(rows["cost_usd"], errors="coerce").to_numpy(float)
+    if np.mean(~np.isnan(tokens)) >= 0.5:
+        target, t = "tokens", np.log1p(tokens)
+    elif (~np.isnan(cost)).sum() >= cfg.min_rows:
+        target, t = "cost", np.log1p(cost * 1e6)
+    else:
+        raise TrainingError(f"LLM {name!r} has neither completion_tokens nor cost_usd in its rows; log one of them")
+    ok = ~np.isnan(t)
+    return LLMPredictor(name, q_model, kind, _train(x[ok], t[ok], "regression", cfg, seed), target,
+                        n_rows=int(len(rows)), meta={"quality_rows": int(labelled.sum())})
+
+
+class PredictorBank:
+    """The per-LLM predictors, keyed by LLM name (insertion order = router model order)."""
+
+    def __init__(self, config: PredictorConfig | None = None, seed: int = 0) -> None:
+        self.config = config or PredictorConfig()
+        self.seed = seed
+        self.llms: dict[str, LLMPredictor] = {}
+
+    def fit(self, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray, names: list[str],
+            progress: bool = False) -> "PredictorBank":
+        """Fit every LLM in `names`; `row_index[i]` is the feature row of log row i."""
+        from tqdm.auto import tqdm
+
+        for name in tqdm(names, desc="train predictors", disable=not progress, leave=False):
+            self.add(name, x, log, row_index)
+        return self
+
+    def add(self, name: str, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray) -> LLMPredictor:
+        """(Re)train only `name`'s two models; every other LLM's objects stay as they are."""
+        mask = (log["model"] == name).to_numpy()
+        if not mask.any():
+            raise TrainingError(f"no log rows for LLM {name!r}; it cannot be added without data")
+        self.llms[name] = fit_llm(name, x[row_index[mask]], log[mask], self.config, self.seed)
+        return self.llms[name]
+
+    def remove(self, name: str) -> None:
+        self.llms.pop(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.llms)
+
+    def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, specs: dict[str, LLMSpec]):
+        """quality, completion tokens, cost: arrays [n, m] in `names` order (one batched call per model)."""
+        outs = [p.predict(x, prompt_tokens, specs[n]) for n, p in self.llms.items()]
+        return tuple(np.column_stack([o[k] for o in outs]) if outs else np.zeros((len(x), 0)) for k in range(3))
+
+    # ------------------------------------------------------------------ persistence (LightGBM text, no pickle) --
+    def save(self, path: Path) -> dict:
+        path.mkdir(parents=True, exist_ok=True)
+        index = []
+        for i, (name, p) in enumerate(self.llms.items()):
+            entry = {"name": name, "quality_kind": p.quality_kind, "target": p.target, "n_rows": p.n_rows,
+                     "meta": p.meta}
+            for part in ("quality", "length"):
+                model = getattr(p, part)
+                if isinstance(model, float):
+                    entry[part] = {"constant": model}
+                else:
+                    fname = f"{i:03d}.{part}.txt"
+                    model.save_model(str(path / fname))
+                    entry[part] = {"file": fname}
+            index.append(entry)
+        return {"config": self.config.model_dump(), "seed": self.seed, "llms": index}
+
+    @classmethod
+    def load(cls, path: Path, index: dict) -> "PredictorBank":
+        bank = cls(PredictorConfig(**index["config"]), seed=index["seed"])
+        try:
+            for e in index["llms"]:
+                parts = {part: (float(e[part]["constant"]) if "constant" in e[part]
+                                else lgb.Booster(model_file=str(path / e[part]["file"]))) for part in ("quality", "length")}
+                bank.llms[e["name"]] = LLMPredictor(e["name"], parts["quality"], e["quality_kind"], parts["length"],
+                                                    e["target"], e.get("n_rows", 0), e.get("meta", {}))
+        except (KeyError, lgb.basic.LightGBMError, OSError) as err:
+            raise ArtifactError(f"{path}: predictor files are missing or corrupt ({err}); retrain the router") from err
+        return bank

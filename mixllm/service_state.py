@@ -1,0 +1,450 @@
+"""Serving state that is not HTTP: which router serves, micro-batching, session stickiness, the durable outbox.
+
+`bento/service.py` adapts these to HTTP; routing itself stays in `mixllm.router` (the service never scores models).
+Why each piece exists:
+
+- `RouterHolder`: the registry decides which router serves. A poller follows the alias; a new router is loaded
+  *beside* the old one and swapped in by one reference assignment, so in-flight requests finish on the router they
+  started with. If the registry cannot be read, the loaded router keeps serving and `status()` says so.
+- `MicroBatcher`: the encoder is the cost of a route. Concurrent requests queue up while a batch runs and are then
+  routed together (one forward pass), with no fixed waiting window, so a lone client pays no batching delay.
+- `SessionTracker`: conversations should not bounce between models turn by turn; a session stays on its first model
+  unless the router's score for the new choice beats it by more than a margin.
+- `Outbox`: every decision and feedback event must reach the nightly retrain. Events are committed to a local SQLite
+  (WAL) spool before the HTTP answer, then a background thread forwards them in batches to the `Store` and deletes
+  them only after the store accepted them. A crash or restart replays what was not forwarded (at-least-once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mixllm.exceptions import ArtifactError, MixLLMError, RegistryError, StoreError
+from mixllm.schemas import FeedbackRecord, LogRecord, RouteDecision
+
+log = logging.getLogger("mixllm.service")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ServiceSettings(BaseSettings):
+    """Serving options (env prefix ``MIXLLM_``), read when the service starts."""
+
+    model_config = SettingsConfigDict(env_prefix="MIXLLM_", extra="ignore")
+
+    router_dir: Path | None = Field(default=None, description="Serve this local router directory (quickstart).")
+    router_alias: str = Field(default="champion", min_length=1, description="Registry alias to serve and follow.")
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for /admin/*; unset = disabled.")
+    poll_seconds: float = Field(default=5.0, ge=0, description="Alias poll period; 0 disables polling.")
+    sticky_margin: float = Field(default=0.05, ge=0, description="Score gain needed to switch a session's model.")
+    session_ttl_seconds: float = Field(default=3600.0, gt=0)
+    max_sessions: int = Field(default=100_000, gt=0)
+    max_batch: int = Field(default=64, ge=1, description="Most prompts routed in one micro-batch.")
+    max_batch_prompts: int = Field(default=256, ge=1, description="Most prompts in one /route/batch request.")
+    spool_path: Path | None = Field(default=None, description="Outbox SQLite file (default: <home>/outbox.db).")
+    forward_interval_seconds: float = Field(default=0.5, gt=0, description="Outbox -> store forwarding period.")
+    forward_batch: int = Field(default=2000, ge=1)
+    upstream_timeout_seconds: float = Field(default=120.0, gt=0, description="Pass-through call timeout.")
+
+
+# ------------------------------------------------------------------------------------------- routers ----------
+class RouterSource:
+    """Where routers come from: a version reference that is cheap to poll, and a loader for a reference."""
+
+    description: str = ""
+
+    def current_ref(self) -> str | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def load(self, ref: str) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LocalDirSource(RouterSource):
+    """A router directory on disk (quickstart); its reference changes when any file in it is rewritten."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = f"dir:{self.path}"
+
+    def current_ref(self) -> str | None:
+        if not self.path.is_dir():
+            raise ArtifactError(f"router directory {self.path} does not exist; set MIXLLM_ROUTER_DIR to a saved router")
+        stamps = sorted((str(p.relative_to(self.path)), p.stat().st_mtime_ns) for p in self.path.rglob("*")
+                        if p.is_file())
+        return hashlib.sha256(repr(stamps).encode()).hexdigest()[:12]
+
+    def load(self, ref: str) -> Any:
+        from mixllm.router import MixLLMRouter
+
+        return MixLLMRouter.load(self.path)
+
+
+class RegistrySource(RouterSource):
+    """An alias of the MLflow registered model (``champion`` by default)."""
+
+    def __init__(self, registry: Any, alias: str) -> None:
+        self.registry, self.alias = registry, alias
+        self.description = f"registry:{registry.name}@{alias}"
+
+    def current_ref(self) -> str | None:
+        return self.registry.version_for(self.alias)
+
+    def load(self, ref: str) -> Any:
+        return self.registry.load_router(ref)
+
+
+class RouterHolder:
+    """The router being served, swapped atomically; `lock` serialises routing and online updates on it."""
+
+    def __init__(self, source: RouterSource, on_swap: Callable[[Any, str | None], None] | None = None) -> None:
+        self.source = source
+        self.router: Any = None
+        self.ref: str | None = None
+        self.lock = threading.Lock()
+        self.source_ok = False
+        self.last_error: str | None = None
+        self.last_check: float | None = None
+        self.loaded_at: float | None = None
+        self._on_swap = on_swap
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self, force: bool = False) -> bool:
+        """Load the source's current router if it changed (or `force`); returns True when a new one was swapped in.
+
+        Never raises for an unreachable source: the router already loaded keeps serving and `status()` reports it.
+        """
+        with self._reload_lock:
+            self.last_check = time.time()
+            try:
+                ref = self.source.current_ref()
+                if ref is None:
+                    raise RegistryError(f"{self.source.description} does not resolve to a version (alias unset, "
+                                        "or the registry is unreachable)")
+                self.source_ok, self.last_error = True, None
+                if ref == self.ref and self.router is not None and not force:
+                    return False
+                router = self.source.load(ref)  # load beside the old one: in-flight requests keep theirs
+            except Exception as e:  # noqa: BLE001 - an unreachable registry surfaces as any client error
+                if not isinstance(e, (MixLLMError, OSError)):
+                    log.exception("unexpected error while refreshing the router from %s", self.source.description)
+                self.source_ok, self.last_error = False, f"{type(e).__name__}: {e}"
+                log.warning("router source %s unavailable, keeping version %s: %s", self.source.description,
+                            self.ref, e)
+                return False
+            self.router, self.ref, self.loaded_at = router, ref, time.time()
+        log.info("serving router %s (%s %s)", getattr(router, "version", "?"), self.source.description, ref)
+        if self._on_swap is not None:
+            self._on_swap(router, ref)
+        return True
+
+    def start_polling(self, every_seconds: float) -> None:
+        if every_seconds <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._poll, args=(every_seconds,), name="router-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.refresh()
+            except Exception:  # a bug in a loader must not kill the poller; the error is logged with traceback
+                log.exception("router refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        router = self.router
+        return {"ready": router is not None,
+                "router_version": getattr(router, "version", None),
+                "source": self.source.description,
+                "source_version": self.ref,
+                "source_reachable": self.source_ok,
+                "last_error": self.last_error,
+                "loaded_at": self.loaded_at,
+                "last_check": self.last_check}
+
+
+# ------------------------------------------------------------------------------------------- batching ---------
+class MicroBatcher(Generic[T, R]):
+    """Run `fn(list_of_items) -> list_of_results` on a worker thread over whatever queued while the last batch ran.
+
+    `fn` returns one result or one Exception per item, in order; an Exception is raised to that item's caller only.
+    """
+
+    def __init__(self, fn: Callable[[list[T]], Sequence[R | BaseException]], max_batch: int = 64,
+                 name: str = "micro-batcher", on_batch: Callable[[int], None] | None = None) -> None:
+        self.fn, self.max_batch, self.on_batch = fn, max_batch, on_batch
+        self._queue: queue.Queue[tuple[T, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> Future:
+        fut: Future = Future()
+        self._queue.put((item, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[tuple[T, Future]]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        try:
+            results = list(self.fn([item for item, _ in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+        except BaseException as e:  # noqa: BLE001 - delivered to every caller of this batch, never swallowed
+            results = [e] * len(batch)
+        for (_, fut), res in zip(batch, results):
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+
+# ------------------------------------------------------------------------------------------- sessions ---------
+@dataclass(frozen=True)
+class StickyChoice:
+    model: str
+    sticky: bool  # True when the session's earlier model was kept over the router's first choice
+    router_choice: str
+
+
+class SessionTracker:
+    """Per-session model memory (LRU, bounded, with a time-to-live) and the switching rule."""
+
+    def __init__(self, margin: float = 0.05, ttl_seconds: float = 3600.0, max_sessions: int = 100_000) -> None:
+        self.margin, self.ttl, self.max_sessions = margin, ttl_seconds, max_sessions
+        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def choose(self, session_id: str | None, decision: RouteDecision) -> StickyChoice:
+        """Keep the session's model unless it is ineligible now or the router's choice scores > margin higher."""
+        if not session_id:
+            return StickyChoice(decision.model, False, decision.model)
+        now = time.monotonic()
+        with self._lock:
+            prev = self._sessions.get(session_id)
+            model, sticky = decision.model, False
+            if prev is not None and now - prev[1] <= self.ttl and prev[0] != decision.model:
+                scores = {c.model: c for c in decision.candidates}
+                best, kept = scores.get(decision.model), scores.get(prev[0])
+                if kept is not None and kept.eligible and best is not None and best.score - kept.score <= self.margin:
+                    model, sticky = prev[0], True
+            self._sessions[session_id] = (model, now)
+            self._sessions.move_to_end(session_id)
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        return StickyChoice(model, sticky, decision.model)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+# ------------------------------------------------------------------------------------------- outbox -----------
+@dataclass(frozen=True)
+class DecisionRef:
+    """What feedback needs to know about an earlier decision (the prompt, for the online update and log rows)."""
+
+    request_id: str
+    prompt: str
+    model: str
+    router_version: str | None
+    prompt_tokens: int | None
+
+
+class Outbox:
+    """Durable local spool of decision and feedback events, forwarded in batches to the store by one thread.
+
+    `put` returns after the events are committed to SQLite (WAL), so an acknowledged event survives a process crash;
+    the forwarder deletes rows only after `Store.append_logs` / `append_feedback` returned. The decisions table also
+    answers "which prompt and model was request X" for feedback, across restarts.
+    """
+
+    def __init__(self, path: Path, store_factory: Callable[[], Any], forward_interval: float = 0.5,
+                 forward_batch: int = 2000, decisions_ttl_seconds: float = 7 * 86400) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._store_factory, self._store = store_factory, None
+        self.forward_interval, self.forward_batch, self.decisions_ttl = forward_interval, forward_batch, \
+            decisions_ttl_seconds
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
+                         " payload TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, "
+                         "model TEXT NOT NULL, router_version TEXT, prompt_tokens INTEGER, ts REAL NOT NULL)")
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.forwarded = {"log": 0, "feedback": 0}
+        self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- writing (request path) --
+    def put(self, records: Sequence[LogRecord | FeedbackRecord], decisions: Sequence[DecisionRef] = ()) -> None:
+        """Commit events (and decision index rows) in one transaction; raises `StoreError` if the spool fails."""
+        rows = [("feedback" if isinstance(r, FeedbackRecord) else "log", r.model_dump_json()) for r in records]
+        now = time.time()
+        drows = [(d.request_id, d.prompt, d.model, d.router_version, d.prompt_tokens, now) for d in decisions]
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany("INSERT INTO outbox (kind, payload) VALUES (?, ?)", rows)
+                    if drows:
+                        self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", drows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write the service outbox {self.path}: {e}; check disk space and permissions") \
+                from e
+
+    def decision(self, request_id: str) -> DecisionRef | None:
+        with self._lock:
+            row = self._db.execute("SELECT request_id, prompt, model, router_version, prompt_tokens FROM decisions "
+                                   "WHERE request_id = ?", (request_id,)).fetchone()
+        return DecisionRef(*row) if row else None
+
+    def pending(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # -- forwarding (background) --
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._forward_loop, name="outbox-forwarder", daemon=True)
+            self._thread.start()
+
+    def _forward_loop(self) -> None:
+        backoff = self.forward_interval
+        while not self._stop.is_set():
+            self._wake.wait(backoff)
+            self._wake.clear()
+            try:
+                while self.forward_once() >= self.forward_batch:
+                    pass
+                self._prune_decisions()
+                backoff, self.last_error = self.forward_interval, None
+            except Exception as e:  # store down or a bug: keep the rows, retry with backoff, never lose them
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("outbox forwarding failed (will retry): %s", e)
+                backoff = min(max(backoff * 2, self.forward_interval), 30.0)
+
+    def forward_once(self) -> int:
+        """Forward up to one batch to the store; returns how many events were forwarded (0 when empty)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, kind, payload FROM outbox ORDER BY id LIMIT ?",
+                                    (self.forward_batch,)).fetchall()
+        if not rows:
+            return 0
+        logs = [LogRecord.model_validate_json(p) for _, k, p in rows if k == "log"]
+        feedback = [FeedbackRecord.model_validate_json(p) for _, k, p in rows if k == "feedback"]
+        if self._store is None:
+            self._store = self._store_factory()
+        if logs:  # decisions first: a feedback row never reaches the store before the decision it rates
+            self._store.append_logs(logs)
+        if feedback:
+            self._store.append_feedback(feedback)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _, _ in rows])
+            self._db.execute("COMMIT")
+        self.forwarded["log"] += len(logs)
+        self.forwarded["feedback"] += len(feedback)
+        return len(rows)
+
+    def _prune_decisions(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM decisions WHERE ts < ?", (time.time() - self.decisions_ttl,))
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Forward everything now (used at shutdown); returns the events left in the spool (0 = all delivered)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.forward_once() == 0:
+                    return 0
+            except Exception as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("outbox flush failed; %d events stay in %s for the next start: %s", self.pending(),
+                            self.path, e)
+                break
+        return self.pending()
+
+    def close(self, flush_timeout: float = 30.0) -> int:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=flush_timeout)
+        left = self.flush(flush_timeout)
+        with self._lock:
+            self._db.close()
+        return left
+
+    def kick(self) -> None:
+        self._wake.set()
+
+
+def conversation_text(messages: Sequence[Any]) -> str:
+    """The text the router sees for a chat: every turn, oldest first, as ``role: content`` lines.
+
+    Routing on the whole conversation (not only the last turn) is what makes a follow-up like "and in Python?" land
+    on a model that suits the thread.
+    """
+    parts = []
+    for m in messages:
+        role = getattr(m, "role", None) or (m.get("role") if isinstance(m, dict) else "user")
+        content = getattr(m, "content", None) if not isinstance(m, dict) else m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if content:
+            parts.append(f"{role}: {content}")
+    return "\n".join(parts)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)

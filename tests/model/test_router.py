@@ -1,0 +1,170 @@
+"""Behaviour of a tiny real router (session fixture `trained_router_dir`): artifact, decisions, feedback, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixllm.data import load_routerbench
+from mixllm.exceptions import ArtifactError, RoutingError, UnknownModelError
+from mixllm.router import MixLLMRouter
+from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints
+
+pytestmark = pytest.mark.model
+
+WTP_QUALITY = 10.0  # USD per unit of quality: cost barely matters, the best predicted model wins
+
+
+@pytest.fixture(scope="module")
+def test_log(routerbench_dir) -> pd.DataFrame:
+    return load_routerbench(routerbench_dir, "test")
+
+
+@pytest.fixture(scope="module")
+def wino(test_log) -> list[str]:
+    """40 held-out winogrande prompts: one cluster of similar queries."""
+    return test_log[test_log["task"] == "winogrande"]["prompt"].drop_duplicates().head(40).tolist()
+
+
+@pytest.fixture
+def router(trained_router_dir) -> MixLLMRouter:
+    return MixLLMRouter.load(trained_router_dir)
+
+
+def _models(decisions) -> list[str]:
+    return [d.model for d in decisions]
+
+
+def test_manifest_and_artifact_contents(router, trained_router_dir):
+    m = router.manifest
+    assert m["router_version"] == router.version and router.version != "unfitted"
+    assert {"mixllm", "lightgbm", "sentence-transformers", "torch"} <= set(m["versions"])
+    assert len(m["training_data_digest"]) == 16 and m["n_queries"] == 42
+    assert m["tags"] == ["arc-challenge", "mbpp", "winogrande"] and m["tag_enhanced"] is True
+    assert set(router.models) == set(router.catalogue.names) and len(router.models) == 11
+    assert json.loads((trained_router_dir / "manifest.json").read_text())["created"]
+
+
+def test_route_trace_is_complete_and_greedy_is_deterministic(router, wino):
+    a = router.route(wino[:5], 0.01, query_ids=[f"q{i}" for i in range(5)])
+    b = router.route(wino[:5], 0.01)
+    assert _models(a) == _models(b)
+    d = a[0]
+    assert d.query_id == "q0" and d.router_version == router.version and len(d.candidates) == 11
+    chosen = next(c for c in d.candidates if c.model == d.model)
+    assert chosen.score == max(c.score for c in d.candidates)
+    for c in d.candidates:
+        assert c.score == pytest.approx(c.predicted_quality - c.cost_term + c.exploration_bonus - c.waiting_penalty)
+        assert c.cost_term == pytest.approx(c.predicted_cost_usd / 0.01) and c.exploration_bonus == 0.0
+    explore = router.route(wino[:5], 0.01, greedy=False)
+    assert all(c.exploration_bonus > 0 for c in explore[0].candidates)
+    assert _models(explore) == _models(router.route(wino[:5], 0.01, greedy=False))
+
+
+def test_wtp_trades_quality_for_cost(router, wino):
+    pred = router.predict(wino)
+    cost = {w: pred.cost[np.arange(len(wino)), router.choose(pred, w)].mean() for w in (1e-5, 1e-3, 10.0)}
+    assert cost[1e-5] <= cost[1e-3] <= cost[10.0] and cost[1e-5] < cost[10.0]
+
+
+def test_save_load_round_trip_gives_identical_decisions(router, wino, tmp_path):
+    router.update_many([LogRecord(query_id=f"u{i}", prompt=p, model=router.models[0], quality=0.0, cost_usd=0.01)
+                        for i, p in enumerate(wino[:5])])
+    again = MixLLMRouter.load(router.save(tmp_path / "copy"))
+    p1, p2 = router.predict(wino), again.predict(wino)
+    np.testing.assert_array_equal(p1.quality, p2.quality)
+    np.testing.assert_array_equal(p1.cost, p2.cost)
+    for w in (1e-4, 1e-2, 1.0):
+        assert [d.model_dump() for d in router.decide(p1, w, greedy=False)] == \
+               [d.model_dump() for d in again.decide(p2, w, greedy=False)]
+    assert again.manifest["bandit_updates"] == 5
+
+
+def test_refined_negative_feedback_moves_similar_queries_away(router, wino):
+    seen, held_out = wino[:20], wino[20:]
+    before = _models(router.route(held_out, WTP_QUALITY))
+    top = max(set(before), key=before.count)
+    assert before.count(top) >= len(held_out) // 2
+    records = [LogRecord(query_id=f"f{i}", prompt=p, model=top, quality=0.0) for i, p in enumerate(seen)]
+    router.update_many(records * 2)
+    after = _models(router.route(held_out, WTP_QUALITY))
+    assert after.count(top) < before.count(top) // 2, (before, after)
+
+
+def test_thumbs_down_by_query_id_moves_similar_queries_away(router, wino):
+    seen, held_out = wino[:20], wino[20:]
+    first = router.route(seen, WTP_QUALITY, query_ids=[f"t{i}" for i in range(20)])
+    before = _models(router.route(held_out, WTP_QUALITY))
+    top = max(set(before), key=before.count)
+    downs = [FeedbackRecord(query_id=d.query_id, model=top, rating=0.0) for d in first]
+    router.update_many(downs * 2)
+    after = _models(router.route(held_out, WTP_QUALITY))
+    assert after.count(top) < before.count(top) // 2, (before, after)
+    with pytest.raises(RoutingError, match="pass the prompt"):
+        router.update(FeedbackRecord(query_id="never-routed", model=top, rating=1.0))
+    router.update(FeedbackRecord(query_id="never-routed", model=top, rating=1.0), prompt=seen[0])
+
+
+def test_observed_cost_feedback_raises_predicted_cost(router, wino):
+    m = router.models[1]
+    j = router.models.index(m)
+    base = router.scores(router.predict(wino[20:]), 0.01).cost[:, j].mean()
+    router.update_many([LogRecord(query_id=f"c{i}", prompt=p, model=m, cost_usd=0.05) for i, p in enumerate(wino[:20])])
+    assert router.scores(router.predict(wino[20:]), 0.01).cost[:, j].mean() > base + 0.01
+
+
+def test_constraints_waiting_and_errors(router, wino):
+    allowed = ("mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106")
+    d = router.route(wino[:5], WTP_QUALITY, RouteConstraints(allowed_models=allowed))
+    assert set(_models(d)) <= set(allowed)
+    assert all(c.reason == "not in allowed_models" for c in d[0].candidates if c.model not in allowed)
+    top = router.route(wino[:1], WTP_QUALITY)[0].model
+    queued = router.route(wino[:1], WTP_QUALITY, waiting_ms={top: 60_000})[0]
+    assert queued.model != top
+    assert next(c for c in queued.candidates if c.model == top).waiting_penalty > 1
+    with pytest.raises(UnknownModelError):
+        router.route(wino[:1], 1.0, RouteConstraints(allowed_models=("gpt-17",)))
+    with pytest.raises(UnknownModelError):
+        router.route(wino[:1], 1.0, waiting_ms={"gpt-17": 1.0})
+    with pytest.raises(UnknownModelError):
+        router.update(FeedbackRecord(query_id="x", model="gpt-17", rating=0.0), prompt="hi")
+    with pytest.raises(RoutingError, match="max_cost_usd"):
+        router.route(wino[:1], 1.0, RouteConstraints(max_cost_usd=1e-12))
+    with pytest.raises(RoutingError, match="willingness_to_pay"):
+        router.route(wino[:1], 0.0)
+
+
+def test_unknown_model_in_training_log_is_a_clear_error(test_log):
+    log = test_log.head(30).copy()
+    log.loc[log.index[0], "model"] = "gpt-17"
+    with pytest.raises(UnknownModelError, match="gpt-17"):
+        MixLLMRouter().fit(log)
+
+
+def test_remove_and_add_llm_touch_only_that_llm(router, test_log, wino):
+    others = {n: router.predictors.llms[n] for n in router.models if n != "claude-v1"}
+    router.remove_llm("claude-v1")
+    assert "claude-v1" not in router.models and "claude-v1" not in router.catalogue.names
+    assert all(router.predictors.llms[n] is p for n, p in others.items())
+    assert "claude-v1" not in _models(router.route(wino[:10], WTP_QUALITY))
+    from mixllm.catalogue import load_catalogue
+
+    rows = test_log[test_log["model"] == "claude-v1"].groupby("task").head(10)
+    router.add_llm(load_catalogue().get("claude-v1"), rows)
+    assert router.models[-1] == "claude-v1" and all(router.predictors.llms[n] is p for n, p in others.items())
+    assert len(router.route(wino[:2], WTP_QUALITY)[0].candidates) == 11
+    with pytest.raises(UnknownModelError):
+        router.remove_llm("gpt-17")
+
+
+def test_load_rejects_incomplete_artifacts(tmp_path, trained_router_dir):
+    with pytest.raises(ArtifactError):
+        MixLLMRouter.load(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"format": 999}))
+    with pytest.raises(ArtifactError, match="format"):
+        MixLLMRouter.load(bad)

@@ -1,0 +1,93 @@
+"""Per-LLM predictors: one LLM's change touches only its models; nulls, graded labels, cost fallback, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixllm.catalogue import LLMSpec
+from mixllm.exceptions import TrainingError
+from mixllm.predictors import PredictorBank, PredictorConfig
+
+pytestmark = pytest.mark.unit
+
+CFG = PredictorConfig(n_estimators=20, min_child_samples=5)
+SPECS = {n: LLMSpec(name=n, input_price_per_token=1e-6, output_price_per_token=2e-6) for n in ("a", "b", "c")}
+
+
+def _log(n: int = 120, seed: int = 0, models=("a", "b")):
+    """n queries x models; quality depends on feature 0 differently per model; tokens on feature 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    rows = []
+    for m_i, m in enumerate(models):
+        for i in range(n):
+            good = x[i, 0] > 0 if m_i % 2 == 0 else x[i, 0] < 0
+            rows.append({"query_id": f"q{i}", "prompt": f"p{i}", "model": m, "quality": float(good),
+                         "cost_usd": 1e-4, "prompt_tokens": 10, "completion_tokens": int(20 + 10 * (x[i, 1] > 0)),
+                         "task": None})
+    log = pd.DataFrame(rows)
+    return x, log, np.tile(np.arange(n), len(models))
+
+
+def test_fit_predicts_per_llm_quality_and_cost():
+    x, log, idx = _log()
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
+    q, tokens, cost = bank.predict(x, np.full(len(x), 10.0), SPECS)
+    assert q.shape == (len(x), 2) and ((q >= 0) & (q <= 1)).all()
+    pos = x[:, 0] > 0
+    assert q[pos, 0].mean() > 0.7 and q[~pos, 0].mean() < 0.3 and q[pos, 1].mean() < 0.3
+    assert tokens[x[:, 1] > 0, 0].mean() > tokens[x[:, 1] <= 0, 0].mean() + 5
+    np.testing.assert_allclose(cost, 10 * 1e-6 + tokens * 2e-6)
+    assert bank.llms["a"].quality_kind == "binary"
+
+
+def test_add_trains_only_that_llm_and_remove_drops_only_it():
+    x, log, idx = _log(models=("a", "b", "c"))
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
+    a, b = bank.llms["a"], bank.llms["b"]
+    a_model, b_model = a.quality, b.length
+    bank.add("c", x, log, idx)
+    assert bank.names == ("a", "b", "c")
+    assert bank.llms["a"] is a and bank.llms["b"] is b and a.quality is a_model and b.length is b_model
+    bank.remove("a")
+    assert bank.names == ("b", "c") and bank.llms["b"] is b
+    with pytest.raises(TrainingError, match="no log rows"):
+        bank.add("zzz", x, log, idx)
+
+
+def test_null_quality_rows_are_skipped_and_graded_labels_regress():
+    x, log, idx = _log()
+    log.loc[log.index[:30], "quality"] = np.nan
+    graded = log["model"] == "b"
+    log.loc[graded, "quality"] = np.where(log.loc[graded, "quality"] > 0.5, 0.8, 0.3)
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
+    assert bank.llms["a"].meta["quality_rows"] == 90
+    assert bank.llms["b"].quality_kind == "regression"
+    log["quality"] = np.nan
+    with pytest.raises(TrainingError, match="quality label"):
+        PredictorBank(CFG).fit(x, log, idx, ["a"])
+
+
+def test_cost_model_when_token_counts_are_absent_and_constant_targets():
+    x, log, idx = _log()
+    log["completion_tokens"] = None
+    log["cost_usd"] = np.where(x[idx, 1] > 0, 4e-4, 1e-4)
+    log.loc[log["model"] == "b", "quality"] = 1.0  # never fails: a constant model, not an error
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
+    q, tokens, cost = bank.predict(x, np.full(len(x), 10.0), SPECS)
+    assert bank.llms["a"].target == "cost" and np.isnan(tokens).all()
+    assert cost[x[:, 1] > 0, 0].mean() > 2 * cost[x[:, 1] <= 0, 0].mean()
+    assert (q[:, 1] == 1.0).all()
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    x, log, idx = _log()
+    log.loc[log["model"] == "b", "quality"] = 0.0
+    bank = PredictorBank(CFG, seed=3).fit(x, log, idx, ["a", "b"])
+    index = bank.save(tmp_path)
+    again = PredictorBank.load(tmp_path, index)
+    assert again.names == bank.names and again.seed == 3
+    for got, want in zip(again.predict(x, np.full(len(x), 10.0), SPECS), bank.predict(x, np.full(len(x), 10.0), SPECS)):
+        np.testing.assert_array_equal(got, want)

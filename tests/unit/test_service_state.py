@@ -1,0 +1,183 @@
+"""Serving state without HTTP: session stickiness, micro-batching, the durable outbox, router swapping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mixllm.exceptions import RegistryError
+from mixllm.schemas import CandidateScore, FeedbackRecord, LogRecord, RouteDecision
+from mixllm.service_state import (DecisionRef, MicroBatcher, Outbox, RouterHolder, RouterSource, SessionTracker,
+                                  conversation_text)
+from mixllm.store import Store
+
+pytestmark = pytest.mark.unit
+
+
+def decision(scores: dict[str, float], ineligible: tuple[str, ...] = ()) -> RouteDecision:
+    cands = tuple(CandidateScore(model=m, predicted_quality=s, predicted_cost_usd=0.0, cost_term=0.0,
+                                 exploration_bonus=0.0, waiting_penalty=0.0, score=s, eligible=m not in ineligible,
+                                 reason="not allowed" if m in ineligible else None) for m, s in scores.items())
+    best = max((c for c in cands if c.eligible), key=lambda c: c.score)
+    return RouteDecision(model=best.model, willingness_to_pay=100.0, candidates=cands, router_version="v")
+
+
+# ------------------------------------------------------------------------------------------------ sessions ----
+def test_session_keeps_its_model_within_the_margin_and_switches_beyond_it() -> None:
+    s = SessionTracker(margin=0.05)
+    assert s.choose("c1", decision({"a": 0.9, "b": 0.5})).model == "a"
+    kept = s.choose("c1", decision({"a": 0.60, "b": 0.63}))  # b is better by 0.03 <= margin: stay on a
+    assert (kept.model, kept.sticky, kept.router_choice) == ("a", True, "b")
+    switched = s.choose("c1", decision({"a": 0.50, "b": 0.70}))  # better by 0.20 > margin: switch
+    assert (switched.model, switched.sticky) == ("b", False)
+    assert s.choose("c1", decision({"a": 0.69, "b": 0.70})).model == "b"  # now sticks to b
+
+
+def test_session_switches_when_its_model_is_not_allowed_and_without_session_never_sticks() -> None:
+    s = SessionTracker(margin=1.0)
+    s.choose("c1", decision({"a": 0.9, "b": 0.5}))
+    assert s.choose("c1", decision({"a": 0.9, "b": 0.5}, ineligible=("a",))).model == "b"
+    assert s.choose(None, decision({"a": 0.1, "b": 0.5})).sticky is False
+
+
+def test_sessions_expire_and_are_bounded() -> None:
+    s = SessionTracker(margin=1.0, ttl_seconds=0.05, max_sessions=3)
+    s.choose("old", decision({"a": 0.9, "b": 0.5}))
+    time.sleep(0.1)
+    assert s.choose("old", decision({"a": 0.1, "b": 0.5})).model == "b"  # expired: a fresh choice
+    for i in range(10):
+        s.choose(f"s{i}", decision({"a": 0.9, "b": 0.5}))
+    assert len(s) == 3
+
+
+# ------------------------------------------------------------------------------------------------ batching ----
+def test_micro_batcher_groups_concurrent_calls_and_isolates_failures() -> None:
+    sizes: list[int] = []
+
+    def work(items: list[int]) -> list[object]:
+        time.sleep(0.02)  # while a batch runs, the next one queues up
+        return [ValueError(f"bad {i}") if i % 7 == 0 else i * 10 for i in items]
+
+    b: MicroBatcher[int, int] = MicroBatcher(work, max_batch=16, on_batch=sizes.append)
+    futures = [b.submit(i) for i in range(1, 50)]
+    for i, f in zip(range(1, 50), futures):
+        if i % 7 == 0:
+            with pytest.raises(ValueError, match=f"bad {i}"):
+                f.result(5)
+        else:
+            assert f.result(5) == i * 10
+    b.close()
+    assert max(sizes) > 1 and max(sizes) <= 16 and sum(sizes) == 49
+
+
+def test_micro_batcher_delivers_a_crash_of_the_batch_to_every_caller() -> None:
+    def boom(items: list[int]) -> list[int]:
+        raise RuntimeError("encoder exploded")
+
+    b: MicroBatcher[int, int] = MicroBatcher(boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        b.submit(1).result(5)
+    b.close()
+
+
+# ------------------------------------------------------------------------------------------------ outbox ------
+def test_outbox_loses_nothing_under_concurrent_writers_and_a_crash(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    spool = tmp_path / "outbox.db"
+    box = Outbox(spool, lambda: Store(store_url), forward_interval=3600)  # forwarder never runs: "crash" below
+    n_threads, per_thread = 8, 150
+
+    def writer(t: int) -> None:
+        for i in range(per_thread):
+            qid = f"q{t}-{i}"
+            box.put([LogRecord(query_id=qid, prompt=f"prompt {t} {i}", model="claude-v2"),
+                     FeedbackRecord(query_id=qid, model="claude-v2", rating=(i % 5) / 4)],
+                    [DecisionRef(qid, f"prompt {t} {i}", "claude-v2", "v1", 3)])
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert box.pending() == 2 * n_threads * per_thread
+    box.forward_batch = 500
+    assert box.forward_once() == 500  # part of it reaches the store, then the process "dies" (no close/flush)
+    del box
+
+    reopened = Outbox(spool, lambda: Store(store_url), forward_batch=700)  # the next start replays the rest
+    assert reopened.decision("q3-7") == DecisionRef("q3-7", "prompt 3 7", "claude-v2", "v1", 3)
+    assert reopened.flush() == 0
+    reopened.close()
+    store = Store(store_url)
+    logs, feedback = store.logs(), store.feedback()
+    assert len(logs) == n_threads * per_thread and logs["query_id"].is_unique
+    assert len(feedback) == n_threads * per_thread and feedback["query_id"].is_unique
+
+
+def test_outbox_keeps_events_while_the_store_is_down(tmp_path: Path) -> None:
+    calls = {"n": 0}
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+
+    def flaky_store() -> Store:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            from mixllm.exceptions import StoreError
+            raise StoreError("store is down")
+        return Store(store_url)
+
+    box = Outbox(tmp_path / "outbox.db", flaky_store)
+    box.put([FeedbackRecord(query_id="q1", model="claude-v2", rating=1.0)])
+    assert box.flush() == 1 and "store is down" in (box.last_error or "")
+    assert box.flush() == 0
+    box.close()
+    assert Store(store_url).feedback()["query_id"].tolist() == ["q1"]
+
+
+# ------------------------------------------------------------------------------------------------ routers -----
+class VersionedSource(RouterSource):
+    """Serves routers named after a version the test sets; `down` makes it fail like an unreachable registry."""
+
+    description = "test"
+
+    def __init__(self) -> None:
+        self.version: str | None = "1"
+        self.down = False
+        self.loads = 0
+
+    def current_ref(self) -> str | None:
+        if self.down:
+            raise RegistryError("registry unreachable")
+        return self.version
+
+    def load(self, ref: str) -> object:
+        self.loads += 1
+        return type("Loaded", (), {"version": f"router-{ref}"})()
+
+
+def test_holder_swaps_on_alias_change_and_keeps_serving_when_the_source_is_down() -> None:
+    src = VersionedSource()
+    swaps: list[str | None] = []
+    h = RouterHolder(src, on_swap=lambda r, ref: swaps.append(ref))
+    assert h.refresh() and h.status()["router_version"] == "router-1"
+    assert not h.refresh() and src.loads == 1  # unchanged alias: no reload
+    src.version = "2"
+    in_flight = h.router
+    assert h.refresh() and h.router.version == "router-2" and in_flight.version == "router-1"
+    src.down = True
+    assert not h.refresh()
+    st = h.status()
+    assert st["ready"] and st["router_version"] == "router-2" and not st["source_reachable"]
+    assert "unreachable" in st["last_error"]
+    src.down, src.version = False, None  # alias removed: keep serving, report it
+    assert not h.refresh() and h.router.version == "router-2" and not h.status()["source_reachable"]
+    assert swaps == ["1", "2"]
+
+
+def test_conversation_text_keeps_every_turn_in_order() -> None:
+    text = conversation_text([{"role": "user", "content": "Sort a list in Python"},
+                              {"role": "assistant", "content": "Use sorted()."},
+                              {"role": "user", "content": [{"type": "text", "text": "And in Rust?"}]}])
+    assert text.splitlines() == ["user: Sort a list in Python", "assistant: Use sorted().", "user: And in Rust?"]
