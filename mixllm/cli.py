@@ -37,7 +37,7 @@ def _console():
 @app.command()
 def ingest(
     paths: list[str] = typer.Argument(
-        ..., help="Log files: canonical .csv/.csv.gz/.jsonl/.parquet or RouterBench wide CSV."),
+        ..., help="Log files or folders of them: canonical .csv/.csv.gz/.jsonl/.parquet or RouterBench wide CSV."),
     store: str | None = typer.Option(
         None, "--store", help="SQLAlchemy URL (default: MIXLLM_STORE_URL or SQLite in home)."),
     feedback: bool = typer.Option(False, "--feedback", help="The files hold feedback rows, not interaction logs."),

@@ -52,6 +52,23 @@ def _check_file(path: Path) -> str:
     return suffix
 
 
+def expand_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders replaced by their log files (sorted, one level, hidden files and other types skipped),
+    so `mixllm ingest data/landing/` picks up whatever landed there. A folder without any log file is an error."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                       and any(f.name.lower().endswith(s) for s in SUFFIXES))
+        if not found:
+            raise ContractError(f"{p}: folder has no log files ({', '.join(SUFFIXES)})")
+        out.extend(found)
+    return out
+
+
 def _nulls_to_none(df: pd.DataFrame) -> pd.DataFrame:
     df = df.astype(object)
     return df.where(df.notna(), None)
@@ -213,7 +230,7 @@ def load_training_log(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """Read and validate log files; the accepted rows only (identical rows once), canonical LOG_COLUMNS."""
     from mixllm.contracts import validate_log
 
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    paths = expand_paths(paths)
     if not paths:
         raise ContractError("no log files given")
     parts, seen = [], set()

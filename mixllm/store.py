@@ -227,11 +227,11 @@ class Store:
         import time
 
         from mixllm.contracts import contract_digest, gx_ready, validate
-        from mixllm.data import read_feedback, read_log
+        from mixllm.data import expand_paths, read_feedback, read_log
 
         if kind not in ("log", "feedback"):
             raise ContractError(f"kind must be 'log' or 'feedback', got {kind!r}")
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        paths = expand_paths(paths)
         reader = read_log if kind == "log" else read_feedback
         raws = [(Path(p), reader(p)) for p in paths]  # read every file first: a bad path fails before any write
         contract = contract_digest(kind, max_prompt_chars=self.max_prompt_chars)

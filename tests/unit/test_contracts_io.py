@@ -100,3 +100,19 @@ def test_feedback_files(tmp_path: Path) -> None:
         fh.write(json.dumps({"query_id": "q1", "model": "m", "rating": 1}) + "\n")
     raw = read_feedback(p)
     assert list(raw.columns) == list(FEEDBACK_COLUMNS) and raw.loc[0, "rating"] == 1
+
+
+def test_expand_paths_takes_folders_and_rejects_empty_ones(tmp_path):
+    from mixllm.data import expand_paths
+
+    (tmp_path / "b.csv").write_text("x\n1\n")
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    (tmp_path / "README.md").write_text("not a log")
+    (tmp_path / ".hidden.csv").write_text("x\n1\n")
+    single = tmp_path / "b.csv"
+    assert expand_paths(tmp_path) == [tmp_path / "a.jsonl", tmp_path / "b.csv"]
+    assert expand_paths([single]) == [single]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ContractError, match="no log files"):
+        expand_paths([empty])
