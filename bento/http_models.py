@@ -15,8 +15,9 @@ from mixllm.schemas import CandidateScore
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 Prompt = Annotated[str, Field(min_length=1, description="The user's query (at most MIXLLM_MAX_PROMPT_CHARS chars).")]
-Wtp = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False,
-                             description="Quality points per dollar: higher pays more for quality.")]
+# ge=1e-9 rather than gt=0: BentoML serves OpenAPI 3.0, where pydantic's numeric `exclusiveMinimum` is invalid.
+Wtp = Annotated[float, Field(ge=1e-9, le=1e12, allow_inf_nan=False,
+                             description="Quality points per dollar (> 0): higher pays more for quality.")]
 Budget = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False, description="Most a query may cost (USD).")]
 QueryId = Annotated[str, Field(min_length=1, max_length=200)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

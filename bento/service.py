@@ -104,6 +104,10 @@ class RouterService:
             self._update_batch, self.cfg.max_batch, name="router-updater")
         self._http_client: Any = None
         self._endpoints: Any = None
+        if self.settings.catalogue_path is not None:  # a bad deployment catalogue fails the start, not a request
+            from mixllm.catalogue import load_catalogue
+
+            self._endpoints = load_catalogue(self.settings.catalogue_path)
 
     # ------------------------------------------------------------------------------------ lifecycle ----------
     def _source(self) -> Any:
@@ -274,13 +278,10 @@ class RouterService:
 
     # ------------------------------------------------------------------------------------ pass-through -------
     def _endpoint(self, model: str) -> Any:
-        """The routed model's endpoint: from MIXLLM_CATALOGUE_PATH when set (deployment config), else the router's."""
-        if self._endpoints is None:
-            from mixllm.catalogue import load_catalogue
-
-            path = self.settings.catalogue_path
-            self._endpoints = load_catalogue(path) if path is not None else self.holder.router.catalogue
-        return self._endpoints.get(model)
+        """The routed model's endpoint: from MIXLLM_CATALOGUE_PATH when set (deployment config, read at start),
+        else from the catalogue of the router serving now (a newer champion may know more models)."""
+        catalogue = self._endpoints if self._endpoints is not None else self.holder.router.catalogue
+        return catalogue.get(model)
 
     @bentoml.api(route="/v1/chat/completions")
     async def chat_completions(self, messages: Messages, model: ModelName = "auto",
@@ -448,15 +449,21 @@ class RouterService:
             return out
 
     # ------------------------------------------------------------------------------------ admin --------------
+    @staticmethod
+    def _refuse(ctx: bentoml.Context, status: int, msg: str, kind: str) -> JSONResponse:
+        """An auth error from an API that takes `ctx`: BentoML then sets the status from `ctx.response`."""
+        ctx.response.status_code = status
+        return http_error(status, "authorization", msg, kind)
+
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> ReloadResult:
         """Load the current router of the configured alias now (needs ``Authorization: Bearer $MIXLLM_ADMIN_TOKEN``)."""
         token = self.cfg.admin_token.get_secret_value() if self.cfg.admin_token else ""
         if not token:
-            return http_error(403, "authorization", "admin endpoints are disabled: set MIXLLM_ADMIN_TOKEN", "forbidden")
+            return self._refuse(ctx, 403, "admin endpoints are disabled: set MIXLLM_ADMIN_TOKEN", "forbidden")
         given = ctx.request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return http_error(401, "authorization", "missing or wrong bearer token", "unauthorized")
+            return self._refuse(ctx, 401, "missing or wrong bearer token", "unauthorized")
         previous = getattr(self.holder.router, "version", None)
         swapped = self.holder.refresh(force=True)
         st = self.holder.status()

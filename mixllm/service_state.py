@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mixllm.exceptions import ArtifactError, MixLLMError, RegistryError, StoreError
+from mixllm.exceptions import ArtifactError, ContractError, MixLLMError, RegistryError, StoreError
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteDecision
 
 log = logging.getLogger("mixllm.service")
@@ -313,6 +313,8 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
                          " payload TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT "
+                         "NULL, payload TEXT NOT NULL, reason TEXT NOT NULL, ts REAL NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, "
                          "model TEXT NOT NULL, router_version TEXT, prompt_tokens INTEGER, ts REAL NOT NULL)")
         self._lock = threading.Lock()
@@ -381,21 +383,49 @@ class Outbox:
                                     (self.forward_batch,)).fetchall()
         if not rows:
             return 0
-        logs = [LogRecord.model_validate_json(p) for _, k, p in rows if k == "log"]
-        feedback = [FeedbackRecord.model_validate_json(p) for _, k, p in rows if k == "feedback"]
+        logs = [(i, LogRecord.model_validate_json(p)) for i, k, p in rows if k == "log"]
+        feedback = [(i, FeedbackRecord.model_validate_json(p)) for i, k, p in rows if k == "feedback"]
         if self._store is None:
             self._store = self._store_factory()
-        if logs:  # decisions first: a feedback row never reaches the store before the decision it rates
-            self._store.append_logs(logs)
-        if feedback:
-            self._store.append_feedback(feedback)
+        # decisions first: a feedback row never reaches the store before the decision it rates
+        rejected = self._deliver(self._store.append_logs, logs) + self._deliver(self._store.append_feedback, feedback)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO rejected (kind, payload, reason, ts) VALUES (?, ?, ?, ?)",
+                                 [("feedback" if isinstance(r, FeedbackRecord) else "log", r.model_dump_json(), why,
+                                   time.time()) for r, why in rejected])
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _, _ in rows])
             self._db.execute("COMMIT")
         self.forwarded["log"] += len(logs)
         self.forwarded["feedback"] += len(feedback)
         return len(rows)
+
+    @staticmethod
+    def _deliver(append: Callable[[list[Any]], Any], items: list[tuple[int, Any]]) -> list[tuple[Any, str]]:
+        """Append records to the store; if its contract refuses the batch, retry one by one so that one bad event
+        cannot block the spool forever. Returns the refused records with the reason (kept in the `rejected` table);
+        any other error (store down) propagates and the whole batch stays in the spool."""
+        records = [r for _, r in items]
+        if not records:
+            return []
+        try:
+            append(records)
+            return []
+        except ContractError:
+            refused = []
+            for r in records:
+                try:
+                    append([r])
+                except ContractError as e:
+                    log.error("the store's contract refused an outbox event (kept in the rejected table): %s", e)
+                    refused.append((r, str(e)))
+            return refused
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """Events the store's contract refused, with the reason (they never block the spool)."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, payload, reason, ts FROM rejected ORDER BY id").fetchall()
+        return [{"kind": k, "payload": json.loads(p), "reason": why, "ts": ts} for k, p, why, ts in rows]
 
     def _prune_decisions(self) -> None:
         with self._lock:

@@ -1,7 +1,8 @@
 """The router service over real HTTP: started ONCE for this module with `mixllm serve` on a real MLflow registry
 (SQLite) whose champion is the session's tiny trained router; a real store receives decisions and feedback.
 
-Tests run in file order: the last ones move the champion alias, take the registry away and stop the service.
+Tests run in file order: the feedback load test crashes (SIGKILL) and restarts the service half-way; the last ones
+move the champion alias, take the registry away and stop the service.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +39,8 @@ class Served:
     url: str
     home: Path
     proc: subprocess.Popen
+    env: dict[str, str]
+    port: int
     store_url: str
     router_version: str
     models: list[str]
@@ -44,6 +48,40 @@ class Served:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120)
+
+    def start(self) -> None:
+        """(Re)start `mixllm serve` with this home and port and wait until /readyz answers 200."""
+        log = open(self.home / "service.log", "a")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "mixllm"), "serve", "--port", str(self.port)],
+                                     cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited {self.proc.returncode}:\n"
+                                     f"{(self.home / 'service.log').read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(ready, 400, "the service to be ready")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: a clean stop through BentoML's arbiter. SIGKILL: a crash of the arbiter AND its workers (circus
+        starts each worker in its own session, so the process group alone would leave the worker serving)."""
+        if self.proc.poll() is None:
+            import psutil
+
+            workers = psutil.Process(self.proc.pid).children(recursive=True) if sig == signal.SIGKILL else []
+            os.killpg(self.proc.pid, sig)
+            for w in workers:
+                w.kill()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
 
 
 def _free_port() -> int:
@@ -123,29 +161,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, trained_router_dir: Path, u
            "MIXLLM_STICKY_MARGIN": "1.0", "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
            "MIXLLM_CATALOGUE_PATH": str(catalogue_path), "FAKE_LLM_KEY": UPSTREAM_KEY}
     env.pop("MIXLLM_ROUTER_DIR", None)
-    log = open(home / "service.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mixllm"), "serve", "--port", str(port)], cwd=REPO,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited {proc.returncode}:\n{(home / 'service.log').read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait(ready, 400, "the service to be ready")
+    env.pop("MIXLLM_STORE_URL", None)
     manifest = json.loads((trained_router_dir / "manifest.json").read_text())
-    yield Served(url, home, proc, f"sqlite:///{home / 'store.db'}", manifest["router_version"], manifest["models"],
-                 [])
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    s = Served(f"http://127.0.0.1:{port}", home, None, env, port,  # type: ignore[arg-type]
+               f"sqlite:///{home / 'store.db'}", manifest["router_version"], manifest["models"], [])
+    s.start()
+    yield s
+    s.stop()
 
 
 def _store(served: Served):
@@ -282,42 +304,61 @@ def test_feedback_is_learned_online_and_persisted(served: Served) -> None:
     assert obs.iloc[0]["quality"] == 0.25 and obs.iloc[0]["cost_usd"] == 0.0031 and obs.iloc[0]["latency_ms"] == 812
 
 
-def test_thousands_of_concurrent_feedback_events_all_reach_the_store(served: Served) -> None:
-    with served.client() as c:
-        r = c.post("/route/batch", json={"prompts": [f"{p} (variant {i})" for i in range(10) for p in PROMPTS]})
-        rids = [d["request_id"] for d in r.json()["decisions"]]
-    served.routed += rids
-    n = 2000
-
-    async def send() -> list[int]:
-        sem = asyncio.Semaphore(32)
-        async with httpx.AsyncClient(base_url=served.url, timeout=300,
-                                     limits=httpx.Limits(max_connections=32)) as ac:
-            async def one(i: int) -> int:
-                async with sem:
-                    resp = await ac.post("/feedback", json={"request_id": rids[i % len(rids)],
-                                                            "rating": (i % 101) / 100, "source": f"load-{i}"})
-                    return resp.status_code
-            return await asyncio.gather(*(one(i) for i in range(n)))
-
-    codes = asyncio.run(send())
-    assert codes.count(200) == n, {c: codes.count(c) for c in set(codes)}
-
-    def stored() -> int:
-        fb = _store(served).feedback()
-        return int(fb["source"].str.startswith("load-").sum())
-
-    _wait(lambda: stored() == n, 60, f"{n} feedback rows in the store")
-    metrics = httpx.get(f"{served.url}/metrics").text
-    assert 'mixllm_feedback_total{kind="feedback"}' in metrics
-
-
 def test_metrics_expose_decisions_feedback_and_the_served_version(served: Served) -> None:
     text = httpx.get(f"{served.url}/metrics").text
     assert "mixllm_decisions_total{model=" in text and "mixllm_route_latency_seconds_bucket" in text
     assert f'mixllm_router_info{{router_version="{served.router_version}",source_version="1"}} 1.0' in text
     assert 'bentoml_service_request_duration_seconds_bucket{endpoint="/route"' in text
     assert 'mixllm_online_updates_total{result="ok"}' in text
+    assert 'mixllm_feedback_total{kind="feedback"}' in text and "mixllm_outbox_pending" in text
+
+
+def test_thousands_of_concurrent_feedback_events_survive_a_crash_and_restart(served: Served) -> None:
+    """2,000 ratings from 32 concurrent clients; the service is SIGKILLed half-way (no flush, no shutdown hook),
+    restarted on the same home, and the clients resend what was never acknowledged. Every acknowledged event must
+    reach the store exactly once, and in the end every event is there."""
+    with served.client() as c:
+        r = c.post("/route/batch", json={"prompts": [f"{p} (variant {i})" for i in range(10) for p in PROMPTS]})
+        assert r.status_code == 200, r.text
+        rids = [d["request_id"] for d in r.json()["decisions"]]
+    served.routed += rids
+    n, tag = 2000, uuid.uuid4().hex[:6]
+    body = {i: {"request_id": rids[i % len(rids)], "rating": (i % 101) / 100, "source": f"load-{tag}-{i}"}
+            for i in range(n)}
+
+    async def send(ids: list[int], kill_after: int | None) -> set[int]:
+        acked: set[int] = set()
+        sem = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(base_url=served.url, timeout=120,
+                                     limits=httpx.Limits(max_connections=32)) as ac:
+            async def one(i: int) -> None:
+                async with sem:
+                    try:
+                        resp = await ac.post("/feedback", json=body[i])
+                    except httpx.HTTPError:
+                        return  # the service died under this request: not acknowledged
+                    if resp.status_code == 200:
+                        acked.add(i)
+                    if kill_after is not None and len(acked) == kill_after:
+                        served.stop(signal.SIGKILL)  # crash: the outbox forwarder may be mid-batch
+            await asyncio.gather(*(one(i) for i in ids))
+        return acked
+
+    acked = asyncio.run(send(list(range(n)), kill_after=n // 2))
+    assert served.proc.poll() is not None and n // 2 <= len(acked) < n, len(acked)
+    served.start()  # same home: the outbox left by the crash is replayed to the store
+    retried = asyncio.run(send(sorted(set(range(n)) - acked), kill_after=None))
+    assert len(acked) + len(retried) == n
+
+    def stored():
+        fb = _store(served).feedback()
+        return fb[fb["source"].str.startswith(f"load-{tag}-")]
+
+    rows = _wait(lambda: d if len(set((d := stored())["source"])) == n else None, 60,
+                 f"{n} distinct feedback events in the store")
+    counts = rows["source"].value_counts()
+    assert (counts[[f"load-{tag}-{i}" for i in acked]] == 1).all(), "an acknowledged event was stored twice"
+    assert httpx.get(f"{served.url}/readyz").json()["router_version"] == served.router_version
 
 
 # ------------------------------------------------------------------------------------------------ schema fuzz -
@@ -397,7 +438,8 @@ def test_follows_the_alias_and_keeps_serving_when_the_registry_is_gone(served: S
     reg = _registry(served.home)
     v2 = reg.log_candidate(trained_router_dir, None, "b" * 64)
     reg.promote(v2, "newer", "pytest")
-    _wait(lambda: httpx.get(f"{served.url}/readyz").json()["source_version"] == v2, 120, "the service to follow v2")
+    # polled every second (MIXLLM_POLL_SECONDS=1); loading the new router beside the old one takes a few seconds
+    _wait(lambda: httpx.get(f"{served.url}/readyz").json()["source_version"] == v2, 60, "the service to follow v2")
 
     db = served.home / "mlflow.db"
     shutil.move(db, served.home / "mlflow.db.away")  # the registry's database disappears

@@ -136,6 +136,23 @@ def test_outbox_keeps_events_while_the_store_is_down(tmp_path: Path) -> None:
     assert Store(store_url).feedback()["query_id"].tolist() == ["q1"]
 
 
+def test_an_event_the_store_contract_refuses_is_set_aside_and_does_not_block_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXLLM_MAX_PROMPT_CHARS", "50")  # the store's contract: prompts of at most 50 characters
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    box = Outbox(tmp_path / "outbox.db", lambda: Store(store_url))
+    box.put([LogRecord(query_id="ok-1", prompt="short prompt", model="claude-v2"),
+             LogRecord(query_id="too-long", prompt="x" * 80, model="claude-v2"),
+             FeedbackRecord(query_id="ok-1", model="claude-v2", rating=1.0)])
+    assert box.flush() == 0 and box.pending() == 0
+    (refused,) = box.rejected()
+    assert refused["kind"] == "log" and refused["payload"]["query_id"] == "too-long"
+    assert "max_prompt_chars" in refused["reason"]
+    box.close()
+    store = Store(store_url)
+    assert store.logs()["query_id"].tolist() == ["ok-1"] and store.feedback()["query_id"].tolist() == ["ok-1"]
+
+
 # ------------------------------------------------------------------------------------------------ routers -----
 class VersionedSource(RouterSource):
     """Serves routers named after a version the test sets; `down` makes it fail like an unreachable registry."""
