@@ -21,12 +21,11 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.common import COMPUTE, IO_RETRY
 from mixllm import pipeline as P
 from mixllm.config import get_settings
 from mixllm.exceptions import MixLLMError
 
-IO_RETRY = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NO_CACHE}
-COMPUTE = {"retries": 0, "cache_policy": NO_CACHE}
 
 
 def _run_name() -> str:

@@ -11,11 +11,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.common import IO_RETRY
 from mixllm import pipeline as P
 from mixllm.config import get_settings
 from mixllm.registry import Registry
 
-IO_RETRY = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NO_CACHE}
 
 
 @task(name="move-champion", **IO_RETRY)

@@ -6,7 +6,8 @@
 #   infra/services.sh up        install PostgreSQL/Chromium if missing, start postgres, mlflow, prefect, worker
 #   infra/services.sh service   start the routing service (`mixllm serve`) on the registry's champion
 #   infra/services.sh status    one line per component
-#   infra/services.sh env       `export` lines for clients and tests: eval "$(infra/services.sh env)"
+#   infra/services.sh env       `export` lines for the tests (MIXLLM_TEST_*): eval "$(infra/services.sh env)"
+#   infra/services.sh client-env  `export` lines that point your shell's mixllm/prefect/mlflow at the servers
 #   infra/services.sh logs [n]  tail of every log
 #   infra/services.sh down      stop everything started here (and PostgreSQL if `up` started it)
 #   infra/services.sh purge     down, then drop the databases and delete the state folder
@@ -213,7 +214,7 @@ worker_up() {
     export MIXLLM_HOME=$STATE/home MIXLLM_ADMIN_TOKEN
     MIXLLM_ADMIN_TOKEN=$(admin_token)
     export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-5}  # pick up hand-triggered runs sooner
-    launch worker "$BIN/prefect" worker start --pool "$POOL" --type process --name "mixllm-worker-$(hostname)" \
+    launch worker "$BIN/prefect" worker start --pool "$POOL" --type process --name "mixllm-worker-$(uname -n)" \
       --limit 1 --create-pool-if-not-found  # creates the process work pool on first start
   )
   local t0=$SECONDS
@@ -243,8 +244,10 @@ service_up() {
 cmd_up() {
   local t0=$SECONDS
   mkdir -p "$STATE/run" "$STATE/logs"
-  command -v curl >/dev/null || apt_install curl
-  apt_install postgresql chromium
+  local tools=()  # slim images may lack these
+  command -v curl >/dev/null || tools+=(curl)
+  command -v pgrep >/dev/null || tools+=(procps)
+  apt_install postgresql chromium "${tools[@]}"
   postgres_up
   mlflow_up
   prefect_up  # both servers start in parallel; wait for them together
@@ -272,6 +275,15 @@ export MIXLLM_TEST_PREFECT_API_URL=$PREFECT_URL
 export MIXLLM_TEST_WORK_POOL=$POOL
 export MIXLLM_TEST_PG_URL=$PG_URL
 export MIXLLM_TEST_SERVICE_URL=$SERVICE_URL
+EOF
+}
+
+cmd_client_env() {  # the same state the worker's flow runs and the service use
+  cat <<EOF
+export PREFECT_API_URL=$PREFECT_URL
+export MIXLLM_TRACKING_URI=$MLFLOW_URL MIXLLM_REGISTRY_URI=$MLFLOW_URL MLFLOW_TRACKING_URI=$MLFLOW_URL
+export MIXLLM_HOME=$STATE/home
+export MIXLLM_ADMIN_TOKEN=$(admin_token)
 EOF
 }
 
@@ -305,7 +317,8 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  client-env) cmd_client_env ;;
   logs) shift; cmd_logs "$@" ;;
   purge) cmd_purge ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -124,7 +124,8 @@ def check_landing(path: Path, config: PipelineConfig, kind: str = "log") -> Land
     if bad and (config.on_contract_failure == "stop" or fraction > config.max_quarantine_fraction):
         example = result.quarantined["reason"].iloc[0]
         why = ("policy is 'stop'" if config.on_contract_failure == "stop"
-               else f"{fraction:.1%} of the file is bad, above max_quarantine_fraction={config.max_quarantine_fraction}")
+               else f"{fraction:.1%} of the file is bad, above "
+                    f"max_quarantine_fraction={config.max_quarantine_fraction}")
         raise ContractError(f"{path}: {bad} of {len(raw)} rows fail the {kind} contract ({why}); failed "
                             f"expectations {check.reasons}; first: {example}. Fix the file or change "
                             "MIXLLM_PIPELINE_ON_CONTRACT_FAILURE / MIXLLM_PIPELINE_MAX_QUARANTINE_FRACTION.")
@@ -217,8 +218,17 @@ def evaluate_router(router_dir: Path, test: pd.DataFrame, config: PipelineConfig
     from mixllm.router import MixLLMRouter
 
     router = MixLLMRouter.load(router_dir)
-    report = evaluate(router, test, baselines=config.baselines, train_log=train, seed=config.seed)
-    return report, {**report.summary, **operating_point(router, test, settings.default_willingness_to_pay)}
+    report = evaluate(router, _plain_numbers(test), baselines=config.baselines,
+                      train_log=None if train is None else _plain_numbers(train), seed=config.seed)
+    point = operating_point(router, _plain_numbers(test), settings.default_willingness_to_pay)
+    return report, {**report.summary, **point}
+
+
+def _plain_numbers(log: pd.DataFrame) -> pd.DataFrame:
+    """The store's nullable Int64 token columns as float (NaN for unknown): rows the service logged have no
+    completion tokens yet, and a pivot mixing pd.NA with floats is not numeric."""
+    cols = [c for c in ("quality", "cost_usd", "prompt_tokens", "completion_tokens", "latency_ms") if c in log]
+    return log.assign(**{c: pd.to_numeric(log[c], errors="coerce").astype(float) for c in cols})
 
 
 def operating_point(router: Any, test: pd.DataFrame, willingness_to_pay: float) -> dict[str, float]:
@@ -298,13 +308,14 @@ def package(version: str, settings: Settings, config: PipelineConfig) -> StageRe
     if not bentofile.is_file():
         return StageResult(ok=False, action="skipped",
                            message=f"Bento build skipped: {bentofile} not found (the service is not in this checkout)")
+    context = config.bento_dir.resolve().parent  # the bentofile's paths (bento/*.py, mixllm/**) are from the repo root
     env = _env(settings)
     env["MIXLLM_ROUTER_DIR"] = str(_router_dir_for(settings, version))
     cmd = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", str(bentofile), "--version",
            f"v{version}", "--label", f"champion_version={version}", "--label",
-           f"registered_model={settings.registered_model}", "-o", "tag", str(config.bento_dir)]
+           f"registered_model={settings.registered_model}", "-o", "tag", str(context)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=config.bento_dir, timeout=600)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=context, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return StageResult(ok=False, action="failed", message=f"bentoml build could not run: {e}")
     if proc.returncode != 0:

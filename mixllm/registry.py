@@ -68,7 +68,8 @@ class RouterPyfunc(mlflow.pyfunc.PythonModel):
 
         self.router = MixLLMRouter.load(Path(context.artifacts[ARTIFACT_KEY]))
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001
+        # (DataFrame is one of the hints MLflow leaves alone: no hint-based validation on top of `_signature`)
         if isinstance(model_input, pd.DataFrame):
             prompts = [str(p) for p in model_input["prompt"]]
         else:
@@ -263,7 +264,8 @@ class Registry:
                     metrics = dict(self.client.get_run(mv.run_id).data.metrics)
                 except MlflowException:
                     metrics = {}
-            rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])), "tags": dict(mv.tags),
+            rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "tags": dict(mv.tags),
                          "metrics": metrics, "run_id": mv.run_id,
                          "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(
                              timespec="seconds")})

@@ -32,10 +32,11 @@ START_HINT = ("start the real servers first: `infra/services.sh up && eval \"$(i
 
 # A tiny but real training: a few dozen queries per task, a small router, no Bento build.
 SMALL_PIPELINE: dict[str, Any] = {
-    "max_train_queries_per_task": 40,
-    "max_test_queries_per_task": 30,
+    "max_train_queries_per_task": 20,
+    "max_test_queries_per_task": 15,
     "build_bento": False,
-    "router": {"epochs": 1, "tag_enhanced": False, "progress": False, "predictor": {"n_estimators": 30, "min_child_samples": 5}},
+    "router": {"epochs": 1, "tag_enhanced": False, "progress": False,
+               "predictor": {"n_estimators": 30, "min_child_samples": 5}},
 }
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -130,7 +131,8 @@ class PipelineRun:
 
 @pytest.fixture(scope="session")
 def first_run(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    """`mixllm pipeline run` once against the PostgreSQL-backed MLflow server (flow run tracked by the Prefect server)."""
+    """`mixllm pipeline run` once against the PostgreSQL-backed MLflow server (flow run tracked by the Prefect
+    server)."""
     home = tmp_path_factory.mktemp("pipeline-home")
     t0 = time.monotonic()
     proc = run_cmd([str(VENV_BIN / "mixllm"), "pipeline", "run"], base_env(servers, home))

@@ -1,17 +1,14 @@
 """The nightly flow for real (Prefect test harness, SQLite MLflow, real router, real GX) on a small slice.
 
-One module, one mixllm home, in order: first run -> version 1 promoted; second run on the same data -> version 2
-with a stated gate verdict; a run on corrupted data stops at validation and leaves the champion alone (through the
-`mixllm pipeline run` CLI, in a subprocess, as a user runs it); `mixllm rollback` moves the champion back.
+One module, one mixllm home, in order: first run -> version 1 promoted and packaged; second run on the same data ->
+version 2 with a stated gate verdict; a run on corrupted data stops at validation and leaves the champion alone
+(also through the CLI's entry point, as a user sees it); `mixllm promote` / `mixllm rollback` move the champion.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +81,9 @@ def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home:
     assert "no service URL configured" in out["deploy"]
     assert "smoke test (in-process" in out["smoke"] and "version 1" in out["smoke"]
     if (REPO / "bento" / "bentofile.yaml").is_file():
-        assert out["package"].startswith("built Bento"), out["package"]
+        assert out["package"].startswith("built Bento mixllm-router:v1"), out["package"]
+        src = state["home"] / "bentoml" / "bentos" / "mixllm-router" / "v1" / "src"
+        assert (src / "bento" / "service.py").is_file() and (src / "mixllm" / "router.py").is_file()
     else:
         assert "bentofile.yaml not found" in out["package"]
     # the flow run is named after the date and the data digest
@@ -139,17 +138,22 @@ def test_corrupted_data_stops_at_validation_and_champion_is_untouched(state: dic
     assert len(Store(get_settings().store_url).logs()) == rows_before  # nothing from the bad file landed
 
 
-def test_cli_pipeline_run_reports_a_contract_stop_in_one_line(home: Path, tmp_path: Path) -> None:
-    """`mixllm pipeline run` as a user runs it (subprocess, own ephemeral Prefect API): exit 2, one clear line."""
+def test_cli_pipeline_run_reports_a_contract_stop_in_one_line(home: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """What `mixllm pipeline run` prints (its entry point, `flows.nightly.main`): exit 2, one clear line.
+
+    In-process on the module's Prefect harness; the CLI's own subprocess is exercised by the servers tier."""
+    from flows.nightly import main
+
     bad = _corrupt(REPO / "data" / "routerbench" / "mbpp_train.csv.gz", tmp_path / "corrupt_train.csv.gz")
-    env = {**os.environ, "MIXLLM_PIPELINE_LANDING": json.dumps([str(bad)]),
-           "MIXLLM_PIPELINE_ON_CONTRACT_FAILURE": "stop", "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)  # the CLI runs the flow on its own ephemeral API, as on a clean clone
-    proc = subprocess.run([sys.executable, "-c", "from mixllm.cli import main; main()", "pipeline", "run"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "pipeline stopped:" in proc.stderr and "fail the log contract" in proc.stderr
-    assert "champion untouched" in proc.stderr
+    monkeypatch.setenv("MIXLLM_PIPELINE_LANDING", json.dumps([str(bad)]))
+    monkeypatch.setenv("MIXLLM_PIPELINE_ON_CONTRACT_FAILURE", "stop")
+    before = Registry(get_settings()).version_for(CHAMPION)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline stopped:" in err and "fail the log contract" in err and "champion untouched" in err, err
+    assert Registry(get_settings()).version_for(CHAMPION) == before
 
 
 def test_quarantine_policy_stops_when_too_much_of_a_file_is_bad(home: Path, tmp_path: Path) -> None:
