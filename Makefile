@@ -35,4 +35,5 @@ lock: setup
 	@$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python 3.11 -q -o requirements.lock
 
 clean:
+	-@infra/services.sh down >/dev/null 2>&1
 	rm -rf .mixllm .pytest_cache .hypothesis

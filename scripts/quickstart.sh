@@ -9,7 +9,7 @@ cat <<'MSG'
 
 Where to look next:
   .venv/bin/mixllm versions                     # registered router versions, aliases and metrics
-  .venv/bin/mlflow ui --backend-store-uri sqlite:///.mixllm/mlflow.db --workers 1   # then open http://127.0.0.1:5000
+  .venv/bin/mlflow ui --backend-store-uri sqlite:///.mixllm/mlflow.db --workers 1 --port 5001   # then open http://127.0.0.1:5001
   .venv/bin/mixllm serve                        # the routing service on the champion (see README "Routing service")
   .venv/bin/mixllm quarantine                   # rows the data contracts refused, with the reason
 MSG
