@@ -2,9 +2,12 @@
 
 Trains the tag-enhanced router with several seeds and the plain-embedding ablation with the same seeds, replays the
 953 test queries through each (willingness-to-pay sweep) next to the baselines (single LLMs and their mix, random,
-oracle, task prior, KNN-20 on plain MiniLM, LightGBM on TF-IDF), adds the latency-constrained replay, and writes:
+oracle, task prior, KNN-20 on plain MiniLM, LightGBM on TF-IDF), adds the latency-constrained replay and the
+continual-learning replay (frozen router vs the router learning from refined / thumbs feedback on the same stream,
+also with a failing LLM), and writes:
   bench/results/quality.json, bench/results/quality.png and the `quality` section of BENCHMARKS.md.
-Nothing is tuned on the test split: every hyper-parameter is the library default.
+Nothing is tuned on the test split: every hyper-parameter is the library default, chosen by 3-fold cross-validation
+on the train split (figures in the RouterConfig docstring, mixllm/router.py).
 
 Usage: python bench/quality.py [--seeds 3] [--out bench/results] [--no-write]
 """
@@ -50,7 +53,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
     args = ap.parse_args()
 
-    from mixllm.baselines import LatencyConfig
+    from mixllm.baselines import LatencyConfig, OnlineConfig
     from mixllm.data import load_routerbench
     from mixllm.evaluation import ALL_BASELINES, evaluate
     from mixllm.router import MixLLMRouter, RouterConfig
@@ -74,7 +77,7 @@ def main() -> int:
         t0 = time.perf_counter()
         if seed == seeds[0]:  # every baseline and the latency replay once, in the same run as the first seed
             report = evaluate(router, test, reference=REFERENCE, baselines=ALL_BASELINES, train_log=train,
-                              seed=seed, latency=LatencyConfig(seed=seed))
+                              seed=seed, latency=LatencyConfig(seed=seed), online=OnlineConfig(seed=seed))
             main_report = report
         else:
             report = evaluate(router, test, reference=REFERENCE, baselines=("plain_router",), train_log=train,

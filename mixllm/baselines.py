@@ -1,4 +1,4 @@
-"""Routing policies replayed by `mixllm.evaluation`: baselines, the router adapter and the latency replay.
+"""Routing policies replayed by `mixllm.evaluation`: baselines, the router adapter, the latency and online replays.
 
 Each policy turns a `TestSet` into a `Sweep`: one row of per-query choices (index into `TestSet.models`) per sweep
 point. Score-based baselines choose argmax_j q_hat[i, j] - c_hat[i, j] / lam over a dense grid of lam (dollars per
@@ -299,3 +299,87 @@ def _replay(router: RouterLike, pred: Any, test: TestSet, cols: np.ndarray, prof
             "rel_cost": cost.mean() / rc, "timeouts": float(timeouts), "timeout_rate": timeouts / test.n,
             "mean_wait_ms": float(waits.mean()), "p95_wait_ms": float(np.percentile(waits, 95)),
             "reference_share": float(share[list(cols).index(ref)] / test.n) if ref in cols else 0.0}
+
+
+# ------------------------------------------------------------------------------------------- online replay ----
+class OnlineConfig(BaseModel):
+    """The continual-learning replay (see `online_replay`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cost_levels: tuple[float, ...] = Field(default=(0.10, 0.25), description="Replay at the sweep's willingness "
+                                           "to pay whose frozen point is nearest each relative cost.")
+    batch_size: int = Field(default=10, ge=1, description="Feedback for a batch arrives before the next batch.")
+    drift: bool = Field(default=True, description="Also replay a stream where the LLM the frozen router uses "
+                        "most starts failing every query (a silent provider regression).")
+    seed: int = 0
+
+
+ONLINE_MODES = ("frozen", "refined", "thumbs")
+
+
+def _wtp_near(sweep: Any, level: float) -> float:
+    best = min(sweep.points, key=lambda p: (abs(p["rel_cost"] - level), p["param"]))
+    return float(best["param"])
+
+
+def online_replay(router: Any, test: TestSet, cfg: OnlineConfig, ref: int, *, pred: Any = None,
+                  sweep: Any = None) -> dict[str, Any]:
+    """Prequential replay of the test queries as a stream: route a batch, then feed back what was observed.
+
+    Modes, on the same stream and willingness to pay: `frozen` (no feedback: the offline router), `refined`
+    (observed quality and cost of the chosen LLM, `LogRecord`s) and `thumbs` (a thumbs up/down = the observed
+    quality, `FeedbackRecord`s). Each mode learns on `router.fork()`, through `router.learn`, the same update path
+    as serving's `update_many`; the evaluated router is left unchanged. Scenario `stationary` replays the log as
+    is; `drift` (optional) makes the LLM that the frozen router picks most at that willingness to pay fail every
+    query from the start of the stream, so learning from feedback must route around it.
+    """
+    from mixllm.schemas import FeedbackRecord, LogRecord
+
+    pred = router.predict(test.prompts, prompt_token_list(test)) if pred is None else pred
+    cols = _columns(pred.models, test)
+    order = np.random.default_rng(cfg.seed).permutation(test.n)
+    rq, rc = test.quality[:, ref].mean(), test.cost[:, ref].mean()
+    wtps = {f"{round(lvl * 100)}pct": (_wtp_near(sweep, lvl) if sweep is not None else 1.0) for lvl in cfg.cost_levels}
+    out: dict[str, Any] = {"config": f"{test.n} test queries in a seeded random order, feedback after every "
+                                     f"{cfg.batch_size}", "scenarios": {}}
+    for scenario in ("stationary", "drift") if cfg.drift else ("stationary",):
+        for level, wtp in wtps.items():
+            quality, degraded = test.quality, None
+            if scenario == "drift":
+                frozen_choice = cols[np.asarray(router.choose(pred, wtp), dtype=int)]
+                degraded = int(np.bincount(frozen_choice[frozen_choice >= 0], minlength=len(test.models)).argmax())
+                quality = test.quality.copy()
+                quality[:, degraded] = 0.0
+            row = {"willingness_to_pay": wtp, "degraded_model": None if degraded is None else test.models[degraded]}
+            for mode in ONLINE_MODES:
+                learner = router.fork() if mode != "frozen" else router
+                q, c, share = np.zeros(test.n), np.zeros(test.n), 0
+                for s in range(0, test.n, cfg.batch_size):
+                    idx = order[s:s + cfg.batch_size]
+                    batch = slice_predictions(pred, idx)
+                    ch = np.asarray(learner.choose(batch, wtp), dtype=int)
+                    col = cols[ch]
+                    picked = ch >= 0
+                    q[idx] = np.where(picked, quality[idx, np.clip(col, 0, None)], 0.0)
+                    c[idx] = np.where(picked, test.cost[idx, np.clip(col, 0, None)], 0.0)
+                    share += int(np.sum(picked & (col == degraded))) if degraded is not None else 0
+                    if mode == "frozen" or not picked.any():
+                        continue
+                    keep = np.nonzero(picked)[0]
+                    if mode == "refined":
+                        recs = [LogRecord(query_id=test.query_ids[i], prompt=test.prompts[i],
+                                          model=pred.models[ch[k]], quality=float(q[i]), cost_usd=float(c[i]))
+                                for k, i in zip(keep, idx[keep])]
+                    else:
+                        recs = [FeedbackRecord(query_id=test.query_ids[i], model=pred.models[ch[k]],
+                                               rating=float(q[i] >= 0.5), source="replay")
+                                for k, i in zip(keep, idx[keep])]
+                    learner.learn(recs, slice_predictions(batch, keep))
+                row[mode] = {"rel_quality": float(q.mean() / rq), "rel_cost": float(c.mean() / rc),
+                             "utility": float(np.mean(q - c / wtp)),
+                             "second_half_rel_quality": float(q[order[test.n // 2:]].mean() / rq)}
+                if degraded is not None:
+                    row[mode]["degraded_share"] = share / test.n
+            out["scenarios"].setdefault(scenario, {})[level] = row
+    return out

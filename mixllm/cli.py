@@ -272,6 +272,8 @@ def evaluate(
                                   help="Comma-separated: single,random,oracle,task_prior,knn,tfidf_lgbm,"
                                        "plain_router (or 'none')."),
     latency: bool = typer.Option(False, "--latency/--no-latency", help="Add the latency-constrained replay."),
+    online: bool = typer.Option(False, "--online/--no-online", help="Add the continual-learning replay (frozen "
+                                "vs learning from feedback on the same stream)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline, the ablation and the replay."),
 ) -> None:
     """Replay test logs through a router over a willingness-to-pay sweep, next to baselines; JSON/PNG/markdown."""
@@ -292,10 +294,15 @@ def evaluate(
         from mixllm.baselines import LatencyConfig
 
         latency_cfg = LatencyConfig(seed=seed)
+    online_cfg = None
+    if online:
+        from mixllm.baselines import OnlineConfig
+
+        online_cfg = OnlineConfig(seed=seed)
     try:
         report = run_evaluation(model, load_training_log(data), wtps=wtp or None, reference=reference,
                                 baselines=chosen, train_log=load_training_log(train) if train else None,
-                                seed=seed, latency=latency_cfg)
+                                seed=seed, latency=latency_cfg, online=online_cfg)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -483,7 +490,13 @@ def serve(
     os.environ["MIXLLM_ROUTER_ALIAS"] = alias
     from mixllm.config import get_settings
 
-    os.environ["MIXLLM_HOME"] = str(get_settings().home)  # the worker may start elsewhere: pin the data folder
+    settings = get_settings()
+    os.environ["MIXLLM_HOME"] = str(settings.home)  # the worker may start elsewhere: pin the data folder
+    local_db = (settings.registry_uri or "").removeprefix("sqlite:///")
+    if router_dir is None and local_db != settings.registry_uri and not Path(local_db).is_file():
+        # no local registry yet: say so in one line rather than serve a /readyz that never turns ready
+        raise MixLLMError(f"no registry at {settings.registry_uri}: run `make quickstart` first (it registers a "
+                          "champion), point MIXLLM_TRACKING_URI at your registry, or pass --router-dir DIR")
     bentoml = Path(sys.executable).parent / "bentoml"
     args = [str(bentoml), "serve", "bento.service:RouterService", "--host", host, "--port", str(port),
             "--working-dir", str(repo)]

@@ -32,7 +32,7 @@ Definitions (all figures are *relative to a reference model*, by default the mos
   APGR = area under it over share in [0, 1]; CPT(x) = the smallest share of strong calls with PGR >= x.
 - Per-task slices: the same sweep choices restricted to the task's queries, relative to the reference on them.
 
-The policies themselves (baselines, the router adapter, the latency-constrained replay) live in
+The policies themselves (baselines, the router adapter, the latency-constrained and online-feedback replays) live in
 `mixllm.baselines`; this module holds the frontier math, the test-set pivot, the report and `evaluate`.
 """
 
@@ -258,6 +258,7 @@ class EvaluationReport:
     policies: dict[str, PolicyResult]
     main: str | None = None
     latency: dict[str, Any] | None = None
+    online: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -278,6 +279,11 @@ class EvaluationReport:
                             ("aiq", "quality_at_25pct_cost") if k in res.metrics})
         for mode, figures in (self.latency or {}).get("replays", {}).items():
             out.update({f"latency/{mode}/{k}": _num(v) for k, v in figures.items() if isinstance(v, (int, float))})
+        for scenario, levels in (self.online or {}).get("scenarios", {}).items():
+            for level, row in levels.items():
+                for mode in ("frozen", "refined", "thumbs"):
+                    out.update({f"online/{scenario}/{level}/{mode}/{k}": _num(v) for k, v in row[mode].items()
+                                if k in ("rel_quality", "rel_cost", "degraded_share")})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,7 +293,7 @@ class EvaluationReport:
             "main": self.main, "summary": self.summary, "skipped": self.skipped, "timings_s": self.timings_s,
             "policies": {n: {"kind": r.kind, "note": r.note, "metrics": r.metrics, "tasks": r.tasks,
                              "points": r.points} for n, r in self.policies.items()},
-            "latency": self.latency,
+            "latency": self.latency, "online": self.online,
         })
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -316,6 +322,18 @@ class EvaluationReport:
             for mode, f in self.latency["replays"].items():
                 lines.append(f"| {mode} | {pct(f['rel_quality'])} | {pct(f['rel_cost'])} | {int(f['timeouts'])} "
                              f"| {f['mean_wait_ms']:.0f} | {f['p95_wait_ms']:.0f} |")
+        if self.online:
+            lines += ["", f"Online replay with feedback ({self.online['config']}); quality / cost relative to the "
+                      "reference; refined = observed quality and cost fed back, thumbs = up/down only:", "",
+                      "| stream | frozen cost point | frozen | refined feedback | thumbs feedback |",
+                      "| --- | --- | --- | --- | --- |"]
+            for scenario, levels in self.online["scenarios"].items():
+                for level, row in levels.items():
+                    cell = lambda f: (f"{pct(f['rel_quality'])} / {pct(f['rel_cost'])}"  # noqa: E731
+                                      + (f" ({100 * f['degraded_share']:.1f}% to it)" if "degraded_share" in f else ""))
+                    label = scenario if row["degraded_model"] is None else f"{scenario}: {row['degraded_model']} fails"
+                    lines.append(f"| {label} | ~{level.replace('pct', '%')} | {cell(row['frozen'])} | "
+                                 f"{cell(row['refined'])} | {cell(row['thumbs'])} |")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path | str, dpi: int = 80) -> Path:
@@ -401,12 +419,14 @@ def default_wtps() -> np.ndarray:
 
 def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | None = None, reference: str | None = None,
              baselines: Iterable[str] = FAST_BASELINES, train_log: pd.DataFrame | None = None, seed: int = 0,
-             latency: Any = None, knn_k: int = 20, name: str = "router") -> EvaluationReport:
+             latency: Any = None, online: Any = None, knn_k: int = 20, name: str = "router") -> EvaluationReport:
     """Replay `test_log` through `router` (may be None: baselines only) and the chosen baselines; one report.
 
     baselines: any of ALL_BASELINES ("single", "random", "oracle" need only the test log; "task_prior", "knn",
     "tfidf_lgbm", "plain_router" need `train_log` and are skipped, with the reason, without it). latency: a
     `mixllm.baselines.LatencyConfig` (or True for its defaults) to add the latency-constrained replay of `router`.
+    online: a `mixllm.baselines.OnlineConfig` (or True) to add the continual-learning replay (frozen router vs the
+    router receiving refined / thumbs feedback on the same stream; the evaluated router is not changed).
     """
     import time
 
@@ -468,4 +488,12 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
             report.latency = bl.latency_replay(router, test, cfg, ref, pred=pred,
                                                sweep=report.policies[name])
             report.timings_s["latency"] = time.perf_counter() - t0
+    if online is not None and online is not False:
+        if router is None or not hasattr(router, "learn"):
+            report.skipped["online"] = "needs a router that learns from feedback"
+        else:
+            t0 = time.perf_counter()
+            cfg = bl.OnlineConfig() if online is True else online
+            report.online = bl.online_replay(router, test, cfg, ref, pred=pred, sweep=report.policies[name])
+            report.timings_s["online"] = time.perf_counter() - t0
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mixllm.data import load_routerbench
 from mixllm.embeddings import EmbeddingCache, QueryEncoder
@@ -49,9 +50,16 @@ def test_tag_enhanced_fine_tuning_separates_tags(routerbench_dir, tmp_path):
         return sim[same & ~np.eye(len(t), dtype=bool)].mean() - sim[~same].mean()
 
     before_id, before = enc.weights_id, margin(enc.encode(prompts))
-    enc.fine_tune(prompts, tags, epochs=2, batch_size=12, lr=1e-4, seed=0, progress=False)
+    bert = enc.model[0].auto_model
+    low, top = bert.encoder.layer[0].attention.self.query.weight.clone(), bert.encoder.layer[5].output.dense.weight.clone()
+    enc.fine_tune(prompts, tags, epochs=2, batch_size=12, lr=1e-4, seed=0, progress=False, train_layers=2,
+                  max_queries_per_epoch=30)
     assert enc.weights_id != before_id
     assert margin(enc.encode(prompts)) > before + 0.02
+    # Only the top layers were trained (the CPU budget); every parameter is trainable again afterwards.
+    assert torch.equal(bert.encoder.layer[0].attention.self.query.weight, low)
+    assert not torch.equal(bert.encoder.layer[5].output.dense.weight, top)
+    assert all(p.requires_grad for p in enc.model.parameters())
     again = QueryEncoder.load(enc.save(tmp_path / "enc"))
     assert again.weights_id == enc.weights_id
     np.testing.assert_allclose(again.encode(prompts[:3]), enc.encode(prompts[:3]), atol=1e-5)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mixllm.baselines import LatencyConfig
+from mixllm.baselines import LatencyConfig, OnlineConfig
 from mixllm.data import load_routerbench
 from mixllm.evaluation import evaluate
 from mixllm.router import MixLLMRouter
@@ -35,7 +35,8 @@ def report(trained_router_dir, test_slice, routerbench_dir):
     return evaluate(router, test_slice, reference=REFERENCE, train_log=train,
                     baselines=("single", "random", "oracle", "task_prior"),
                     latency=LatencyConfig(rate_per_s=1000.0, arrivals="uniform", max_wait_ms=1000.0,
-                                          willingness_to_pay=100.0))
+                                          willingness_to_pay=100.0),
+                    online=OnlineConfig(cost_levels=(0.25,), batch_size=5))
 
 
 def test_router_sweep_spans_cheap_to_strong(report):
@@ -81,11 +82,39 @@ def test_cli_evaluate_writes_json_png_markdown(trained_router_dir, test_slice, t
     result = CliRunner().invoke(app, ["evaluate", "--router", str(trained_router_dir), "--data", str(data),
                                       "--json", str(out), "--plot", str(tmp_path / "f.png"), "--markdown",
                                       str(tmp_path / "t.md"), "--reference", REFERENCE, "--baselines",
-                                      "single,oracle", "--wtp", "0.0001", "--wtp", "0.01", "--wtp", "1"])
+                                      "single,oracle", "--wtp", "0.0001", "--wtp", "0.01", "--wtp", "1", "--online"])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert len(doc["policies"]["router"]["points"]) == 3
+    assert set(doc["online"]["scenarios"]) == {"stationary", "drift"}
     assert (tmp_path / "f.png").stat().st_size > 0
     assert "| **router** |" in (tmp_path / "t.md").read_text()
     headline = json.loads(result.stdout.strip().splitlines()[-1])
     assert np.isclose(headline["aiq"], doc["summary"]["aiq"], atol=1e-4)
+
+
+def test_online_replay_feedback_routes_around_a_failing_llm(report):
+    """Learning from feedback (through MixLLMRouter.learn, update_many's path) must move later decisions: when the
+    LLM the frozen router prefers fails every query, both feedback kinds send far fewer queries to it."""
+    drift = report.online["scenarios"]["drift"]["25pct"]
+    frozen = drift["frozen"]
+    assert frozen["degraded_share"] > 0.2
+    for mode in ("refined", "thumbs"):
+        assert drift[mode]["degraded_share"] < frozen["degraded_share"] / 2, drift
+        assert drift[mode]["rel_quality"] > frozen["rel_quality"]
+    stationary = report.online["scenarios"]["stationary"]["25pct"]
+    point = next(p for p in report.policies["router"].points if p["param"] == stationary["willingness_to_pay"])
+    # Without feedback the stream replay is the sweep point itself (same decisions, whatever the order).
+    assert stationary["frozen"]["rel_quality"] == pytest.approx(point["rel_quality"])
+    assert stationary["frozen"]["rel_cost"] == pytest.approx(point["rel_cost"])
+    assert "online/drift/25pct/refined/degraded_share" in report.summary
+    assert "Online replay" in report.to_markdown()
+
+
+def test_online_replay_leaves_the_evaluated_router_unchanged(trained_router_dir, test_slice):
+    router = MixLLMRouter.load(trained_router_dir)
+    before = router.predict(test_slice["prompt"].unique()[:10].tolist())
+    evaluate(router, test_slice, reference=REFERENCE, baselines=(), online=OnlineConfig(cost_levels=(0.25,)))
+    after = router.predict(test_slice["prompt"].unique()[:10].tolist())
+    assert "bandit_updates" not in router.manifest
+    np.testing.assert_array_equal(router.scores(before, 0.01).score, router.scores(after, 0.01).score)

@@ -12,7 +12,7 @@ from mixllm.predictors import PredictorBank, PredictorConfig
 
 pytestmark = pytest.mark.unit
 
-CFG = PredictorConfig(n_estimators=20, min_child_samples=5)
+CFG = PredictorConfig(n_estimators=20, quality_n_estimators=None, min_child_samples=5)
 SPECS = {n: LLMSpec(name=n, input_price_per_token=1e-6, output_price_per_token=2e-6) for n in ("a", "b", "c")}
 
 
@@ -91,3 +91,21 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert again.names == bank.names and again.seed == 3
     for got, want in zip(again.predict(x, np.full(len(x), 10.0), SPECS), bank.predict(x, np.full(len(x), 10.0), SPECS)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_quality_boosts_from_the_tag_prior_and_persists_it(tmp_path):
+    """With one near-zero tree the quality model IS the smoothed per-tag mean of the row's tag (unknown tag: the
+    global mean); the prior travels with the saved bank."""
+    x, log, idx = _log(n=200)
+    tags = np.where(np.arange(200) < 100, "t1", "t2")
+    log.loc[(log["model"] == "a") & (idx >= 100), "quality"] = 1.0  # model a always right on tag t2
+    cfg = PredictorConfig(n_estimators=20, quality_n_estimators=1, learning_rate=1e-6, min_child_samples=5,
+                          prior_smoothing=0.0)
+    bank = PredictorBank(cfg).fit(x, log, idx, ["a", "b"], tags=tags)
+    q, _, _ = bank.predict(x[:4], np.full(4, 10.0), SPECS, tags=np.array(["t1", "t2", "t2", "other"]))
+    a = log[log["model"] == "a"]["quality"].to_numpy()
+    np.testing.assert_allclose(q[:, 0], [a[:100].mean(), 1.0, 1.0, a.mean()], atol=0.011)  # logit clip at 0.99
+    again = PredictorBank.load(tmp_path, bank.save(tmp_path))
+    np.testing.assert_array_equal(again.predict(x[:4], np.full(4, 10.0), SPECS, tags=np.array(["t1", "t2", "t2", "x"]))[0], q)
+    plain = PredictorBank(cfg.model_copy(update={"tag_prior": False})).fit(x, log, idx, ["a", "b"], tags=tags)
+    assert "tag_prior" not in plain.llms["a"].meta
