@@ -45,7 +45,9 @@ check_landing = task(P.check_landing, name="check-landing-contract", task_run_na
 ingest = task(P.ingest, name="ingest", **IO_RETRY)
 snapshot = task(P.snapshot, name="snapshot", **IO_RETRY)
 held_out = task(P.held_out, name="held-out-slice", **IO_RETRY)
-train_candidate = task(P.train_candidate, name="train-candidate", **COMPUTE)
+prepare_candidate = task(P.prepare_candidate, name="embeddings-and-tags", **COMPUTE)
+fit_llm = task(P.fit_candidate_llm, name="fit-llm-predictors", task_run_name="fit-{name}", **COMPUTE)
+save_candidate = task(P.save_candidate, name="assemble-candidate", **COMPUTE)
 
 
 def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any, train: Any) -> Any:
@@ -88,7 +90,10 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
     test = held_out(config)
 
     work = Path(tempfile.mkdtemp(prefix="mixllm-candidate-"))
-    cand_dir = train_candidate(train, config, settings, work / "candidate")
+    router, prepared = prepare_candidate(train, config, settings)
+    # One task per LLM (thread pool: LightGBM is single-threaded per model); a Dask/Ray task runner spreads them.
+    per_llm = fit_llm.map(list(prepared.names), router=unmapped(router), prepared=unmapped(prepared))
+    cand_dir = save_candidate(router, prepared, per_llm.result(), work / "candidate")
     champ_dir = champion_dir(settings)
     from mixllm.registry import CHAMPION, Registry
 

@@ -175,6 +175,10 @@ class TestSet:
         for col, default in (("task", "all"), ("prompt_tokens", np.nan), ("completion_tokens", np.nan)):
             if col not in df.columns:
                 df[col] = default
+        # The store's nullable Int64 columns hold pd.NA where the service logged no tokens yet: plain floats here,
+        # so the pivot below is numeric whatever the log's source.
+        for col in ("quality", "cost_usd", "prompt_tokens", "completion_tokens"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
         df["task"] = df["task"].fillna("all").astype(str)
         df["_key"] = df["query_id"].astype(str) + "\x00" + df["prompt"].astype(str)
         df = df.drop_duplicates(["_key", "model"], keep="last")

@@ -193,7 +193,15 @@ def held_out(config: PipelineConfig) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------- model stages ------
 def train_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Settings, out_dir: Path) -> Path:
-    """Fit a fresh router on the snapshot and save it; returns the saved directory."""
+    """Fit a fresh router on the snapshot and save it; returns the saved directory (the three stages in a row)."""
+    router, prepared = prepare_candidate(train, config, settings)
+    return save_candidate(router, prepared, [fit_candidate_llm(name, router, prepared) for name in prepared.names],
+                          out_dir)
+
+
+def prepare_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Settings) -> tuple[Any, Any]:
+    """Tags and (re)trained embeddings (cached base embeddings are reused): the router without predictors, and the
+    training set whose `names` the flow fans out over."""
     from mixllm.catalogue import load_catalogue
     from mixllm.router import MixLLMRouter, RouterConfig
 
@@ -201,7 +209,18 @@ def train_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Setti
         rcfg = RouterConfig(**config.router)
     except ValidationError as e:
         raise ConfigError(f"invalid router settings in the pipeline config: {e}") from e
-    router = MixLLMRouter(config=rcfg, catalogue=load_catalogue(settings.catalogue_path)).fit(train)
+    router = MixLLMRouter(config=rcfg, catalogue=load_catalogue(settings.catalogue_path))
+    return router, router.fit_representation(train)
+
+
+def fit_candidate_llm(name: str, router: Any, prepared: Any) -> Any:
+    """One LLM's quality and length models (independent of every other LLM: the flow maps this over LLMs)."""
+    return router.fit_llm(name, prepared)
+
+
+def save_candidate(router: Any, prepared: Any, predictors: list[Any], out_dir: Path) -> Path:
+    """Install the per-LLM predictors, stamp the manifest and save the artifact that is evaluated and served."""
+    router.finish(prepared, predictors)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     return Path(router.save(out_dir))
@@ -218,17 +237,9 @@ def evaluate_router(router_dir: Path, test: pd.DataFrame, config: PipelineConfig
     from mixllm.router import MixLLMRouter
 
     router = MixLLMRouter.load(router_dir)
-    report = evaluate(router, _plain_numbers(test), baselines=config.baselines,
-                      train_log=None if train is None else _plain_numbers(train), seed=config.seed)
-    point = operating_point(router, _plain_numbers(test), settings.default_willingness_to_pay)
+    report = evaluate(router, test, baselines=config.baselines, train_log=train, seed=config.seed)
+    point = operating_point(router, test, settings.default_willingness_to_pay)
     return report, {**report.summary, **point}
-
-
-def _plain_numbers(log: pd.DataFrame) -> pd.DataFrame:
-    """The store's nullable Int64 token columns as float (NaN for unknown): rows the service logged have no
-    completion tokens yet, and a pivot mixing pd.NA with floats is not numeric."""
-    cols = [c for c in ("quality", "cost_usd", "prompt_tokens", "completion_tokens", "latency_ms") if c in log]
-    return log.assign(**{c: pd.to_numeric(log[c], errors="coerce").astype(float) for c in cols})
 
 
 def operating_point(router: Any, test: pd.DataFrame, willingness_to_pay: float) -> dict[str, float]:

@@ -32,7 +32,7 @@ from mixllm.catalogue import Catalogue, LLMSpec, estimate_tokens, load_catalogue
 from mixllm.embeddings import EmbeddingCache, QueryEncoder
 from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, RoutingError, TrainingError,
                                UnknownModelError)
-from mixllm.predictors import PredictorBank, PredictorConfig
+from mixllm.predictors import LLMPredictor, PredictorBank, PredictorConfig
 from mixllm.schemas import CandidateScore, FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
 from mixllm.tagging import TaxonomyTagger, query_tags
 
@@ -102,6 +102,19 @@ class Predictions:
     cost: np.ndarray
     embeddings: np.ndarray
     prompt_tokens: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What `fit_representation` hands to the per-LLM step: the log, each row's query index, per-query features and
+    predicted tags, the LLMs to train (catalogue order) and the number of distinct queries."""
+
+    log: pd.DataFrame
+    codes: np.ndarray
+    features: np.ndarray
+    tags: np.ndarray
+    names: tuple[str, ...]
+    n_queries: int
 
 
 def _versions() -> dict[str, str]:
@@ -199,7 +212,20 @@ class MixLLMRouter:
 
     # ------------------------------------------------------------------------------------------------- fit --
     def fit(self, log: pd.DataFrame) -> "MixLLMRouter":
-        """Train encoder (tag-enhanced unless disabled), predictors for every logged LLM, and a fresh bandit."""
+        """Train encoder (tag-enhanced unless disabled), predictors for every logged LLM, and a fresh bandit.
+
+        The same three stages the nightly flow runs as separate tasks (the per-LLM step fanned out with `.map`):
+        `fit_representation` -> `fit_llm` per LLM -> `finish`."""
+        prepared = self.fit_representation(log)
+        from tqdm.auto import tqdm
+
+        names = tqdm(prepared.names, desc="train predictors", disable=not self.config.progress, leave=False)
+        predictors = [self.fit_llm(name, prepared) for name in names]
+        return self.finish(prepared, predictors)
+
+    def fit_representation(self, log: pd.DataFrame) -> "TrainingSet":
+        """Stage 1: tags, (tag-enhanced) encoder, centroids, PCA and the bandit's context projection; returns the
+        per-query features every LLM's predictors train on. The router has no predictors until `finish`."""
         log = log.reset_index(drop=True).copy()
         self._check_log(log)
         self.catalogue.check_known(log["model"].dropna().unique())
@@ -225,15 +251,33 @@ class MixLLMRouter:
         self._pca_mean = emb.mean(0).astype(np.float64)
         _, _, vt = np.linalg.svd(emb - self._pca_mean, full_matrices=False)
         self._pca = vt[: cfg.pca_dim] if cfg.pca_dim else np.zeros((0, emb.shape[1]))
-        x = self._features(emb, queries["prompt_tokens"].to_numpy(float))
-        names = [n for n in self.catalogue.names if n in set(log["model"])]
-        self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed).fit(x, log, codes, names, progress=cfg.progress,
-                                                                          tags=self._nearest_tags(emb))
         self.bandit = policy.LinUCB(vt[: cfg.bandit_dim], self._pca_mean, cfg.ridge_lambda)
-        for name in names:
+        self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed)
+        names = tuple(n for n in self.catalogue.names if n in set(log["model"]))
+        return TrainingSet(log, codes, self._features(emb, queries["prompt_tokens"].to_numpy(float)),
+                           self._nearest_tags(emb), names, len(queries))
+
+    def fit_llm(self, name: str, prepared: "TrainingSet") -> LLMPredictor:
+        """Stage 2: one LLM's quality and length models. Reads the router, changes nothing: safe to run for
+        several LLMs at once (Prefect `.map`, LightGBM single-threaded per model)."""
+        if name not in prepared.names:
+            raise TrainingError(f"no log rows for LLM {name!r} in this training set ({', '.join(prepared.names)})")
+        return PredictorBank(self.config.predictor, seed=self.config.seed).add(
+            name, prepared.features, prepared.log, prepared.codes, prepared.tags)
+
+    def finish(self, prepared: "TrainingSet", predictors: Sequence[LLMPredictor]) -> "MixLLMRouter":
+        """Stage 3: install the per-LLM predictors (catalogue order), a fresh bandit arm each, and the manifest."""
+        if self.encoder is None or self.bandit is None:
+            raise TrainingError("finish() needs fit_representation() first")
+        by_name = {p.name: p for p in predictors}
+        missing = [n for n in prepared.names if n not in by_name]
+        if missing:
+            raise TrainingError(f"predictors missing for {missing}: run fit_llm for every LLM of the training set")
+        for name in prepared.names:
+            self.predictors.llms[name] = by_name[name]
             self.bandit.add_arm(name)
         self._memory.clear()
-        self._stamp(log, len(queries))
+        self._stamp(prepared.log, prepared.n_queries)
         return self
 
     def _stamp(self, log: pd.DataFrame, n_queries: int) -> None:

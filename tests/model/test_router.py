@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mixllm.data import load_routerbench
-from mixllm.exceptions import ArtifactError, RoutingError, UnknownModelError
+from mixllm.exceptions import ArtifactError, RoutingError, TrainingError, UnknownModelError
 from mixllm.router import MixLLMRouter
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints
 
@@ -168,3 +168,31 @@ def test_load_rejects_incomplete_artifacts(tmp_path, trained_router_dir):
     (bad / "manifest.json").write_text(json.dumps({"format": 999}))
     with pytest.raises(ArtifactError, match="format"):
         MixLLMRouter.load(bad)
+
+
+def test_staged_fit_equals_fit_and_the_per_llm_step_changes_nothing(routerbench_dir, tmp_path, wino):
+    """The nightly flow trains in stages (representation -> one task per LLM -> finish); it must give the same
+    router as `fit`, and the per-LLM step (run concurrently by `.map`) must not touch the router."""
+    from mixllm.router import RouterConfig
+
+    log = load_routerbench(routerbench_dir, "train")
+    keep = log.drop_duplicates("query_id").groupby("task").head(8)["query_id"]
+    log = log[log["query_id"].isin(keep)]
+    config = RouterConfig(epochs=0, progress=False, cache_dir=tmp_path / "cache", seed=0)
+    whole = MixLLMRouter(config).fit(log)
+
+    staged = MixLLMRouter(config)
+    prepared = staged.fit_representation(log)
+    assert staged.models == () and prepared.names == whole.models
+    predictors = [staged.fit_llm(name, prepared) for name in reversed(prepared.names)]
+    assert staged.models == ()  # fit_llm only returns the models
+    staged.finish(prepared, predictors)
+    assert staged.models == whole.models
+    a, b = whole.predict(wino[:6]), staged.predict(wino[:6])
+    np.testing.assert_allclose(a.quality, b.quality)
+    np.testing.assert_allclose(a.cost, b.cost)
+    partial = MixLLMRouter(config)
+    with pytest.raises(TrainingError, match="predictors missing"):
+        partial.finish(partial.fit_representation(log), predictors[:2])
+    with pytest.raises(TrainingError, match="fit_representation"):
+        MixLLMRouter(config).finish(prepared, predictors)

@@ -178,3 +178,16 @@ def test_aiq_in_bounds_and_monotone_in_adding_points(points, extra):
     assert -1e-12 <= value <= q.max() + 1e-9
     bigger = nondecreasing_hull(np.r_[c, extra[0]], np.r_[q, extra[1]])
     assert aiq(bigger, lo, hi) >= value - 1e-9
+
+
+def test_testset_reads_the_stores_nullable_integer_columns():
+    """Rows the service logged have no completion tokens yet: the store gives pd.NA in Int64 columns."""
+    from mixllm.evaluation import TestSet
+
+    log = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2"], "prompt": ["a", "a", "b", "b"],
+                        "model": ["m1", "m2", "m1", "m2"], "quality": [1.0, 0.0, None, 1.0],
+                        "cost_usd": [0.1, 0.2, 0.1, 0.2], "task": ["t", "t", "t", "t"]})
+    log["prompt_tokens"] = pd.array([3, 3, None, 4], dtype="Int64")
+    log["completion_tokens"] = pd.array([None, 5, None, 6], dtype="Int64")
+    ts = TestSet.from_log(log)
+    assert ts.n == 2 and ts.quality.dtype == float and np.isnan(ts.quality).sum() == 0  # unknown counted as 0
