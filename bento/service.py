@@ -95,13 +95,14 @@ class RouterService:
         self.outbox = Outbox(spool, self._open_store, self.cfg.forward_interval_seconds, self.cfg.forward_batch)
         self.outbox.start()
         self.sessions = SessionTracker(self.cfg.sticky_margin, self.cfg.session_ttl_seconds, self.cfg.max_sessions)
-        self.holder = RouterHolder(self._source(), on_swap=self._on_swap)
-        self.holder.refresh()
-        self.holder.start_polling(self.cfg.poll_seconds)
+        # Every encoder forward pass runs on the batcher's thread (routing, warm-up, feedback): see MicroBatcher.call.
         self.batcher: MicroBatcher[RouteJob, tuple[RouteDecision, StickyChoice]] = MicroBatcher(
             self._route_batch, self.cfg.max_batch, name="router-batcher", on_batch=self.metrics.batch_size.observe)
         self.updater: MicroBatcher[tuple[Any, str | None], None] = MicroBatcher(
             self._update_batch, self.cfg.max_batch, name="router-updater")
+        self.holder = RouterHolder(self._source(), on_swap=self._on_swap)
+        self.holder.refresh()
+        self.holder.start_polling(self.cfg.poll_seconds)
         self._http_client: Any = None
         self._endpoints: Any = None
         if self.settings.catalogue_path is not None:  # a bad deployment catalogue fails the start, not a request
@@ -123,7 +124,8 @@ class RouterService:
         return Store(self.settings.store_url)
 
     def _on_swap(self, router: Any, ref: str | None) -> None:
-        router.predict(["warm-up"])  # first forward pass allocates buffers: pay it before traffic arrives
+        # First forward pass allocates buffers: pay it before traffic arrives, on the thread that will route.
+        self.batcher.call(lambda: router.predict(["warm-up"])).result()
         self.metrics.reloads.inc()
         self.metrics.set_router(str(router.version), ref)
 
@@ -428,7 +430,11 @@ class RouterService:
         return True, None
 
     def _update_batch(self, items: list[tuple[Any, str | None]]) -> list[Any]:
-        """Fold a micro-batch of feedback into the live router with one `update_many` (one encoder pass)."""
+        """Fold a micro-batch of feedback into the live router with one `update_many` (one encoder pass, on the
+        routing thread: see MicroBatcher.call)."""
+        return self.batcher.call(lambda: self._apply_updates(items)).result()
+
+    def _apply_updates(self, items: list[tuple[Any, str | None]]) -> list[Any]:
         router = self.holder.router
         if router is None:
             return [RoutingError("no router is loaded yet; see /readyz")] * len(items)

@@ -198,3 +198,22 @@ def test_conversation_text_keeps_every_turn_in_order() -> None:
                               {"role": "assistant", "content": "Use sorted()."},
                               {"role": "user", "content": [{"type": "text", "text": "And in Rust?"}]}])
     assert text.splitlines() == ["user: Sort a list in Python", "assistant: Use sorted().", "user: And in Rust?"]
+
+
+def test_micro_batcher_call_runs_on_the_batcher_thread_between_batches():
+    """Warm-ups and feedback encodes go through `call` so that one thread does every forward pass."""
+    import threading
+
+    seen: list[str] = []
+    batcher = MicroBatcher(lambda items: [threading.current_thread().name for _ in items], 8, name="enc-thread")
+    try:
+        assert batcher.submit(1).result(timeout=5) == "enc-thread"
+        assert batcher.call(lambda: threading.current_thread().name).result(timeout=5) == "enc-thread"
+        nested = batcher.call(lambda: batcher.call(lambda: seen.append("inner") or "ok").result(timeout=5))
+        assert nested.result(timeout=5) == "ok" and seen == ["inner"]  # no deadlock when called from the thread
+        boom = batcher.call(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            boom.result(timeout=5)
+        assert batcher.submit(2).result(timeout=5) == "enc-thread"  # an error in a call does not stop the thread
+    finally:
+        batcher.close()
