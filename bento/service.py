@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -31,8 +32,9 @@ from bento.metrics import ServiceMetrics
 from mixllm.catalogue import estimate_tokens
 from mixllm.exceptions import MixLLMError, RoutingError, StoreError
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision, utc_now
-from mixllm.service_state import (DecisionRef, LocalDirSource, MicroBatcher, Outbox, RegistrySource, RouterHolder,
-                                  ServiceSettings, SessionTracker, StickyChoice, conversation_text)
+from mixllm.service_state import (BUNDLED_ROUTER_DIRNAME, DecisionRef, LocalDirSource, MicroBatcher, Outbox,
+                                  RegistrySource, RouterHolder, ServiceSettings, SessionTracker, StickyChoice,
+                                  conversation_text)
 from mixllm.telemetry import go_offline
 
 log = logging.getLogger("mixllm.service")
@@ -114,6 +116,9 @@ class RouterService:
     def _source(self) -> Any:
         if self.cfg.router_dir is not None:
             return LocalDirSource(self.cfg.router_dir)
+        bundled = Path(__file__).resolve().parents[1] / BUNDLED_ROUTER_DIRNAME
+        if bundled.is_dir():  # a Bento built by the pipeline carries its champion: serve exactly that version
+            return LocalDirSource(bundled)
         from mixllm.registry import Registry
 
         return RegistrySource(Registry(self.settings), self.cfg.router_alias)

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mixllm.config import Settings, get_settings
 from mixllm.exceptions import ConfigError, ContractError, MixLLMError, RegistryError
+from mixllm.service_state import BUNDLED_ROUTER_DIRNAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = REPO_ROOT / "data" / "routerbench"
@@ -312,29 +313,58 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def package(version: str, settings: Settings, config: PipelineConfig) -> StageResult:
-    """`bentoml build` of the service in `bento_dir`, labelled with the champion version it serves."""
+    """`bentoml build` of the service with the champion inside: a Bento that serves exactly `version` wherever it
+    is deployed (no registry needed), tagged and labelled with it. Redeploying an older Bento tag is a rollback.
+
+    The build context is a temporary copy of what the bentofile includes plus the router artifact under
+    `champion_router/`, so a pipeline run never writes into the checkout."""
+    import tempfile
+
     if not config.build_bento:
         return StageResult(ok=True, action="skipped", message="Bento build skipped: build_bento is false")
     bentofile = config.bento_dir / "bentofile.yaml"
     if not bentofile.is_file():
         return StageResult(ok=False, action="skipped",
                            message=f"Bento build skipped: {bentofile} not found (the service is not in this checkout)")
-    context = config.bento_dir.resolve().parent  # the bentofile's paths (bento/*.py, mixllm/**) are from the repo root
+    repo = config.bento_dir.resolve().parent  # the bentofile's paths (bento/*.py, mixllm/**) are from the repo root
     env = _env(settings)
-    env["MIXLLM_ROUTER_DIR"] = str(_router_dir_for(settings, version))
-    cmd = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", str(bentofile), "--version",
-           f"v{version}", "--label", f"champion_version={version}", "--label",
-           f"registered_model={settings.registered_model}", "-o", "tag", str(context)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=context, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return StageResult(ok=False, action="failed", message=f"bentoml build could not run: {e}")
+    with tempfile.TemporaryDirectory(prefix="mixllm-bento-") as tmp:
+        context = Path(tmp)
+        spec = _bento_context(repo, bentofile, context, _router_dir_for(settings, version))
+        bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
+        name = (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("name", "mixllm-router")
+        # A retry of this task (or a re-promoted version) rebuilds the same tag: replace it, never fail on it.
+        subprocess.run([bentoml_cli, "delete", "-y", f"{name}:v{version}"], capture_output=True, env=env, timeout=120)
+        cmd = [bentoml_cli, "build", "-f", str(spec), "--version",
+               f"v{version}", "--label", f"champion_version={version}", "--label",
+               f"registered_model={settings.registered_model}", "-o", "tag", str(context)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=context, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return StageResult(ok=False, action="failed", message=f"bentoml build could not run: {e}")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return StageResult(ok=False, action="failed",
                            message=f"bentoml build failed (exit {proc.returncode}): {' | '.join(tail)}")
     tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    return StageResult(ok=True, action="built", message=f"built Bento {tag} in {env['BENTOML_HOME']}")
+    return StageResult(ok=True, action="built",
+                       message=f"built Bento {tag} (serves version {version}) in {env['BENTOML_HOME']}")
+
+
+def _bento_context(repo: Path, bentofile: Path, context: Path, router_dir: Path) -> Path:
+    """Copy the sources the bentofile includes and the champion's artifact into `context`; returns the bentofile
+    written there, which adds the artifact (the service serves a bundled router when it finds one)."""
+    spec = yaml.safe_load(bentofile.read_text(encoding="utf-8"))
+    for folder in ("bento", "mixllm", "data_contracts"):
+        shutil.copytree(repo / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    requirements = (spec.get("python") or {}).get("requirements_txt")
+    if requirements:
+        shutil.copy2(repo / requirements, context / requirements)
+    shutil.copytree(router_dir, context / BUNDLED_ROUTER_DIRNAME)
+    spec["include"] = [*spec.get("include", []), f"{BUNDLED_ROUTER_DIRNAME}/**"]  # the service serves it
+    out = context / "bentofile.yaml"
+    out.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return out
 
 
 def _router_dir_for(settings: Settings, version: str) -> Path:

@@ -42,6 +42,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# Where the nightly pipeline puts the champion's artifact inside a built Bento (next to `bento/` and `mixllm/`).
+BUNDLED_ROUTER_DIRNAME = "champion_router"
+
+
 class ServiceSettings(BaseSettings):
     """Serving options (env prefix ``MIXLLM_``), read when the service starts."""
 

@@ -84,6 +84,10 @@ def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home:
         assert out["package"].startswith("built Bento mixllm-router:v1"), out["package"]
         src = state["home"] / "bentoml" / "bentos" / "mixllm-router" / "v1" / "src"
         assert (src / "bento" / "service.py").is_file() and (src / "mixllm" / "router.py").is_file()
+        # The Bento carries the champion it was built for: it serves exactly that version without a registry.
+        bundled = json.loads((src / "champion_router" / "manifest.json").read_text())
+        registered = json.loads((reg.router_dir("1") / "manifest.json").read_text())
+        assert bundled["router_version"] == registered["router_version"]
     else:
         assert "bentofile.yaml not found" in out["package"]
     # the flow run is named after the date and the data digest
