@@ -222,12 +222,11 @@ class MicroBatcher(Generic[T, R]):
         """Run `fn()` on this batcher's thread, between batches. Why: torch's CPU kernels run ~1.8x slower once
         forward passes come from more than one thread of the process (each thread gets its own OpenMP team and
         the teams compete for the 2 cores), so warm-ups and feedback encodes go through the routing thread."""
-        if threading.current_thread() is self._thread:
-            fut: Future = Future()
-            fut.set_result(fn())
-            return fut
-        fut = Future()
-        self._queue.put((_Call(fn), fut))
+        fut: Future = Future()
+        if threading.current_thread() is self._thread:  # already on it: run now (queueing would deadlock)
+            _run_call(_Call(fn), fut)
+        else:
+            self._queue.put((_Call(fn), fut))
         return fut
 
     def close(self) -> None:
