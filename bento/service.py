@@ -34,7 +34,7 @@ from mixllm.exceptions import MixLLMError, RoutingError, StoreError
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision, utc_now
 from mixllm.service_state import (BUNDLED_ROUTER_DIRNAME, DecisionRef, LocalDirSource, MicroBatcher, Outbox,
                                   RegistrySource, RouterHolder, ServiceSettings, SessionTracker, StickyChoice,
-                                  conversation_text)
+                                  conversation_text, settle_heap)
 from mixllm.telemetry import go_offline
 
 log = logging.getLogger("mixllm.service")
@@ -131,6 +131,7 @@ class RouterService:
     def _on_swap(self, router: Any, ref: str | None) -> None:
         # First forward pass allocates buffers: pay it before traffic arrives, on the thread that will route.
         self.batcher.call(lambda: router.predict(["warm-up"])).result()
+        settle_heap()  # the loaded router and libraries leave the garbage collector's scans (see settle_heap)
         self.metrics.reloads.inc()
         self.metrics.set_router(str(router.version), ref)
 

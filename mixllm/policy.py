@@ -75,15 +75,18 @@ class LinUCB:
     def estimates(self, names: Sequence[str], x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(quality correction, cost correction, UCB width) arrays [n, m] for contexts x [n, d]."""
         n, m = len(x), len(names)
-        dq, dc, width = np.zeros((n, m)), np.zeros((n, m)), np.zeros((n, m))
-        for j, name in enumerate(names):
-            if name not in self.a_inv:
-                width[:, j] = np.linalg.norm(x, axis=1) / np.sqrt(self.lam)
-                continue
-            a_inv = self.a_inv[name]
-            dq[:, j] = x @ (a_inv @ self.b_quality[name])
-            dc[:, j] = x @ (a_inv @ self.b_cost[name])
-            width[:, j] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, a_inv, x), 0.0))
+        dq, dc = np.zeros((n, m)), np.zeros((n, m))
+        width = np.repeat(np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(self.lam), m, axis=1)  # no data yet
+        known = [j for j, name in enumerate(names) if name in self.a_inv]
+        if not known:
+            return dq, dc, width
+        # All arms at once (stacked [k, d, d]): one call per query must not cost a Python loop over the LLMs.
+        a_inv = np.stack([self.a_inv[names[j]] for j in known])
+        theta_q = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_quality[names[j]] for j in known]))
+        theta_c = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_cost[names[j]] for j in known]))
+        dq[:, known], dc[:, known] = x @ theta_q.T, x @ theta_c.T
+        quad = (np.matmul(x[None], a_inv) * x[None]).sum(axis=-1).T  # x^T A^-1 x per (query, arm)
+        width[:, known] = np.sqrt(np.maximum(quad, 0.0))
         return dq, dc, width
 
     def state(self) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ Why each piece exists:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -200,6 +201,20 @@ def _run_call(call: _Call, fut: Future) -> None:
         fut.set_exception(e)
 
 
+def settle_heap() -> None:
+    """Put every object alive now out of the cyclic garbage collector's reach (`gc.freeze`), after a router load.
+
+    Why: a serving process holds millions of long-lived objects (torch, transformers, pandas, the router), and each
+    full collection walks all of them while holding the GIL: ~0.3 s with every request stalled (measured on /route:
+    p99 184 ms in a 12 s run). Frozen objects are never scanned again, so full collections only see what requests
+    allocate. Unfreezing and collecting first frees the cycles of a router just swapped out (one ~0.3 s pause per
+    swap, not one every few thousand requests).
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class MicroBatcher(Generic[T, R]):
     """Run `fn(list_of_items) -> list_of_results` on a worker thread over whatever queued while the last batch ran.
 
@@ -345,6 +360,11 @@ class Outbox:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        # No checkpoint on the request path: a commit that crosses SQLite's auto-checkpoint threshold would copy the
+        # WAL into the database and fsync it in the routing thread (measured: p99 /route 24 -> 150 ms once the WAL
+        # grows). The forwarder checkpoints on its own connection instead, which never blocks these writes.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer: sqlite3.Connection | None = None
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
                          " payload TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT "
@@ -404,6 +424,7 @@ class Outbox:
                 while self.forward_once() >= self.forward_batch:
                     pass
                 self._prune_decisions()
+                self.checkpoint()
                 backoff, self.last_error = self.forward_interval, None
             except Exception as e:  # store down or a bug: keep the rows, retry with backoff, never lose them
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -461,6 +482,12 @@ class Outbox:
             rows = self._db.execute("SELECT kind, payload, reason, ts FROM rejected ORDER BY id").fetchall()
         return [{"kind": k, "payload": json.loads(p), "reason": why, "ts": ts} for k, p, why, ts in rows]
 
+    def checkpoint(self) -> None:
+        """Move committed WAL pages into the database file (PASSIVE: never waits for, nor blocks, `put`)."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def _prune_decisions(self) -> None:
         with self._lock:
             self._db.execute("DELETE FROM decisions WHERE ts < ?", (time.time() - self.decisions_ttl,))
@@ -486,6 +513,9 @@ class Outbox:
             self._thread.join(timeout=flush_timeout)
         left = self.flush(flush_timeout)
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
         return left
 

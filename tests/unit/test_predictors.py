@@ -109,3 +109,25 @@ def test_quality_boosts_from_the_tag_prior_and_persists_it(tmp_path):
     np.testing.assert_array_equal(again.predict(x[:4], np.full(4, 10.0), SPECS, tags=np.array(["t1", "t2", "t2", "x"]))[0], q)
     plain = PredictorBank(cfg.model_copy(update={"tag_prior": False})).fit(x, log, idx, ["a", "b"], tags=tags)
     assert "tag_prior" not in plain.llms["a"].meta
+
+
+def test_single_row_fast_path_matches_batched_lightgbm(tmp_path):
+    """One-prompt requests use LightGBM's single-row C API; it must give exactly what Booster.predict gives, with
+    and without a tag prior (raw score + base, then the link), also after a save/load round trip."""
+    x, log, idx = _log()
+    tags = np.where(x[:, 0] > 1, "hi", "lo")
+    with_prior = PredictorBank(PredictorConfig(n_estimators=20, min_child_samples=5)).fit(x, log, idx, ["a", "b"],
+                                                                                          tags=tags)
+    plain = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
+    loaded = PredictorBank.load(tmp_path, with_prior.save(tmp_path))
+    tokens = np.full(len(x), 10.0)
+    for bank in (with_prior, plain, loaded):
+        batched = bank.predict(x[:12], tokens[:12], SPECS, tags[:12])
+        for i in range(12):
+            single = bank.predict(x[i:i + 1], tokens[i:i + 1], SPECS, tags[i:i + 1])
+            for b_arr, s_arr in zip(batched, single):
+                np.testing.assert_allclose(s_arr[0], b_arr[i], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="features"):
+        from mixllm.predictors import _single_row
+
+        _single_row(plain.llms["a"].length, raw=False)(np.zeros(3))

@@ -217,3 +217,37 @@ def test_micro_batcher_call_runs_on_the_batcher_thread_between_batches():
         assert batcher.submit(2).result(timeout=5) == "enc-thread"  # an error in a call does not stop the thread
     finally:
         batcher.close()
+
+
+def test_outbox_never_checkpoints_on_the_request_path_and_the_forwarder_does(tmp_path):
+    """A checkpoint copies the WAL into the database and fsyncs: never inside `put` (the routing thread)."""
+    import sqlite3
+
+    def rows_in_main_file() -> int:  # immutable=1 reads the database file alone, ignoring the WAL
+        con = sqlite3.connect(f"file:{tmp_path / 'spool.db'}?immutable=1", uri=True)
+        try:
+            return con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.OperationalError:  # the table itself is still only in the WAL
+            return 0
+        finally:
+            con.close()
+
+    box = Outbox(tmp_path / "spool.db", lambda: None, forward_interval=3600)
+    for i in range(1500):  # well past SQLite's default auto-checkpoint threshold (1000 pages)
+        box.put([LogRecord(query_id=f"q{i}", prompt="p" * 2000, model="m")])
+    assert rows_in_main_file() == 0
+    box.checkpoint()
+    assert rows_in_main_file() == 1500
+    box.close(flush_timeout=0.1)
+
+
+def test_settle_heap_freezes_what_is_alive():
+    import gc
+
+    from mixllm.service_state import settle_heap
+
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
