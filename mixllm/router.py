@@ -72,8 +72,8 @@ class RouterConfig(BaseModel):
     finetune_layers: int = Field(default=2, ge=1, le=6, description="Top transformer layers trained (CPU budget).")
     finetune_max_queries: int = Field(default=512, ge=2, description="Prompts per fine-tuning epoch (tag-balanced).")
     max_seq_length: int = Field(default=128, ge=8, le=256)
-    truncation: Literal["head", "tail"] = Field(default="head", description="Which end of a long prompt the "
-                                                "encoder keeps (see embeddings; head chosen by CV on train).")
+    truncation: Literal["head", "tail"] = Field(default="tail", description="Which end of a long prompt the "
+                                                "encoder keeps (tail: the question itself; CV on train, see above).")
     pca_dim: int = Field(default=32, ge=0, description="PCA components of the embedding fed to LightGBM (0: raw).")
     embedding_features: bool = Field(default=True, description="Feed the (PCA'd) embedding to the predictors; "
                                      "False: only tag-centroid similarities and prompt length.")
@@ -115,6 +115,7 @@ class TrainingSet:
     tags: np.ndarray
     names: tuple[str, ...]
     n_queries: int
+    embeddings: np.ndarray | None = None  # per-query unit embeddings: the kNN quality models' memory
 
 
 def _versions() -> dict[str, str]:
@@ -255,7 +256,7 @@ class MixLLMRouter:
         self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed)
         names = tuple(n for n in self.catalogue.names if n in set(log["model"]))
         return TrainingSet(log, codes, self._features(emb, queries["prompt_tokens"].to_numpy(float)),
-                           self._nearest_tags(emb), names, len(queries))
+                           self._nearest_tags(emb), names, len(queries), np.asarray(emb, np.float32))
 
     def fit_llm(self, name: str, prepared: "TrainingSet") -> LLMPredictor:
         """Stage 2: one LLM's quality and length models. Reads the router, changes nothing: safe to run for
@@ -263,7 +264,7 @@ class MixLLMRouter:
         if name not in prepared.names:
             raise TrainingError(f"no log rows for LLM {name!r} in this training set ({', '.join(prepared.names)})")
         return PredictorBank(self.config.predictor, seed=self.config.seed).add(
-            name, prepared.features, prepared.log, prepared.codes, prepared.tags)
+            name, prepared.features, prepared.log, prepared.codes, prepared.tags, prepared.embeddings)
 
     def finish(self, prepared: "TrainingSet", predictors: Sequence[LLMPredictor]) -> "MixLLMRouter":
         """Stage 3: install the per-LLM predictors (catalogue order), a fresh bandit arm each, and the manifest."""
@@ -311,7 +312,7 @@ class MixLLMRouter:
 
     def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray) -> Predictions:
         specs = {n: self.catalogue.get(n) for n in self.models}
-        q, ct, c = self.predictors.predict(self._features(emb, tokens), tokens, specs, self._nearest_tags(emb))
+        q, ct, c = self.predictors.predict(self._features(emb, tokens), tokens, specs, self._nearest_tags(emb), emb)
         return Predictions(self.models, q, ct, c, emb, tokens)
 
     def _waiting(self, waiting_ms: Mapping[str, float] | None) -> np.ndarray:
@@ -462,7 +463,7 @@ class MixLLMRouter:
         queries, codes = self._queries(log)
         emb = self.encoder.encode(queries["prompt"].tolist(), self._cache())
         self.predictors.add(spec.name, self._features(emb, queries["prompt_tokens"].to_numpy(float)), log, codes,
-                            self._nearest_tags(emb))
+                            self._nearest_tags(emb), emb)
         self.bandit.add_arm(spec.name)
         self.manifest.update(models=list(self.models), catalogue_digest=self.catalogue.digest())
         return self
