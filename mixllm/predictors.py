@@ -282,8 +282,8 @@ class PredictorBank:
     def _knn_groups(self) -> list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None, list[str]]]]]:
         """[(bank, [(cols, tags, LLM names)])]: equal banks (by content) searched once, LLMs with the same memory
         rows share one partial sort. Cached while the set of quality models is the same."""
-        key = tuple((n, id(p.quality)) for n, p in self.llms.items())
-        if self._groups is not None and self._groups[0] == key:
+        state = tuple((n, id(p.quality)) for n, p in self.llms.items())
+        if self._groups is not None and self._groups[0] == state:
             return self._groups[1]
         banks: dict[str, tuple[np.ndarray, dict]] = {}
         for name, p in self.llms.items():
@@ -292,9 +292,9 @@ class PredictorBank:
             m = p.quality
             bank, members = banks.setdefault(_digest(m.bank), (m.bank, {}))
             m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
-            key = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str)))
-            members.setdefault(key, (m.cols, m.tags, []))[2].append(name)
-        self._groups = (key, [(bank, list(members.values())) for bank, members in banks.values()])
+            rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str)))
+            members.setdefault(rows, (m.cols, m.tags, []))[2].append(name)
+        self._groups = (state, [(bank, list(members.values())) for bank, members in banks.values()])
         return self._groups[1]
 
     @property

@@ -141,6 +141,7 @@ def test_knn_quality_learns_local_structure_and_shares_one_memory(tmp_path):
     pos = x[:, 0] > 0
     assert q[pos, 0].mean() > q[~pos, 0].mean() + 0.2 and q[pos, 1].mean() < q[~pos, 1].mean() - 0.2
     assert bank.llms["a"].quality.bank is bank.llms["b"].quality.bank  # one memory for LLMs trained together
+    assert bank._knn_groups() is bank._knn_groups()  # grouping cached between requests (no re-hashing per query)
     index = bank.save(tmp_path)
     assert len(list(tmp_path.glob("knn_bank_*.npy"))) == 1
     again = PredictorBank.load(tmp_path, index)
