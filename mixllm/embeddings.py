@@ -9,9 +9,10 @@ mostly old prompts. The key is (encoder weights identity, max_seq_length, trunca
 encoder never returns stale vectors.
 
 Truncation side: long prompts often put the shared part first (system text, few-shot examples) and the request
-last, so `truncation="tail"` embeds the question being asked. On RouterBench (3-fold CV on train) the tail did NOT
-help: keeping the first 128 tokens of the few-shot prompts gives one vector per dataset, and the per-question signal
-of the tail is too weak for the predictors (quality@25% cost 94.6% tail vs 94.95% head), so the router keeps "head".
+last, so `truncation="tail"` embeds the question being asked. On RouterBench the first 128 tokens of a few-shot
+prompt are the same examples for every ARC or Winogrande query; with LightGBM quality models the tail did not help
+(CV on train, 94.6% vs 94.95% quality@25% cost), but the router's neighbour-average quality models need the
+question itself, and there the tail wins (see RouterConfig's CV record), so the router keeps "tail".
 """
 
 from __future__ import annotations

@@ -5,7 +5,17 @@ untouched (same objects). Predicted cost = prompt tokens x input price + predict
 which uses the catalogue's prices (a price change needs no retrain). When a log has no token counts for an LLM, a
 cost model is learned from `cost_usd` instead. Rows with a null quality are skipped for that LLM's quality model.
 
-Boosting from the tag prior: each quality model starts from the LLM's (smoothed) mean quality on the query's tag
+Quality = local evidence shrunk to the tag prior (default, `quality_model="knn"`): an LLM's predicted quality on a
+query is the mean of its observed quality over the k most similar training queries of the same (predicted) tag,
+shrunk toward its smoothed per-tag mean with `knn_smoothing` pseudo-rows: (sum of neighbour labels + s x prior) /
+(known neighbour labels + s), an empirical-Bayes local average. Why not trees: on RouterBench the per-query signal is
+weak; 3-fold CV on train (folds by query, 3 fold seeds, table in RouterConfig's docstring) has LightGBM deviations
+from the prior LOSING to the prior itself (AIQ 0.9620 vs 0.9636, worst on MBPP), also when stacked on kNN features,
+while the shrunk kNN average beats the per-task prior on every fold seed. The memory is the LLM's own rows (its
+embeddings, labels and tags), so adding an LLM still trains only that LLM. Neighbour search is one matmul per
+distinct memory (LLMs trained together share one) and one partial sort per group of LLMs with the same rows.
+
+Boosting from the tag prior (`quality_model="lgbm"`): each quality model starts from the LLM's (smoothed) mean quality on the query's tag
 (LightGBM `init_score`, in logit space for 0/1 labels) and its trees only learn deviations from it. Why: on
 RouterBench, a router told each query's dataset (per-task means) beat LightGBM trained from scratch on the same
 features in cross-validation on train (log loss 0.576 vs 0.589, quality@25% cost 94.9% vs 93.3%): per-query
@@ -21,10 +31,12 @@ fast C API instead (`LGBM_BoosterPredictForMatSingleRowFast`, prepared once per 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -48,7 +60,12 @@ class PredictorConfig(BaseModel):
     bagging_fraction: float = Field(default=0.8, gt=0, le=1)
     lambda_l2: float = Field(default=1.0, ge=0)
     min_rows: int = Field(default=2, ge=1, description="Fewer labelled rows than this for an LLM is an error.")
-    quality_n_estimators: int | None = Field(default=10, ge=1, description="Trees of the quality models (None: "
+    quality_model: Literal["knn", "lgbm"] = Field(default="knn", description="knn: neighbour average shrunk to "
+                                                   "the tag prior; lgbm: trees boosted from the tag prior.")
+    knn_k: int = Field(default=150, ge=1, description="Neighbours (same predicted tag) per query (CV on train).")
+    knn_smoothing: float = Field(default=60.0, ge=0, description="Pseudo-rows of the tag prior in the neighbour "
+                                 "average (CV on train).")
+    quality_n_estimators: int | None = Field(default=10, ge=1, description="Trees of the lgbm quality models (None: "
                                              "n_estimators); few, as they boost from the tag prior (CV on train).")
     tag_prior: bool = Field(default=True, description="Boost the quality model from the per-tag mean quality.")
     prior_smoothing: float = Field(default=5.0, ge=0, description="Pseudo-rows of the global mean in a tag's mean.")
@@ -151,12 +168,58 @@ def tag_prior(y: np.ndarray, tags: np.ndarray, smoothing: float) -> dict:
     return {"global": mean, "tags": out}
 
 
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class KNNQuality:
+    """One LLM's neighbour memory: `bank` rows (unit vectors, possibly shared with other LLMs) at `cols`, with the
+    LLM's label (NaN: unknown, takes a neighbour slot but no weight) and tag per row."""
+
+    bank: np.ndarray
+    cols: np.ndarray
+    y: np.ndarray
+    tags: np.ndarray | None  # None: the memory has no tags (no tag restriction)
+    k: int
+    smoothing: float
+
+    def __post_init__(self) -> None:
+        names, codes = np.unique(self.tags.astype(str), return_inverse=True) if self.tags is not None else ([], None)
+        self._code = {str(t): i for i, t in enumerate(names)}
+        self._codes = codes
+
+    def neighbours(self, sims: np.ndarray, tags: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k memory rows per query among rows of the query's tag (`sims`: query x memory rows); a query
+        whose tag the memory has not seen gets no neighbour (its estimate is the prior)."""
+        if tags is not None and self._codes is not None:
+            want = np.array([self._code.get(str(t), -1) for t in tags])
+            sims = np.where(self._codes[None, :] == want[:, None], sims, -np.inf)
+        k = min(self.k, sims.shape[1])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
+            np.broadcast_to(np.arange(k), (len(sims), k))
+        return idx, np.isfinite(np.take_along_axis(sims, idx, 1))
+
+    def estimate(self, idx: np.ndarray, valid: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """(sum of known neighbour labels + s x prior) / (known neighbours + s); the prior alone without any."""
+        y = self.y[idx]
+        known = valid & ~np.isnan(y)
+        total = np.where(known, y, 0.0).sum(1) + self.smoothing * prior
+        count = known.sum(1) + self.smoothing
+        return np.divide(total, count, out=prior.astype(float).copy(), where=count > 0)
+
+    def predict(self, emb: np.ndarray, tags: np.ndarray | None, prior: np.ndarray) -> np.ndarray:
+        idx, valid = self.neighbours(_unit(emb) @ self.bank[self.cols].T, tags)
+        return self.estimate(idx, valid, prior)
+
 @dataclass
 class LLMPredictor:
     """The two models of one LLM. `target` says whether the second model predicts tokens or cost."""
 
     name: str
-    quality: lgb.Booster | float
+    quality: lgb.Booster | float | KNNQuality
     quality_kind: str  # "binary" (0/1 labels, probability) or "regression" (graded labels, clipped to [0, 1])
     length: lgb.Booster | float
     target: str  # "tokens": log1p(completion tokens); "cost": log1p(cost in micro-dollars)
@@ -172,10 +235,23 @@ class LLMPredictor:
         mean = np.array([p["tags"].get(str(t), p["global"]) for t in tags], float)
         return _logit(mean) if self.quality_kind == "binary" else mean
 
-    def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, spec: LLMSpec,
-                tags: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """(quality, completion tokens or NaN, cost USD) for every row of x (`tags`: each row's predicted tag)."""
-        q = np.clip(_predict(self.quality, x, self.prior(tags, len(x)), self.quality_kind), 0.0, 1.0)
+    def prior_mean(self, tags: np.ndarray | None, n: int) -> np.ndarray:
+        """Per-row smoothed tag mean (the global mean for an unknown tag or without a tag prior)."""
+        p = self.meta.get("tag_prior") or {"tags": {}, "global": self.meta.get("global_quality", 0.5)}
+        tags = np.full(n, None) if tags is None else tags
+        return np.array([p["tags"].get(str(t), p["global"]) for t in tags], float)
+
+    def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, spec: LLMSpec, tags: np.ndarray | None = None,
+                emb: np.ndarray | None = None, neighbours: tuple | None = None) -> tuple[np.ndarray, ...]:
+        """(quality, completion tokens or NaN, cost USD) for every row of x (`tags`: each row's predicted tag;
+        `emb`: the rows' embeddings for a kNN quality model, default x; `neighbours`: precomputed (idx, valid))."""
+        if isinstance(self.quality, KNNQuality):
+            prior = self.prior_mean(tags, len(x))
+            q = (self.quality.estimate(*neighbours, prior) if neighbours is not None
+                 else self.quality.predict(x if emb is None else emb, tags, prior))
+        else:
+            q = _predict(self.quality, x, self.prior(tags, len(x)), self.quality_kind)
+        q = np.clip(q, 0.0, 1.0)
         second = np.expm1(np.maximum(_predict(self.length, x), 0.0))
         if self.target == "tokens":
             return q, second, prompt_tokens * spec.input_price_per_token + second * spec.output_price_per_token
@@ -183,8 +259,12 @@ class LLMPredictor:
 
 
 def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
-            tags: np.ndarray | None = None) -> LLMPredictor:
-    """Train one LLM's models from its log rows (aligned with x; `tags`: each row's tag for the prior)."""
+            tags: np.ndarray | None = None, bank: np.ndarray | None = None,
+            cols: np.ndarray | None = None) -> LLMPredictor:
+    """Train one LLM's models from its log rows (aligned with x; `tags`: each row's tag for the prior).
+
+    kNN quality: the neighbour space is `bank[cols]` (unit embeddings of the rows' queries; `bank` may be shared
+    with other LLMs), by default the rows of x."""
     quality = pd.to_numeric(rows["quality"], errors="coerce").to_numpy(float)
     labelled = ~np.isnan(quality)
     if labelled.sum() < cfg.min_rows:
@@ -192,13 +272,19 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
                             f"{cfg.min_rows} are needed. Add logs for it or remove it from the catalogue")
     y = quality[labelled]
     kind = "binary" if np.isin(y, (0.0, 1.0)).all() else "regression"
-    meta: dict = {"quality_rows": int(labelled.sum())}
+    meta: dict = {"quality_rows": int(labelled.sum()), "global_quality": float(np.mean(y))}
     base = None
     if cfg.tag_prior and tags is not None:
         meta["tag_prior"] = tag_prior(y, np.asarray(tags)[labelled], cfg.prior_smoothing)
         probe = LLMPredictor(name, 0.0, kind, 0.0, "tokens", meta=meta)
         base = probe.prior(np.asarray(tags)[labelled], int(labelled.sum()))
-    q_model = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators)
+    if cfg.quality_model == "knn":
+        if bank is None:
+            bank, cols = _unit(x), np.arange(len(x))
+        row_tags = np.asarray(tags, dtype=object) if cfg.tag_prior and tags is not None else None
+        q_model = KNNQuality(bank, np.asarray(cols, np.int64), quality, row_tags, cfg.knn_k, cfg.knn_smoothing)
+    else:
+        q_model = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators)
     tokens = pd.to_numeric(rows["completion_tokens"], errors="coerce").to_numpy(float)
     cost = pd.to_numeric(rows["cost_usd"], errors="coerce").to_numpy(float)
     if np.mean(~np.isnan(tokens)) >= 0.5:
@@ -219,50 +305,93 @@ class PredictorBank:
         self.config = config or PredictorConfig()
         self.seed = seed
         self.llms: dict[str, LLMPredictor] = {}
+        self._groups: tuple | None = None  # (key, groups) of _knn_groups
 
     def fit(self, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray, names: list[str],
-            progress: bool = False, tags: np.ndarray | None = None) -> "PredictorBank":
-        """Fit every LLM in `names`; `row_index[i]` is the feature row of log row i (`tags`: per feature row)."""
+            progress: bool = False, tags: np.ndarray | None = None,
+            emb: np.ndarray | None = None) -> "PredictorBank":
+        """Fit every LLM in `names`; `row_index[i]` is the feature row of log row i (`tags`, `emb`: per feature
+        row; `emb` = unit embeddings the kNN quality models search, default the normalised feature rows)."""
         from tqdm.auto import tqdm
 
+        emb = _unit(x) if emb is None and self.config.quality_model == "knn" else emb
         for name in tqdm(names, desc="train predictors", disable=not progress, leave=False):
-            self.add(name, x, log, row_index, tags)
+            self.add(name, x, log, row_index, tags, emb)
         return self
 
     def add(self, name: str, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray,
-            tags: np.ndarray | None = None) -> LLMPredictor:
-        """(Re)train only `name`'s two models; every other LLM's objects stay as they are."""
+            tags: np.ndarray | None = None, emb: np.ndarray | None = None) -> LLMPredictor:
+        """(Re)train only `name`'s two models; every other LLM's objects stay as they are. `emb` (unit rows, one
+        per feature row) is kept by reference as the kNN memory, so LLMs added from one `emb` share it."""
         mask = (log["model"] == name).to_numpy()
         if not mask.any():
             raise TrainingError(f"no log rows for LLM {name!r}; it cannot be added without data")
         rows = row_index[mask]
         self.llms[name] = fit_llm(name, x[rows], log[mask], self.config, self.seed,
-                                  None if tags is None else np.asarray(tags)[rows])
+                                  None if tags is None else np.asarray(tags)[rows],
+                                  None if emb is None else np.asarray(emb, np.float32), rows)
         return self.llms[name]
 
     def remove(self, name: str) -> None:
         self.llms.pop(name)
+
+    def _knn_groups(self) -> list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None, list[str]]]]]:
+        """[(bank, [(cols, tags, LLM names)])]: equal banks (by content) searched once, LLMs with the same memory
+        rows share one partial sort. Cached while the set of quality models is the same."""
+        state = tuple((n, id(p.quality)) for n, p in self.llms.items())
+        if self._groups is not None and self._groups[0] == state:
+            return self._groups[1]
+        banks: dict[str, tuple[np.ndarray, dict]] = {}
+        for name, p in self.llms.items():
+            if not isinstance(p.quality, KNNQuality):
+                continue
+            m = p.quality
+            bank, members = banks.setdefault(_digest(m.bank), (m.bank, {}))
+            m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
+            rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str)))
+            members.setdefault(rows, (m.cols, m.tags, []))[2].append(name)
+        self._groups = (state, [(bank, list(members.values())) for bank, members in banks.values()])
+        return self._groups[1]
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.llms)
 
     def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, specs: dict[str, LLMSpec],
-                tags: np.ndarray | None = None):
-        """quality, completion tokens, cost: arrays [n, m] in `names` order (one batched call per model)."""
-        outs = [p.predict(x, prompt_tokens, specs[n], tags) for n, p in self.llms.items()]
+                tags: np.ndarray | None = None, emb: np.ndarray | None = None):
+        """quality, completion tokens, cost: arrays [n, m] in `names` order (one batched call per model; kNN
+        quality: one matmul per distinct memory and one partial sort per group of LLMs with the same rows)."""
+        found: dict[str, tuple] = {}
+        query = None
+        for bank, members in self._knn_groups():
+            query = _unit(x if emb is None else emb) if query is None else query
+            sims = query @ bank.T
+            for cols, row_tags, names in members:
+                probe = self.llms[names[0]].quality
+                hit = probe.neighbours(sims[:, cols], tags)
+                found.update({n: hit for n in names})
+        outs = [p.predict(x, prompt_tokens, specs[n], tags, emb, found.get(n)) for n, p in self.llms.items()]
         return tuple(np.column_stack([o[k] for o in outs]) if outs else np.zeros((len(x), 0)) for k in range(3))
 
     # ------------------------------------------------------------------ persistence (LightGBM text, no pickle) --
     def save(self, path: Path) -> dict:
         path.mkdir(parents=True, exist_ok=True)
-        index = []
+        index, banks = [], {}
+        for g, (bank, _) in enumerate(self._knn_groups()):  # each distinct kNN memory once
+            np.save(path / f"knn_bank_{g}.npy", bank, allow_pickle=False)
+            banks[id(bank)] = f"knn_bank_{g}.npy"
         for i, (name, p) in enumerate(self.llms.items()):
             entry = {"name": name, "quality_kind": p.quality_kind, "target": p.target, "n_rows": p.n_rows,
                      "meta": p.meta}
             for part in ("quality", "length"):
                 model = getattr(p, part)
-                if isinstance(model, float):
+                if isinstance(model, KNNQuality):
+                    fname = f"{i:03d}.{part}.npz"
+                    np.savez(path / fname, cols=model.cols, y=model.y,
+                             tags=np.array([] if model.tags is None else model.tags.astype(str), dtype=str))
+                    entry[part] = {"knn": fname, "bank": banks[id(model.bank)], "k": model.k,
+                                   "smoothing": model.smoothing, "tagged": model.tags is not None}
+                elif isinstance(model, float):
                     entry[part] = {"constant": model}
                 else:
                     fname = f"{i:03d}.{part}.txt"
@@ -281,13 +410,31 @@ class PredictorBank:
         # (measured: 14.1 ms vs 8.0 ms per query). The models predict with num_threads=1 anyway.
         try:
             with threadpool_limits(limits=1, user_api="openmp"):
+                banks: dict[str, np.ndarray] = {}
                 for e in index["llms"]:
-                    parts = {part: (float(e[part]["constant"]) if "constant" in e[part]
-                                    else lgb.Booster(model_file=str(path / e[part]["file"])))
-                             for part in ("quality", "length")}
+                    parts = {part: _load_part(path, e[part], banks) for part in ("quality", "length")}
                     bank.llms[e["name"]] = LLMPredictor(e["name"], parts["quality"], e["quality_kind"],
                                                         parts["length"], e["target"], e.get("n_rows", 0),
                                                         e.get("meta", {}))
-        except (KeyError, lgb.basic.LightGBMError, OSError) as err:
+        except (KeyError, ValueError, lgb.basic.LightGBMError, OSError) as err:
             raise ArtifactError(f"{path}: predictor files are missing or corrupt ({err}); retrain the router") from err
         return bank
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(str((a.dtype, a.shape)).encode() + a.tobytes()).hexdigest()
+
+
+def _load_part(path: Path, entry: dict, banks: dict[str, np.ndarray]) -> lgb.Booster | float | KNNQuality:
+    """One saved model: a constant, a LightGBM text file or a kNN memory (banks loaded once, shared)."""
+    if "constant" in entry:
+        return float(entry["constant"])
+    if "knn" in entry:
+        if entry["bank"] not in banks:
+            banks[entry["bank"]] = np.load(path / entry["bank"], allow_pickle=False)
+        with np.load(path / entry["knn"], allow_pickle=False) as f:
+            tags = f["tags"].astype(object) if entry["tagged"] else None
+            return KNNQuality(banks[entry["bank"]], f["cols"], f["y"], tags, int(entry["k"]),
+                              float(entry["smoothing"]))
+    return lgb.Booster(model_file=str(path / entry["file"]))

@@ -12,7 +12,8 @@ from mixllm.predictors import PredictorBank, PredictorConfig
 
 pytestmark = pytest.mark.unit
 
-CFG = PredictorConfig(n_estimators=20, quality_n_estimators=None, min_child_samples=5)
+CFG = PredictorConfig(n_estimators=20, quality_n_estimators=None, min_child_samples=5, quality_model="lgbm")
+KNN = PredictorConfig(n_estimators=20, min_child_samples=5, knn_k=10, knn_smoothing=2.0, prior_smoothing=0.0)
 SPECS = {n: LLMSpec(name=n, input_price_per_token=1e-6, output_price_per_token=2e-6) for n in ("a", "b", "c")}
 
 
@@ -100,7 +101,7 @@ def test_quality_boosts_from_the_tag_prior_and_persists_it(tmp_path):
     tags = np.where(np.arange(200) < 100, "t1", "t2")
     log.loc[(log["model"] == "a") & (idx >= 100), "quality"] = 1.0  # model a always right on tag t2
     cfg = PredictorConfig(n_estimators=20, quality_n_estimators=1, learning_rate=1e-6, min_child_samples=5,
-                          prior_smoothing=0.0)
+                          prior_smoothing=0.0, quality_model="lgbm")
     bank = PredictorBank(cfg).fit(x, log, idx, ["a", "b"], tags=tags)
     q, _, _ = bank.predict(x[:4], np.full(4, 10.0), SPECS, tags=np.array(["t1", "t2", "t2", "other"]))
     a = log[log["model"] == "a"]["quality"].to_numpy()
@@ -116,7 +117,7 @@ def test_single_row_fast_path_matches_batched_lightgbm(tmp_path):
     and without a tag prior (raw score + base, then the link), also after a save/load round trip."""
     x, log, idx = _log()
     tags = np.where(x[:, 0] > 1, "hi", "lo")
-    with_prior = PredictorBank(PredictorConfig(n_estimators=20, min_child_samples=5)).fit(x, log, idx, ["a", "b"],
+    with_prior = PredictorBank(CFG.model_copy(update={"quality_n_estimators": 10})).fit(x, log, idx, ["a", "b"],
                                                                                           tags=tags)
     plain = PredictorBank(CFG).fit(x, log, idx, ["a", "b"])
     loaded = PredictorBank.load(tmp_path, with_prior.save(tmp_path))
@@ -131,3 +132,42 @@ def test_single_row_fast_path_matches_batched_lightgbm(tmp_path):
         from mixllm.predictors import _single_row
 
         _single_row(plain.llms["a"].length, raw=False)(np.zeros(3))
+
+
+def _unit_rows(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_knn_quality_is_the_neighbour_mean_shrunk_to_the_tag_prior():
+    """Exact formula on a tiny memory: (sum of the k nearest same-tag labels + s x tag mean) / (k + s); a query of
+    an unseen tag gets the global mean; unknown labels take a slot but no weight."""
+    emb = _unit_rows(np.array([[1, 0], [0.9, 0.1], [0.1, 0.9], [0, 1], [1, 0.05], [0.05, 1]], float))
+    log = pd.DataFrame({"query_id": [f"q{i}" for i in range(6)], "prompt": "p", "model": "a",
+                        "quality": [1.0, 1.0, 0.0, 0.0, np.nan, 1.0], "cost_usd": 1e-4, "prompt_tokens": 10,
+                        "completion_tokens": 5, "task": None})
+    tags = np.array(["t", "t", "t", "t", "t", "u"])
+    cfg = KNN.model_copy(update={"knn_k": 2, "knn_smoothing": 1.0})
+    bank = PredictorBank(cfg).fit(emb, log, np.arange(6), ["a"], tags=tags, emb=emb)
+    query = _unit_rows(np.array([[1, 0.02], [0.02, 1], [1, 0], [0.5, 0.5]], float))
+    q, _, _ = bank.predict(query, np.full(4, 10.0), SPECS, tags=np.array(["t", "t", "u", "zzz"]), emb=query)
+    prior_t, prior_u, glob = 0.5, 1.0, 0.6  # tag t labels 1,1,0,0 (row 4 unknown); u: 1; all known: 3/5
+    np.testing.assert_allclose(q[:, 0], [(1 + prior_t) / (1 + 1),  # neighbours rows 0 and 4: one known label
+                                         (0 + 0 + prior_t) / 3, (1 + prior_u) / 2, glob])
+
+
+def test_knn_quality_learns_local_structure_and_shares_one_memory(tmp_path):
+    x, log, idx = _log(n=200)
+    emb = _unit_rows(x)
+    bank = PredictorBank(KNN).fit(x, log, idx, ["a", "b"], emb=emb)
+    q, _, _ = bank.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)
+    pos = x[:, 0] > 0
+    assert q[pos, 0].mean() > q[~pos, 0].mean() + 0.2 and q[pos, 1].mean() < q[~pos, 1].mean() - 0.2
+    assert bank.llms["a"].quality.bank is bank.llms["b"].quality.bank  # one memory for LLMs trained together
+    assert bank._knn_groups() is bank._knn_groups()  # grouping cached between requests (no re-hashing per query)
+    index = bank.save(tmp_path)
+    assert len(list(tmp_path.glob("knn_bank_*.npy"))) == 1
+    again = PredictorBank.load(tmp_path, index)
+    np.testing.assert_array_equal(again.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)[0], q)
+    bank.add("c", x, log.assign(model=log["model"].replace({"a": "c"})), idx, emb=emb.copy())
+    np.testing.assert_array_equal(bank.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)[0][:, :2], q)
+    np.testing.assert_array_equal(bank.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)[0][:, 2], q[:, 0])
