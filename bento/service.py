@@ -34,7 +34,7 @@ from mixllm.exceptions import MixLLMError, RoutingError, StoreError
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision, utc_now
 from mixllm.service_state import (BUNDLED_ROUTER_DIRNAME, DecisionRef, LocalDirSource, MicroBatcher, Outbox,
                                   RegistrySource, RouterHolder, ServiceSettings, SessionTracker, StickyChoice,
-                                  conversation_text, settle_heap)
+                                  conversation_text, limit_blas_threads, settle_heap)
 from mixllm.telemetry import go_offline
 
 log = logging.getLogger("mixllm.service")
@@ -88,6 +88,7 @@ class RouterService:
 
     def __init__(self) -> None:
         go_offline()
+        limit_blas_threads()  # before any router code runs numpy: see limit_blas_threads
         from mixllm.config import get_settings
 
         self.settings = get_settings()
@@ -129,6 +130,7 @@ class RouterService:
         return Store(self.settings.store_url)
 
     def _on_swap(self, router: Any, ref: str | None) -> None:
+        limit_blas_threads()  # again: loading a router can bring in another BLAS (scipy's, for the PCA)
         # First forward pass allocates buffers: pay it before traffic arrives, on the thread that will route.
         self.batcher.call(lambda: router.predict(["warm-up"])).result()
         settle_heap()  # the loaded router and libraries leave the garbage collector's scans (see settle_heap)

@@ -251,3 +251,17 @@ def test_settle_heap_freezes_what_is_alive():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_limit_blas_threads_leaves_numpy_one_blas_thread():
+    import numpy as np  # noqa: F401 - loads numpy's BLAS
+    from threadpoolctl import threadpool_info
+
+    from mixllm.service_state import limit_blas_threads
+
+    handle = limit_blas_threads()
+    try:
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+    finally:
+        handle.restore_original_limits()
