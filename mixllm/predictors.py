@@ -168,7 +168,6 @@ def tag_prior(y: np.ndarray, tags: np.ndarray, smoothing: float) -> dict:
     return {"global": mean, "tags": out}
 
 
-
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -214,6 +213,7 @@ class KNNQuality:
         idx, valid = self.neighbours(_unit(emb) @ self.bank[self.cols].T, tags)
         return self.estimate(idx, valid, prior)
 
+
 @dataclass
 class LLMPredictor:
     """The two models of one LLM. `target` says whether the second model predicts tokens or cost."""
@@ -228,11 +228,9 @@ class LLMPredictor:
 
     def prior(self, tags: np.ndarray | None, n: int) -> np.ndarray | None:
         """Per-row base score of the quality model (None when it was trained without a tag prior)."""
-        p = self.meta.get("tag_prior")
-        if p is None:
+        if self.meta.get("tag_prior") is None:
             return None
-        tags = np.full(n, None) if tags is None else tags
-        mean = np.array([p["tags"].get(str(t), p["global"]) for t in tags], float)
+        mean = self.prior_mean(tags, n)
         return _logit(mean) if self.quality_kind == "binary" else mean
 
     def prior_mean(self, tags: np.ndarray | None, n: int) -> np.ndarray:
@@ -273,17 +271,16 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
     y = quality[labelled]
     kind = "binary" if np.isin(y, (0.0, 1.0)).all() else "regression"
     meta: dict = {"quality_rows": int(labelled.sum()), "global_quality": float(np.mean(y))}
-    base = None
     if cfg.tag_prior and tags is not None:
         meta["tag_prior"] = tag_prior(y, np.asarray(tags)[labelled], cfg.prior_smoothing)
-        probe = LLMPredictor(name, 0.0, kind, 0.0, "tokens", meta=meta)
-        base = probe.prior(np.asarray(tags)[labelled], int(labelled.sum()))
     if cfg.quality_model == "knn":
         if bank is None:
             bank, cols = _unit(x), np.arange(len(x))
         row_tags = np.asarray(tags, dtype=object) if cfg.tag_prior and tags is not None else None
         q_model = KNNQuality(bank, np.asarray(cols, np.int64), quality, row_tags, cfg.knn_k, cfg.knn_smoothing)
-    else:
+    else:  # trees boost from the tag prior (the same base scores prediction adds back)
+        base = None if "tag_prior" not in meta else LLMPredictor(name, 0.0, kind, 0.0, "tokens", meta=meta).prior(
+            np.asarray(tags)[labelled], int(labelled.sum()))
         q_model = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators)
     tokens = pd.to_numeric(rows["completion_tokens"], errors="coerce").to_numpy(float)
     cost = pd.to_numeric(rows["cost_usd"], errors="coerce").to_numpy(float)
