@@ -96,7 +96,7 @@ class RouterService:
         self.metrics = ServiceMetrics()
         spool = self.cfg.spool_path or self.settings.ensure_home() / "service-outbox.db"
         self.outbox = Outbox(spool, self._open_store, self.cfg.forward_interval_seconds, self.cfg.forward_batch)
-        self.outbox.start()
+        self.outbox.start(store_url=self.settings.store_url if self.cfg.forwarder == "process" else None)
         self.sessions = SessionTracker(self.cfg.sticky_margin, self.cfg.session_ttl_seconds, self.cfg.max_sessions)
         # Every encoder forward pass runs on the batcher's thread (routing, warm-up, feedback): see MicroBatcher.call.
         self.batcher: MicroBatcher[RouteJob, tuple[RouteDecision, StickyChoice]] = MicroBatcher(

@@ -132,13 +132,34 @@ class QueryEncoder:
                 out[i] = found[keys[i]]
         if todo:
             unique = list(dict.fromkeys(prompts[i] for i in todo))
-            vecs = self.model.encode(unique, batch_size=batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=progress and len(unique) > batch_size)
-            by_prompt = dict(zip(unique, np.asarray(vecs, np.float32)))
+            vecs = self._embed(unique, batch_size, progress and len(unique) > batch_size)
+            by_prompt = dict(zip(unique, vecs))
             for i in todo:
                 out[i] = by_prompt[prompts[i]]
             if cache is not None:
                 cache.put_many({self._key(p): v for p, v in by_prompt.items()})
+        return out
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """Tokenise, forward, mean-pool, normalise: the model's own modules, without `SentenceTransformer.encode`.
+
+        Why not `encode`: for one query its per-call bookkeeping (switching every module to eval mode, device
+        look-ups) costs ~1 ms of Python on top of a ~6.5 ms forward pass, and the service pays it on every route.
+        Same modules, same tokeniser settings (max_seq_length, truncation side), same output (max |diff| 0 on
+        single queries); longest texts first so each batch pads little, as `encode` does."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if self.model.training:  # fine_tune leaves eval mode on; a caller's model.train() must not add dropout
+            self.model.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        with torch.inference_mode():
+            for s in tqdm(starts, desc="encode", disable=not progress, leave=False):
+                idx = order[s:s + batch_size]
+                emb = self.model.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
+                out[idx] = torch.nn.functional.normalize(emb, dim=-1).numpy()
         return out
 
     def fine_tune(self, prompts: Sequence[str], tags: Sequence[str], *, epochs: int = 1, batch_size: int = 32,

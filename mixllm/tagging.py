@@ -4,10 +4,15 @@ Why tags: the router's encoder is fine-tuned so same-tag queries cluster (see `e
 each tag centroid is a predictor feature. Logs from production rarely carry a task label, so a CPU-only tagger
 assigns each unlabelled query to the nearest of ~20 coarse domains by embedding similarity to a short description
 of each domain (no training data, no network).
+
+`outcome_tags` refines the domain tags used for fine-tuning with what the logs say about each training query: which
+LLMs answered it well. A domain tag alone teaches the encoder nothing the router does not already know when the
+domains are easy to tell apart (the kNN quality models already look only within the query's domain).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -72,3 +77,37 @@ def query_tags(queries: pd.DataFrame, embeddings: np.ndarray, tagger: Tagger | N
         for i, g in zip(missing, guessed):
             tags[i] = g
     return [str(t) for t in tags]
+
+
+def outcome_tags(tags: Sequence[str], quality: np.ndarray, clusters: int, seed: int = 0) -> list[str]:
+    """Each query's domain tag plus its outcome group, e.g. ``"mbpp/o2"``: k-means (k = `clusters`) over the
+    per-LLM quality vectors of the domain's training queries, one domain at a time.
+
+    Why: fine-tuning toward these finer tags pulls together queries the same LLMs get right (and wrong), which is
+    what the router's neighbour-based quality estimates average over. `quality` is [queries, LLMs] with NaN where
+    an LLM has no (known) answer; a missing cell takes the domain's mean for that LLM (0 if it has none).
+    """
+    from sklearn.cluster import KMeans
+
+    tags = np.asarray(list(tags), dtype=object)
+    quality = np.asarray(quality, dtype=float)
+    if quality.ndim != 2 or len(quality) != len(tags):
+        raise ValueError(f"quality must be [queries, LLMs] with one row per tag, got {quality.shape} for "
+                         f"{len(tags)} tags")
+    out = [str(t) for t in tags]
+    if clusters < 2:
+        return out
+    for tag in sorted(set(out)):
+        rows = np.nonzero(tags == tag)[0]
+        x = quality[rows]
+        with warnings.catch_warnings():  # an LLM with no known answer in this domain: mean of nothing -> 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            col = np.nan_to_num(np.nanmean(x, axis=0))
+        x = np.where(np.isnan(x), col, x)
+        k = min(clusters, len(np.unique(x, axis=0)))
+        if k < 2:
+            continue
+        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(x)
+        for i, lab in zip(rows, labels):
+            out[i] = f"{tag}/o{lab}"
+    return out

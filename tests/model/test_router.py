@@ -44,6 +44,7 @@ def test_manifest_and_artifact_contents(router, trained_router_dir):
     assert {"mixllm", "lightgbm", "sentence-transformers", "torch"} <= set(m["versions"])
     assert len(m["training_data_digest"]) == 16 and m["n_queries"] == 42
     assert m["tags"] == ["arc-challenge", "mbpp", "winogrande"] and m["tag_enhanced"] is True
+    assert m["finetune_tags"] == {"arc-challenge": 14, "mbpp": 14, "winogrande": 14}  # what the encoder was tuned to
     assert set(router.models) == set(router.catalogue.names) and len(router.models) == 11
     assert json.loads((trained_router_dir / "manifest.json").read_text())["created"]
 
@@ -173,6 +174,7 @@ def test_load_rejects_incomplete_artifacts(tmp_path, trained_router_dir):
 def test_staged_fit_equals_fit_and_the_per_llm_step_changes_nothing(routerbench_dir, tmp_path, wino):
     """The nightly flow trains in stages (representation -> one task per LLM -> finish); it must give the same
     router as `fit`, and the per-LLM step (run concurrently by `.map`) must not touch the router."""
+    from mixllm.embeddings import QueryEncoder
     from mixllm.router import RouterConfig
 
     log = load_routerbench(routerbench_dir, "train")
@@ -196,3 +198,20 @@ def test_staged_fit_equals_fit_and_the_per_llm_step_changes_nothing(routerbench_
         partial.finish(partial.fit_representation(log), predictors[:2])
     with pytest.raises(TrainingError, match="fit_representation"):
         MixLLMRouter(config).finish(prepared, predictors)
+
+
+def test_outcome_tags_refine_what_the_encoder_is_fine_tuned_toward_but_not_the_routing_tags(routerbench_dir,
+                                                                                            tmp_path):
+    from mixllm.embeddings import QueryEncoder
+    from mixllm.router import RouterConfig
+
+    log = load_routerbench(routerbench_dir, "train")
+    keep = log.drop_duplicates("query_id").groupby("task").head(10)["query_id"]
+    log = log[log["query_id"].isin(keep)]
+    router = MixLLMRouter(RouterConfig(finetune_tags="domain+outcome", finetune_max_queries=16, batch_size=8,
+                                       progress=False, cache_dir=tmp_path))
+    prepared = router.fit_representation(log)
+    ft = router._finetune_tags
+    assert len(ft) > 3 and {t.split("/")[0] for t in ft} == set(router.tags) and sum(ft.values()) == 30
+    assert router.tags == ("arc-challenge", "mbpp", "winogrande") and set(prepared.tags) <= set(router.tags)
+    assert router.encoder.weights_id != QueryEncoder.base().weights_id  # the encoder was fine-tuned

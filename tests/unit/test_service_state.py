@@ -117,6 +117,51 @@ def test_outbox_loses_nothing_under_concurrent_writers_and_a_crash(tmp_path: Pat
     assert len(feedback) == n_threads * per_thread and feedback["query_id"].is_unique
 
 
+def _until(check, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _events(prefix: str, n: int) -> list:
+    return [r for i in range(n) for r in (LogRecord(query_id=f"{prefix}{i}", prompt=f"p {i}", model="claude-v2"),
+                                         FeedbackRecord(query_id=f"{prefix}{i}", model="claude-v2", rating=1.0))]
+
+
+def test_the_forwarder_process_delivers_reports_and_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    box = Outbox(tmp_path / "outbox.db", lambda: Store(store_url), forward_interval=0.1)
+    box.start(store_url=store_url)
+    first = box._proc
+    assert first is not None and box._thread is None  # a child process forwards, no thread of ours
+    box.put(_events("a", 150))
+    assert _until(lambda: box.pending() == 0)
+    assert _until(lambda: box.forwarded == {"log": 150, "feedback": 150}) and box.last_error is None
+    first.kill()
+    assert _until(lambda: box._proc is not first and box._proc.poll() is None)  # the watchdog started another
+    box.put(_events("b", 50))
+    assert _until(lambda: box.pending() == 0)
+    assert _until(lambda: box.forwarded == {"log": 200, "feedback": 200})  # both children's counts
+    assert box.close() == 0 and first.poll() is not None
+    logs, feedback = Store(store_url).logs(), Store(store_url).feedback()
+    assert len(logs) == 200 and logs["query_id"].is_unique and len(feedback) == 200
+
+
+def test_the_forwarder_process_reports_a_store_it_cannot_reach_and_keeps_the_events(tmp_path: Path) -> None:
+    bad_url = "postgresql+psycopg://mixllm@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    good_url = f"sqlite:///{tmp_path / 'store.db'}"
+    box = Outbox(tmp_path / "outbox.db", lambda: Store(good_url), forward_interval=0.1)
+    box.start(store_url=bad_url)
+    box.put(_events("c", 10))
+    assert _until(lambda: box.last_error is not None)
+    assert box.pending() == 20
+    assert box.close() == 0  # the shutdown flush (this process, the working store) delivers them
+    assert len(Store(good_url).logs()) == 10
+
+
 def test_outbox_keeps_events_while_the_store_is_down(tmp_path: Path) -> None:
     calls = {"n": 0}
     store_url = f"sqlite:///{tmp_path / 'store.db'}"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixllm.tagging import DOMAINS, TaxonomyTagger, query_tags
+from mixllm.tagging import DOMAINS, TaxonomyTagger, outcome_tags, query_tags
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +43,30 @@ def test_taxonomy_tagger_picks_most_similar_domain_description():
     emb = np.eye(len(names))[[names.index("coding"), names.index("math")]] * 0.9 + 0.01
     assert tagger.tag(["a", "b"], emb) == ["coding", "math"]
     assert tagger.tag([], np.zeros((0, len(names)))) == []
+
+
+def test_outcome_tags_split_each_domain_by_which_llms_answered_well():
+    # domain "a": queries only LLM 0 solves vs queries only LLM 1 solves; domain "b": everyone vs no one
+    solved0, solved1, every, none_ = [1.0, 0.0, 0.0], [0.0, 1.0, np.nan], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+    tags = ["a"] * 6 + ["b"] * 4
+    quality = np.array([solved0, solved1] * 3 + [every, none_] * 2)
+    out = outcome_tags(tags, quality, clusters=2)
+    assert [t.split("/")[0] for t in out] == tags  # groups never cross domains
+    assert len(set(out[0:6:2])) == 1 and len(set(out[1:6:2])) == 1 and out[0] != out[1]
+    assert out[6] == out[8] != out[7] == out[9]
+    assert outcome_tags(tags, quality, clusters=1) == tags
+    # a domain whose queries all went the same way keeps its plain tag (nothing to split)
+    assert outcome_tags(["c"] * 3, np.ones((3, 3)), clusters=3) == ["c"] * 3
+    with pytest.raises(ValueError, match="one row per tag"):
+        outcome_tags(tags, quality[:3], clusters=2)
+
+
+def test_quality_matrix_is_one_row_per_query_with_nan_for_unknown_answers():
+    from mixllm.router import MixLLMRouter
+
+    log = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2", "q2"], "prompt": ["x", "x", "y", "y", "y"],
+                        "model": ["m1", "m2", "m1", "m2", "m2"], "quality": [1.0, None, 0.0, 0.5, 1.0],
+                        "task": ["t"] * 5, "prompt_tokens": [3] * 5})
+    q, codes = MixLLMRouter._queries(log)
+    m = MixLLMRouter._quality_matrix(log, codes, len(q))
+    np.testing.assert_array_equal(m, np.array([[1.0, np.nan], [0.0, 0.75]]))
