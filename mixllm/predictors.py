@@ -240,13 +240,14 @@ class LLMPredictor:
         return np.array([p["tags"].get(str(t), p["global"]) for t in tags], float)
 
     def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, spec: LLMSpec, tags: np.ndarray | None = None,
-                emb: np.ndarray | None = None, neighbours: tuple | None = None) -> tuple[np.ndarray, ...]:
+                emb: np.ndarray | None = None, quality: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """(quality, completion tokens or NaN, cost USD) for every row of x (`tags`: each row's predicted tag;
-        `emb`: the rows' embeddings for a kNN quality model, default x; `neighbours`: precomputed (idx, valid))."""
-        if isinstance(self.quality, KNNQuality):
-            prior = self.prior_mean(tags, len(x))
-            q = (self.quality.estimate(*neighbours, prior) if neighbours is not None
-                 else self.quality.predict(x if emb is None else emb, tags, prior))
+        `emb`: the rows' embeddings for a kNN quality model, default x; `quality`: its estimate, when the caller
+        already computed it for several LLMs at once)."""
+        if quality is not None:
+            q = quality
+        elif isinstance(self.quality, KNNQuality):
+            q = self.quality.predict(x if emb is None else emb, tags, self.prior_mean(tags, len(x)))
         else:
             q = _predict(self.quality, x, self.prior(tags, len(x)), self.quality_kind)
         q = np.clip(q, 0.0, 1.0)
@@ -254,6 +255,40 @@ class LLMPredictor:
         if self.target == "tokens":
             return q, second, prompt_tokens * spec.input_price_per_token + second * spec.output_price_per_token
         return q, np.full(len(x), np.nan), second * 1e-6
+
+
+@dataclass(frozen=True)
+class _KNNGroup:
+    """LLMs whose kNN memories have the same rows (same bank columns, tags and k): one neighbour search and one
+    vectorised estimate serve them all (per-LLM numpy calls on one query cost more than the arithmetic)."""
+
+    cols: np.ndarray
+    tags: np.ndarray | None
+    names: list[str]
+    labels: np.ndarray  # [memory rows, LLMs]
+    smoothing: np.ndarray  # [LLMs]
+    priors: dict[str, np.ndarray]  # tag -> [LLMs] smoothed tag means
+    glob: np.ndarray  # [LLMs] prior of a tag an LLM has no prior for
+
+    @classmethod
+    def of(cls, cols: np.ndarray, tags: np.ndarray | None, llms: list["LLMPredictor"]) -> "_KNNGroup":
+        p = [m.meta.get("tag_prior") or {"tags": {}, "global": m.meta.get("global_quality", 0.5)} for m in llms]
+        glob = np.array([x["global"] for x in p], float)
+        names = sorted({t for x in p for t in x["tags"]})
+        priors = {t: np.array([x["tags"].get(t, x["global"]) for x in p], float) for t in names}
+        return cls(cols, tags, [m.name for m in llms], np.column_stack([m.quality.y for m in llms]),
+                   np.array([m.quality.smoothing for m in llms], float), priors, glob)
+
+    def estimate(self, idx: np.ndarray, valid: np.ndarray, tags: np.ndarray | None) -> np.ndarray:
+        """[queries, LLMs]: KNNQuality.estimate for every LLM of the group at once."""
+        n = len(idx)
+        prior = np.tile(self.glob, (n, 1)) if tags is None else \
+            np.stack([self.priors.get(str(t), self.glob) for t in tags])
+        y = self.labels[idx]  # [queries, k, LLMs]
+        known = valid[:, :, None] & ~np.isnan(y)
+        total = np.where(known, y, 0.0).sum(1) + self.smoothing * prior
+        count = known.sum(1) + self.smoothing
+        return np.divide(total, count, out=prior.copy(), where=count > 0)
 
 
 def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
@@ -332,10 +367,10 @@ class PredictorBank:
     def remove(self, name: str) -> None:
         self.llms.pop(name)
 
-    def _knn_groups(self) -> list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None, list[str]]]]]:
-        """[(bank, [(cols, tags, LLM names)])]: equal banks (by content) searched once, LLMs with the same memory
-        rows share one partial sort. Cached while the set of quality models is the same."""
-        state = tuple((n, id(p.quality)) for n, p in self.llms.items())
+    def _knn_groups(self) -> list[tuple[np.ndarray, list[_KNNGroup]]]:
+        """[(bank, [groups])]: equal banks (by content) searched once, LLMs with the same memory rows share one
+        partial sort and one estimate. Cached while the set of quality models (and their priors) is the same."""
+        state = tuple((n, id(p.quality), id(p.meta)) for n, p in self.llms.items())
         if self._groups is not None and self._groups[0] == state:
             return self._groups[1]
         banks: dict[str, tuple[np.ndarray, dict]] = {}
@@ -347,7 +382,9 @@ class PredictorBank:
             m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
             rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str)))
             members.setdefault(rows, (m.cols, m.tags, []))[2].append(name)
-        self._groups = (state, [(bank, list(members.values())) for bank, members in banks.values()])
+        self._groups = (state, [(bank, [_KNNGroup.of(cols, tags, [self.llms[n] for n in names])
+                                        for cols, tags, names in members.values()])
+                                for bank, members in banks.values()])
         return self._groups[1]
 
     @property
@@ -357,16 +394,16 @@ class PredictorBank:
     def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, specs: dict[str, LLMSpec],
                 tags: np.ndarray | None = None, emb: np.ndarray | None = None):
         """quality, completion tokens, cost: arrays [n, m] in `names` order (one batched call per model; kNN
-        quality: one matmul per distinct memory and one partial sort per group of LLMs with the same rows)."""
-        found: dict[str, tuple] = {}
+        quality: one matmul per distinct memory, one partial sort and one estimate per group of LLMs with the same
+        rows)."""
+        found: dict[str, np.ndarray] = {}
         query = None
-        for bank, members in self._knn_groups():
+        for bank, groups in self._knn_groups():
             query = _unit(x if emb is None else emb) if query is None else query
             sims = query @ bank.T
-            for cols, row_tags, names in members:
-                probe = self.llms[names[0]].quality
-                hit = probe.neighbours(sims[:, cols], tags)
-                found.update({n: hit for n in names})
+            for g in groups:
+                est = g.estimate(*self.llms[g.names[0]].quality.neighbours(sims[:, g.cols], tags), tags)
+                found.update({n: est[:, j] for j, n in enumerate(g.names)})
         outs = [p.predict(x, prompt_tokens, specs[n], tags, emb, found.get(n)) for n, p in self.llms.items()]
         return tuple(np.column_stack([o[k] for o in outs]) if outs else np.zeros((len(x), 0)) for k in range(3))
 

@@ -458,7 +458,7 @@ class Outbox:
     def _spawn(self) -> None:
         env = {**os.environ, FORWARDER_STORE_ENV: self._store_url or ""}
         cmd = [sys.executable, "-m", "mixllm.service_state", str(self.path), "--interval", str(self.forward_interval),
-               "--batch", str(self.forward_batch), "--ttl", str(self.decisions_ttl)]
+               "--batch", str(self.forward_batch), "--ttl", str(self.decisions_ttl), "--parent", str(os.getpid())]
         self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def _watch(self) -> None:
@@ -495,15 +495,18 @@ class Outbox:
             ok = self._cycle()
             backoff = self.forward_interval if ok else min(max(backoff * 2, self.forward_interval), 30.0)
 
-    def serve_forwarder(self) -> None:
-        """The child process's loop (`python -m mixllm.service_state SPOOL`): forward until SIGTERM, then return.
-        Sleeps in short slices so that a stop request is seen within 0.1 s."""
+    def serve_forwarder(self, parent: int | None = None) -> None:
+        """The child process's loop (`python -m mixllm.service_state SPOOL`): forward until SIGTERM or until the
+        service that started it is gone, then return. Sleeps in short slices so either is seen within 0.1 s."""
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         backoff = self.forward_interval
         while not self._stop.is_set():
             deadline = time.monotonic() + backoff
             while not self._stop.is_set() and time.monotonic() < deadline:
                 time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+                if parent is not None and os.getppid() != parent:  # the service died without stopping us
+                    log.warning("outbox forwarder: the service process is gone; forwarding once more, then exiting")
+                    self._stop.set()
             ok = self._cycle()
             backoff = self.forward_interval if ok else min(max(backoff * 2, self.forward_interval), 30.0)
         self._close_db()
@@ -690,6 +693,7 @@ def forwarder_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--ttl", type=float, default=7 * 86400)
+    parser.add_argument("--parent", type=int, default=None, help="exit once this process is no longer our parent")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s mixllm.forwarder %(levelname)s %(message)s")
     # Lowest CPU priority: on a small machine the forwarder's bursts would otherwise take a core from the
@@ -700,7 +704,7 @@ def forwarder_main(argv: Sequence[str] | None = None) -> int:
     url = os.environ.get(FORWARDER_STORE_ENV) or None
     box = Outbox(args.spool, lambda: Store(url), args.interval, args.batch, args.ttl)
     box._in_child = True
-    box.serve_forwarder()
+    box.serve_forwarder(args.parent)
     return 0
 
 

@@ -171,3 +171,23 @@ def test_knn_quality_learns_local_structure_and_shares_one_memory(tmp_path):
     bank.add("c", x, log.assign(model=log["model"].replace({"a": "c"})), idx, emb=emb.copy())
     np.testing.assert_array_equal(bank.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)[0][:, :2], q)
     np.testing.assert_array_equal(bank.predict(x, np.full(len(x), 10.0), SPECS, emb=emb)[0][:, 2], q[:, 0])
+
+
+def test_the_grouped_knn_estimate_equals_each_llms_own_estimate():
+    """The bank estimates all LLMs that share memory rows in one vectorised step; it must give what each LLM's own
+    KNNQuality would (labels, tag priors incl. unseen tags, unknown labels, per-LLM smoothing)."""
+    x, log, idx = _log(n=150, models=("a", "b", "c"))
+    log.loc[log.index[::7], "quality"] = np.nan  # unknown labels take a neighbour slot but no weight
+    emb = _unit_rows(x)
+    tags = np.where(x[:, 1] > 0, "t1", "t2")
+    bank = PredictorBank(KNN.model_copy(update={"prior_smoothing": 3.0})).fit(x, log, idx, ["a", "b", "c"],
+                                                                              tags=tags, emb=emb)
+    bank.llms["c"].quality.smoothing = 7.0  # same memory rows, different shrinkage: still one group
+    bank._groups = None
+    (group,), = [g for _, g in bank._knn_groups()]
+    assert group.names == ["a", "b", "c"]
+    query_tags = np.where(x[:, 2] > 0.5, "zzz", tags)  # some tags the memory has never seen
+    q = bank.predict(x, np.full(len(x), 10.0), SPECS, tags=query_tags, emb=emb)[0]
+    for j, name in enumerate(bank.names):
+        own = bank.llms[name].predict(x, np.full(len(x), 10.0), SPECS[name], query_tags, emb)[0]
+        np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)

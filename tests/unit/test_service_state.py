@@ -162,6 +162,32 @@ def test_the_forwarder_process_reports_a_store_it_cannot_reach_and_keeps_the_eve
     assert len(Store(good_url).logs()) == 10
 
 
+def test_the_forwarder_process_exits_when_the_service_dies_without_stopping_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    service = subprocess.Popen(  # a stand-in service process: starts the forwarder, then is killed -9
+        [sys.executable, "-c", "import sys, time; from mixllm.service_state import Outbox; from mixllm.store import "
+         "Store; b = Outbox(sys.argv[1], lambda: Store(sys.argv[2]), forward_interval=0.1); b.start(store_url="
+         "sys.argv[2]); print(b._proc.pid, flush=True); time.sleep(600)", str(tmp_path / "outbox.db"), store_url],
+        stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(service.stdout.readline()))
+    os.kill(service.pid, signal.SIGKILL)
+    service.wait()
+
+    def gone() -> bool:
+        try:
+            return child.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    assert _until(gone, timeout=15)
+
+
 def test_outbox_keeps_events_while_the_store_is_down(tmp_path: Path) -> None:
     calls = {"n": 0}
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
