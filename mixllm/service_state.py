@@ -466,8 +466,7 @@ class Outbox:
             proc = self._proc
             if proc is not None and proc.poll() is not None and not self._stop.is_set():
                 log.warning("outbox forwarder process exited with %s; restarting it", proc.returncode)
-                counts = self._child_status()[0]  # the next child starts its counters at 0
-                self._forwarded = {k: counts[k] + self._forwarded[k] for k in counts}
+                self._absorb_child_counts()  # the next child starts its counters at 0
                 with self._lock:
                     self._db.execute("DELETE FROM forwarder_status")
                 self._spawn()
@@ -492,8 +491,11 @@ class Outbox:
         while not self._stop.is_set():
             self._wake.wait(backoff)
             self._wake.clear()
-            ok = self._cycle()
-            backoff = self.forward_interval if ok else min(max(backoff * 2, self.forward_interval), 30.0)
+            backoff = self._next_wait(self._cycle(), backoff)
+
+    def _next_wait(self, ok: bool, backoff: float) -> float:
+        """The forwarding period after a good round; after a failed one, double the wait (at most 30 s)."""
+        return self.forward_interval if ok else min(max(backoff * 2, self.forward_interval), 30.0)
 
     def serve_forwarder(self, parent: int | None = None) -> None:
         """The child process's loop (`python -m mixllm.service_state SPOOL`): forward until SIGTERM or until the
@@ -507,8 +509,7 @@ class Outbox:
                 if parent is not None and os.getppid() != parent:  # the service died without stopping us
                     log.warning("outbox forwarder: the service process is gone; forwarding once more, then exiting")
                     self._stop.set()
-            ok = self._cycle()
-            backoff = self.forward_interval if ok else min(max(backoff * 2, self.forward_interval), 30.0)
+            backoff = self._next_wait(self._cycle(), backoff)
         self._close_db()
 
     def _set_error(self, error: str | None) -> None:
@@ -645,10 +646,14 @@ class Outbox:
                         timeout)
             proc.kill()
             proc.wait()
+        self._last_error = self._last_error or self._absorb_child_counts()
+        self._proc = None
+
+    def _absorb_child_counts(self) -> str | None:
+        """Add the (stopped) child's delivered counts to ours; returns its last error."""
         counts, error = self._child_status()
         self._forwarded = {k: counts[k] + self._forwarded[k] for k in counts}
-        self._last_error = self._last_error or error
-        self._proc = None
+        return error
 
     def _close_db(self) -> None:
         with self._lock:
