@@ -85,21 +85,45 @@ launch() {  # launch NAME CMD...: detached in its own session (so `down` can end
   echo $! >"$(pidfile "$name")"
 }
 
-stop() {  # stop NAME [SIGNAL]: signal the recorded pid (a worker may ignore signals sent to its group), then
-  # TERM its whole session (uvicorn workers, flow-run subprocesses), then SIGKILL whatever is left after 10 s.
-  local name=$1 sig=${2:-TERM} f pid i
+own_sessions() {  # own_sessions PID: children of PID that lead a session of their own (a worker's flow runs)
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null); do
+    [ "$(ps -o sid= -p "$c" 2>/dev/null | tr -d ' ')" = "$c" ] && echo "$c"
+  done
+  return 0
+}
+
+alive() {  # alive PID...: 0 when one of the processes or their process groups is still there
+  local p
+  for p in "$@"; do kill -0 "$p" 2>/dev/null || pgrep -g "$p" >/dev/null && return 0; done
+  return 1
+}
+
+term_wait() {  # term_wait SECONDS PID...: TERM each process group, wait until all are gone or SECONDS pass
+  local t=$1 p i; shift
+  for p in "$@"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  for i in $(seq 1 $((t * 2))); do alive "$@" || return 0; sleep 0.5; done
+  alive "$@" && return 1 || return 0
+}
+
+stop() {  # stop NAME [SIGNAL]: first TERM the sessions its children opened (a worker starts each flow run in a
+  # session of its own) while it still reads their output, so Prefect records the run as Crashed and frees its
+  # concurrency slot: with the worker gone first, the run's crash report died on a broken pipe and it stayed Running.
+  # Then signal the recorded pid (a worker may ignore signals sent to its group) and TERM its session (uvicorn
+  # workers); SIGKILL whatever is left after 10 s.
+  local name=$1 sig=${2:-TERM} f pid p kids
   f=$(pidfile "$name")
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
+  read -r -a kids <<<"$(own_sessions "$pid" | tr '\n' ' ')"
+  if [ ${#kids[@]} -gt 0 ]; then
+    log "$name: stopping ${#kids[@]} run(s) it started (pids ${kids[*]})"
+    term_wait 20 "${kids[@]}" || log "$name: its runs still alive after 20s"
+  fi
   kill -"$sig" "$pid" 2>/dev/null || true
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for i in $(seq 1 20); do
-    kill -0 "$pid" 2>/dev/null || pgrep -g "$pid" >/dev/null || break
-    sleep 0.5
-  done
-  if kill -0 "$pid" 2>/dev/null || pgrep -g "$pid" >/dev/null; then
+  if ! term_wait 10 "$pid" "${kids[@]}"; then
     log "$name did not stop in 10s: SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    for p in "$pid" "${kids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -197,6 +221,10 @@ prefect_env() {  # the environment every Prefect process here shares
   export PREFECT_API_URL=$PREFECT_URL
   export PREFECT_SERVER_DATABASE_CONNECTION_URL=$PREFECT_DB_URL
   export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_ENABLED=true
+  # Concurrency leases on disk, not in the server's memory: a nightly run killed mid-way (worker stopped, machine
+  # rebooted) holds the deployment's one slot only until its lease expires (5 min), even across a server restart.
+  # With in-memory leases the restart forgot the lease and the slot stayed taken: every later run waited forever.
+  export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
 }
 
 prefect_up() {

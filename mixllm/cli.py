@@ -380,6 +380,8 @@ def pipeline_schedule(
     cron: str = typer.Option("0 2 * * *", help="When to run (cron, in --timezone)."),
     timezone: str = typer.Option("UTC", "--timezone", help="IANA timezone of the cron, e.g. Europe/Paris."),
     pool: str = typer.Option("mixllm-process", help="Prefect process work pool (created when missing)."),
+    name: str = typer.Option("nightly", help="Deployment name: a second name (e.g. staging) is a second, "
+                             "independent schedule of the same flow."),
     api_url: str | None = typer.Option(None, envvar="PREFECT_API_URL", help="Prefect server API URL."),
 ) -> None:
     """Register the nightly deployment (prefect.yaml) on a Prefect server; a worker on the pool runs it."""
@@ -389,6 +391,8 @@ def pipeline_schedule(
 
     from mixllm.pipeline import REPO_ROOT
 
+    if not name or "/" in name:
+        raise MixLLMError(f"deployment name {name!r}: must be non-empty and without '/'")
     if not api_url:
         raise MixLLMError("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) or pass "
                           "--api-url; start one with infra/ scripts or `prefect server start`")
@@ -407,17 +411,18 @@ def pipeline_schedule(
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
     for dep in spec["deployments"]:
         if dep["name"] == "nightly":
+            dep["name"] = name
             dep["schedules"] = [{"cron": cron, "timezone": timezone, "active": True}]
     with tempfile.TemporaryDirectory() as tmp:
         spec_file = Path(tmp) / "prefect.yaml"
         spec_file.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         code = subprocess.call([prefect, "--no-prompt", "deploy", "--prefect-file", str(spec_file),
-                                "--name", "nightly", "--pool", pool], cwd=REPO_ROOT, env=env)
+                                "--name", name, "--pool", pool], cwd=REPO_ROOT, env=env)
     if code != 0:
         raise typer.Exit(code)
-    typer.echo(f"\nscheduled mixllm-nightly/nightly at '{cron}' ({timezone}) on pool {pool!r}.\n"
+    typer.echo(f"\nscheduled mixllm-nightly/{name} at '{cron}' ({timezone}) on pool {pool!r}.\n"
                f"start a worker:   PREFECT_API_URL={api_url} prefect worker start --pool {pool}\n"
-               f"run it now:       PREFECT_API_URL={api_url} prefect deployment run mixllm-nightly/nightly")
+               f"run it now:       PREFECT_API_URL={api_url} prefect deployment run mixllm-nightly/{name}")
 
 
 @app.command()

@@ -157,38 +157,71 @@ def prefect_client(servers: Servers) -> Any:
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+STALE_DEPLOYMENT_HOURS = 3  # a session's deployment older than this was left by a killed session
+
+
+def _delete_stale_test_deployments(client: Any) -> None:
+    """Delete `it-*` nightly deployments left by killed sessions: their active cron would otherwise hand the pool's
+    worker a full-size run at 02:00 with a home that no longer exists."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    cutoff = datetime.now(timezone.utc) - timedelta(hours=STALE_DEPLOYMENT_HOURS)
+    for dep in client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(like_="it-"))):
+        if dep.name.startswith("it-") and dep.created and dep.created < cutoff:
+            client.delete_deployment(dep.id)
+
+
 @pytest.fixture(scope="session")
-def nightly_run(servers: Servers, first_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def nightly_run(servers: Servers, first_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`mixllm pipeline schedule` on the Prefect server, then one hand-triggered run of it, executed by the worker.
 
-    The deployment is the project's own (prefect.yaml, default cron); only this run gets the session's registered
-    model, a private home and the small training, as flow-run job variables and parameters.
+    The deployment is the project's own (prefect.yaml, default cron) under this session's own name, deleted at the
+    end: a user's `nightly` deployment on the same server is never touched, and a nightly run of it (or a concurrency
+    slot it holds) cannot hold this session's run back. Only this run gets the session's registered model, a private
+    home and the small training, as flow-run job variables and parameters.
     """
     home = tmp_path_factory.mktemp("worker-home")
     env = base_env(servers, home)
-    run_cmd([str(VENV_BIN / "mixllm"), "pipeline", "schedule", "--pool", servers.work_pool, "--cron", NIGHTLY_CRON],
-            env, timeout=300)
+    name = f"it-{servers.model.rsplit('-', 1)[-1]}"
     with prefect_client(servers) as client:
-        deployment = client.read_deployment_by_name("mixllm-nightly/nightly")
-        flow_run = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"overrides": SMALL_PIPELINE},
-            job_variables={"env": {**servers.mixllm_env(), "MIXLLM_HOME": str(home)}},
-            name=f"it-{servers.model}")
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            flow_run = client.read_flow_run(flow_run.id)
-            if flow_run.state and flow_run.state.type.value in FINAL_STATES:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"flow run {flow_run.id} still {flow_run.state and flow_run.state.type} after 900 s: is the "
-                        f"worker polling {servers.work_pool!r}? (infra/services.sh status / logs)", pytrace=False)
-        logs = ""
-        if not flow_run.state.is_completed():
-            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        _delete_stale_test_deployments(client)
+    run_cmd([str(VENV_BIN / "mixllm"), "pipeline", "schedule", "--pool", servers.work_pool, "--cron", NIGHTLY_CRON,
+             "--name", name], env, timeout=300)
+    with prefect_client(servers) as client:
+        deployment = client.read_deployment_by_name(f"mixllm-nightly/{name}")
+        try:
+            result = _run_to_the_end(servers, client, deployment, home)
+        except BaseException:
+            client.delete_deployment(deployment.id)
+            raise
+    yield result
+    with prefect_client(servers) as client:
+        client.delete_deployment(deployment.id)  # its scheduled runs and concurrency limit go with it
 
-            records = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-            logs = "\n".join(r.message for r in records[-40:])
+
+def _run_to_the_end(servers: Servers, client: Any, deployment: Any, home: Path) -> dict[str, Any]:
+    """One hand-triggered run of the deployment by the pool's worker, waited for (its logs in the failure)."""
+    flow_run = client.create_flow_run_from_deployment(
+        deployment.id, parameters={"overrides": SMALL_PIPELINE},
+        job_variables={"env": {**servers.mixllm_env(), "MIXLLM_HOME": str(home)}},
+        name=f"it-{servers.model}")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        flow_run = client.read_flow_run(flow_run.id)
+        if flow_run.state and flow_run.state.type.value in FINAL_STATES:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"flow run {flow_run.id} still {flow_run.state and flow_run.state.name} after 900 s: is the "
+                    f"worker polling {servers.work_pool!r}? (infra/services.sh status / logs)", pytrace=False)
+    logs = ""
+    if not flow_run.state.is_completed():
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        records = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        logs = "\n".join(r.message for r in records[-40:])
     assert flow_run.state.is_completed(), f"nightly run ended {flow_run.state.type}: {flow_run.state.message}\n{logs}"
     versions = servers.mlflow_client().search_model_versions(f"name='{servers.model}'")
     newest = max(int(v.version) for v in versions)
