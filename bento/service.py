@@ -81,8 +81,26 @@ class ReadyzMiddleware:
         await self.app(scope, receive, send)
 
 
+ROUTING_PATHS = ("/route", "/route/batch")
+
+
+def request_observability(trace_requests: bool) -> dict[str, Any]:
+    """BentoML config for per-request tracing and access logs.
+
+    Off by default (`MIXLLM_TRACE_REQUESTS=0`): the routing endpoints get no OpenTelemetry span and no request gets an
+    access-log line. Both cost event-loop CPU on every /route call. Measured here with one client: 1.6-1.7 ms per
+    request with both, 1.05-1.2 ms without the span, 1.45 ms without the log, 0.95-1.15 ms without either.
+    Nothing is lost by default: each decision is already committed to the outbox under its `request_id`,
+    BentoML's and our own Prometheus metrics still count every request, and the other endpoints keep their spans.
+    """
+    if trace_requests:
+        return {}
+    return {"tracing": {"excluded_urls": [f"{p}$" for p in ROUTING_PATHS]}, "logging": {"access": {"enabled": False}}}
+
+
 @bentoml.service(name="mixllm-router", workers=1, traffic={"timeout": 300},
-                 http={"host": "127.0.0.1", "port": 3000})
+                 http={"host": "127.0.0.1", "port": 3000},
+                 **request_observability(ServiceSettings().trace_requests))
 class RouterService:
     """Routes each LLM request to the model with the best predicted quality per dollar, and learns from feedback."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class LinUCB:
         self.b_quality: dict[str, np.ndarray] = {}
         self.b_cost: dict[str, np.ndarray] = {}
         self.n_updates: dict[str, int] = {}
+        self._revision = 0  # bumped by every change of the arms' statistics: invalidates _stacked's cache
+        self._cache: tuple[Any, ...] | None = None
 
     @property
     def dim(self) -> int:
@@ -54,10 +57,12 @@ class LinUCB:
         self.b_quality[name] = np.zeros(self.dim)
         self.b_cost[name] = np.zeros(self.dim)
         self.n_updates[name] = 0
+        self._revision += 1
 
     def remove_arm(self, name: str) -> None:
         for d in (self.a_inv, self.b_quality, self.b_cost, self.n_updates):
             d.pop(name, None)
+        self._revision += 1
 
     def update(self, name: str, x: np.ndarray, quality_residual: float | None, cost_residual: float | None) -> None:
         """One observation for one arm: A += x x^T (Sherman-Morrison on A^-1), b += r x."""
@@ -71,22 +76,39 @@ class LinUCB:
         if cost_residual is not None:
             self.b_cost[name] += cost_residual * x
         self.n_updates[name] += 1
+        self._revision += 1
 
-    def estimates(self, names: Sequence[str], x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(quality correction, cost correction, UCB width) arrays [n, m] for contexts x [n, d]."""
+    def _stacked(self, arms: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A^-1 [k, d, d] and the two ridge solutions theta [k, d] of these arms, stacked so that one call per query
+        costs no Python loop over the LLMs. They change only with feedback, not per query: cached until the next
+        update (the service routes many queries between two feedback events)."""
+        key = (arms, self._revision)
+        if self._cache is None or self._cache[0] != key:
+            a_inv = np.stack([self.a_inv[a] for a in arms])
+            theta_q = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_quality[a] for a in arms]))
+            theta_c = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_cost[a] for a in arms]))
+            self._cache = (key, a_inv, theta_q, theta_c)
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def estimates(self, names: Sequence[str], x: np.ndarray,
+                  with_width: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(quality correction, cost correction, UCB width) arrays [n, m] for contexts x [n, d].
+
+        `with_width=False` (greedy decisions, which add no bonus) returns zero widths without computing them."""
         n, m = len(x), len(names)
         dq, dc = np.zeros((n, m)), np.zeros((n, m))
-        width = np.repeat(np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(self.lam), m, axis=1)  # no data yet
+        if with_width:  # no data yet: the prior's width
+            width = np.repeat(np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(self.lam), m, axis=1)
+        else:
+            width = np.zeros((n, m))
         known = [j for j, name in enumerate(names) if name in self.a_inv]
         if not known:
             return dq, dc, width
-        # All arms at once (stacked [k, d, d]): one call per query must not cost a Python loop over the LLMs.
-        a_inv = np.stack([self.a_inv[names[j]] for j in known])
-        theta_q = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_quality[names[j]] for j in known]))
-        theta_c = np.einsum("kde,ke->kd", a_inv, np.stack([self.b_cost[names[j]] for j in known]))
+        a_inv, theta_q, theta_c = self._stacked(tuple(names[j] for j in known))
         dq[:, known], dc[:, known] = x @ theta_q.T, x @ theta_c.T
-        quad = (np.matmul(x[None], a_inv) * x[None]).sum(axis=-1).T  # x^T A^-1 x per (query, arm)
-        width[:, known] = np.sqrt(np.maximum(quad, 0.0))
+        if with_width:
+            quad = (np.matmul(x[None], a_inv) * x[None]).sum(axis=-1).T  # x^T A^-1 x per (query, arm)
+            width[:, known] = np.sqrt(np.maximum(quad, 0.0))
         return dq, dc, width
 
     def state(self) -> dict[str, np.ndarray]:

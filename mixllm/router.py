@@ -405,11 +405,11 @@ class MixLLMRouter:
             raise RoutingError(f"willingness_to_pay must be a positive finite number, got {willingness_to_pay}")
         if pred.models != self.models:
             raise RoutingError("predictions were made by a router with other models; call predict() again")
-        dq, dc, width = self.bandit.estimates(self.models, self.bandit.context(pred.embeddings))
+        x = self.bandit.context(pred.embeddings)
+        dq, dc, bonus = self.bandit.estimates(self.models, x, with_width=not greedy)  # zero widths when greedy
         quality = np.clip(pred.quality + dq, 0.0, 1.0)
         cost = np.maximum(pred.cost + dc, 0.0)
         ok, reasons = policy.constraint_mask(self.models, cost, constraints, self.catalogue)
-        bonus = np.zeros_like(width) if greedy else width
         penalty = np.broadcast_to(self._waiting(waiting_ms), cost.shape)
         return policy.score(quality, cost, willingness_to_pay, bonus, penalty, self.config.alpha,
                             self.config.beta, ok, reasons)
@@ -430,23 +430,22 @@ class MixLLMRouter:
         ids = list(query_ids) if query_ids is not None else [None] * n
         if len(ids) != n:
             raise ContractError(f"{len(ids)} query_ids for {n} prompts")
-        out = []
-        for i in range(n):
-            if chosen[i] < 0:
-                why = "; ".join(f"{self.models[j]}: {r}" for j, r in sorted(s.reasons[i].items()))
-                raise RoutingError(f"no eligible model for query {ids[i] or i}: {why}. Relax the constraints")
-            cands = tuple(CandidateScore(
-                model=m, predicted_quality=float(s.quality[i, j]), predicted_cost_usd=float(s.cost[i, j]),
-                predicted_completion_tokens=None if np.isnan(pred.completion_tokens[i, j])
-                else float(pred.completion_tokens[i, j]),
-                cost_term=float(s.cost_term[i, j]), exploration_bonus=float(s.bonus[i, j]),
-                waiting_penalty=float(s.penalty[i, j]),
-                score=float(s.score[i, j]) if s.eligible[i, j] else float(s.quality[i, j] - s.cost_term[i, j]),
-                eligible=bool(s.eligible[i, j]), reason=s.reasons[i].get(j)) for j, m in enumerate(self.models))
-            out.append(RouteDecision(query_id=ids[i], model=self.models[chosen[i]],
-                                     willingness_to_pay=float(willingness_to_pay), candidates=cands,
-                                     router_version=self.version))
-        return out
+        for i in np.flatnonzero(chosen < 0)[:1]:
+            why = "; ".join(f"{self.models[j]}: {r}" for j, r in sorted(s.reasons[i].items()))
+            raise RoutingError(f"no eligible model for query {ids[i] or i}: {why}. Relax the constraints")
+        # Python floats row by row (tolist), not one numpy scalar per term: this runs for every routed query.
+        shown = np.where(s.eligible, s.score, s.quality - s.cost_term)  # ineligible: what it would have scored
+        tokens = [[None if math.isnan(v) else v for v in row] for row in pred.completion_tokens.tolist()]
+        rows = zip(s.quality.tolist(), s.cost.tolist(), tokens, s.cost_term.tolist(), s.bonus.tolist(),
+                   np.asarray(s.penalty).tolist(), shown.tolist(), s.eligible.tolist())
+        return [RouteDecision(query_id=ids[i], model=self.models[chosen[i]],
+                              willingness_to_pay=float(willingness_to_pay), router_version=self.version,
+                              candidates=tuple(CandidateScore(
+                                  model=m, predicted_quality=q[j], predicted_cost_usd=c[j],
+                                  predicted_completion_tokens=t[j], cost_term=ct[j], exploration_bonus=b[j],
+                                  waiting_penalty=p[j], score=sc[j], eligible=e[j], reason=s.reasons[i].get(j))
+                                  for j, m in enumerate(self.models)))
+                for i, (q, c, t, ct, b, p, sc, e) in enumerate(rows)]
 
     def route(self, prompts: Sequence[str], willingness_to_pay: float, constraints: RouteConstraints | None = None,
               greedy: bool = True, query_ids: Sequence[str | None] | None = None,

@@ -74,6 +74,8 @@ class ServiceSettings(BaseSettings):
                                                     "runs: a child process keeps its CPU work off the routing "
                                                     "thread's GIL (see Outbox.start); a thread is one process less.")
     upstream_timeout_seconds: float = Field(default=120.0, gt=0, description="Pass-through call timeout.")
+    trace_requests: bool = Field(default=False, description="BentoML's OpenTelemetry span for the routing "
+                                 "endpoints and its access-log line for every request (see bento/README.md).")
 
 
 # ------------------------------------------------------------------------------------------- routers ----------

@@ -58,6 +58,30 @@ def test_linucb_width_shrinks_where_observed_and_state_round_trips():
     assert "m" not in b.a_inv and again.n_updates["m"] == 5
 
 
+def test_linucb_estimates_follow_every_update_and_greedy_skips_the_width():
+    """The per-arm solutions are cached between feedback events: a stale cache would keep routing on old feedback."""
+    rng = np.random.default_rng(3)
+    b = _bandit()
+    x = b.context(rng.normal(size=(4, 12)))
+    for arm in ("m", "n"):
+        b.add_arm(arm)
+    seen = [b.estimates(["m", "n"], x)]
+    for i in range(6):
+        b.update("mn"[i % 2], x[i % 4], rng.normal(), rng.normal() * 1e-3)
+        got = b.estimates(["m", "n"], x)
+        fresh = policy.LinUCB.from_state(b.state()).estimates(["m", "n"], x)  # no cache
+        for g, f in zip(got, fresh):
+            np.testing.assert_allclose(g, f, atol=1e-12)
+        assert not np.allclose(got[0], seen[-1][0])  # each update moved the quality correction
+        seen.append(got)
+    dq, dc, width = b.estimates(["m", "n"], x, with_width=False)
+    np.testing.assert_array_equal(dq, seen[-1][0])
+    np.testing.assert_array_equal(dc, seen[-1][1])
+    assert not width.any() and seen[-1][2].all()
+    b.remove_arm("n")
+    assert b.estimates(["m", "n"], x)[0][:, 1].tolist() == [0.0] * 4  # a removed arm is unknown again
+
+
 def test_waiting_penalty_zero_within_tolerance_then_exponential():
     tau = np.full(6, 1000.0)
     w = np.array([0.0, 999.0, 1000.0, 1500.0, 2000.0, 2500.0])
