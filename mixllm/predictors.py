@@ -244,17 +244,32 @@ class LLMPredictor:
         """(quality, completion tokens or NaN, cost USD) for every row of x (`tags`: each row's predicted tag;
         `emb`: the rows' embeddings for a kNN quality model, default x; `quality`: its estimate, when the caller
         already computed it for several LLMs at once)."""
+        q, raw = self.outputs(x, tags, emb, quality)
+        tokens = np.array([self.target == "tokens"])
+        return tuple(a[:, 0] for a in _finish(q[:, None], raw[:, None], prompt_tokens, tokens,
+                                               np.array([spec.input_price_per_token]),
+                                               np.array([spec.output_price_per_token])))
+
+    def outputs(self, x: np.ndarray, tags: np.ndarray | None = None, emb: np.ndarray | None = None,
+                quality: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The two models' outputs as they come: quality (not yet clipped) and the length model's log1p target."""
         if quality is not None:
             q = quality
         elif isinstance(self.quality, KNNQuality):
             q = self.quality.predict(x if emb is None else emb, tags, self.prior_mean(tags, len(x)))
         else:
             q = _predict(self.quality, x, self.prior(tags, len(x)), self.quality_kind)
-        q = np.clip(q, 0.0, 1.0)
-        second = np.expm1(np.maximum(_predict(self.length, x), 0.0))
-        if self.target == "tokens":
-            return q, second, prompt_tokens * spec.input_price_per_token + second * spec.output_price_per_token
-        return q, np.full(len(x), np.nan), second * 1e-6
+        return q, _predict(self.length, x)
+
+
+def _finish(q: np.ndarray, raw: np.ndarray, prompt_tokens: np.ndarray, tokens: np.ndarray, in_price: np.ndarray,
+            out_price: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quality, completion tokens or NaN, cost USD) [n, m] from the models' outputs [n, m] of m LLMs; `tokens[j]`:
+    LLM j's length model predicts completion tokens (cost = prompt x input price + completion x output price),
+    else its cost in micro-dollars. One vectorised step for all LLMs: per-LLM numpy calls add up per query."""
+    second = np.expm1(np.maximum(raw, 0.0))
+    cost = np.where(tokens, np.asarray(prompt_tokens, float)[:, None] * in_price + second * out_price, second * 1e-6)
+    return np.clip(q, 0.0, 1.0), np.where(tokens, second, np.nan), cost
 
 
 @dataclass(frozen=True)
@@ -404,8 +419,12 @@ class PredictorBank:
             for g in groups:
                 est = g.estimate(*self.llms[g.names[0]].quality.neighbours(sims[:, g.cols], tags), tags)
                 found.update({n: est[:, j] for j, n in enumerate(g.names)})
-        outs = [p.predict(x, prompt_tokens, specs[n], tags, emb, found.get(n)) for n, p in self.llms.items()]
-        return tuple(np.column_stack([o[k] for o in outs]) if outs else np.zeros((len(x), 0)) for k in range(3))
+        q, raw = np.empty((len(x), len(self.llms))), np.empty((len(x), len(self.llms)))
+        for j, (n, p) in enumerate(self.llms.items()):
+            q[:, j], raw[:, j] = p.outputs(x, tags, emb, found.get(n))
+        tokens = np.array([p.target == "tokens" for p in self.llms.values()], bool)
+        prices = np.array([(specs[n].input_price_per_token, specs[n].output_price_per_token) for n in self.llms])
+        return _finish(q, raw, prompt_tokens, tokens, *prices.reshape(-1, 2).T)
 
     # ------------------------------------------------------------------ persistence (LightGBM text, no pickle) --
     def save(self, path: Path) -> dict:

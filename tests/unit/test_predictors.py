@@ -83,6 +83,25 @@ def test_cost_model_when_token_counts_are_absent_and_constant_targets():
     assert (q[:, 1] == 1.0).all()
 
 
+def test_the_bank_in_one_step_equals_each_llms_own_prediction_for_both_length_targets():
+    """The bank finishes all LLMs at once (clip, expm1, prices); LLMs predicting tokens and LLMs predicting cost sit
+    side by side, and one row (the service's fast LightGBM path) must agree with many."""
+    x, log, idx = _log(models=("a", "b", "c"))
+    log.loc[log["model"] == "b", "completion_tokens"] = None  # b: a cost model
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b", "c"])
+    assert [p.target for p in bank.llms.values()] == ["tokens", "cost", "tokens"]
+    specs = {**SPECS, "c": LLMSpec(name="c", input_price_per_token=3e-6, output_price_per_token=7e-6)}
+    tokens = np.arange(len(x), dtype=float) + 5
+    for rows in (slice(0, 1), slice(0, len(x))):
+        got = bank.predict(x[rows], tokens[rows], specs)
+        for j, name in enumerate(bank.names):
+            own = bank.llms[name].predict(x[rows], tokens[rows], specs[name])
+            for g, w in zip(got, own):
+                np.testing.assert_allclose(g[:, j], w, rtol=1e-12)
+    np.testing.assert_allclose(got[2][:, 2], tokens * 3e-6 + got[1][:, 2] * 7e-6)  # c's own prices
+    assert np.isnan(got[1][:, 1]).all() and not np.isnan(got[1][:, [0, 2]]).any()
+
+
 def test_save_load_round_trip_is_exact(tmp_path):
     x, log, idx = _log()
     log.loc[log["model"] == "b", "quality"] = 0.0
