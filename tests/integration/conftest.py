@@ -165,10 +165,11 @@ def _delete_stale_test_deployments(client: Any) -> None:
     worker a full-size run at 02:00 with a home that no longer exists."""
     from datetime import datetime, timedelta, timezone
 
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
 
     cutoff = datetime.now(timezone.utc) - timedelta(hours=STALE_DEPLOYMENT_HOURS)
-    for dep in client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(like_="it-"))):
+    for dep in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["mixllm-nightly"])),
+                                       deployment_filter=DeploymentFilter(name=DeploymentFilterName(like_="it-"))):
         if dep.name.startswith("it-") and dep.created and dep.created < cutoff:
             client.delete_deployment(dep.id)
 
