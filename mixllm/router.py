@@ -430,7 +430,8 @@ class MixLLMRouter:
         ids = list(query_ids) if query_ids is not None else [None] * n
         if len(ids) != n:
             raise ContractError(f"{len(ids)} query_ids for {n} prompts")
-        for i in np.flatnonzero(chosen < 0)[:1]:
+        if (chosen < 0).any():
+            i = int(np.argmax(chosen < 0))  # the first query without an eligible model
             why = "; ".join(f"{self.models[j]}: {r}" for j, r in sorted(s.reasons[i].items()))
             raise RoutingError(f"no eligible model for query {ids[i] or i}: {why}. Relax the constraints")
         # Python floats row by row (tolist), not one numpy scalar per term: this runs for every routed query.
