@@ -648,7 +648,8 @@ class Outbox:
                         timeout)
             proc.kill()
             proc.wait()
-        self._last_error = self._last_error or self._absorb_child_counts()
+        child_error = self._absorb_child_counts()  # always: the child's counts must not be lost
+        self._last_error = self._last_error or child_error
         self._proc = None
 
     def _absorb_child_counts(self) -> str | None:
