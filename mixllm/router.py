@@ -387,7 +387,9 @@ class MixLLMRouter:
         return Predictions(self.models, q, ct, c, emb, tokens)
 
     def _waiting(self, waiting_ms: Mapping[str, float] | None) -> np.ndarray:
-        waiting_ms = dict(waiting_ms or {})
+        if not waiting_ms:  # no LLM is waiting: no penalty (and no per-query arrays of tolerances)
+            return np.zeros(len(self.models))
+        waiting_ms = dict(waiting_ms)
         unknown = sorted(set(waiting_ms) - set(self.models))
         if unknown:
             raise UnknownModelError(f"waiting_ms names models {unknown} this router does not have "

@@ -210,3 +210,38 @@ def test_the_grouped_knn_estimate_equals_each_llms_own_estimate():
     for j, name in enumerate(bank.names):
         own = bank.llms[name].predict(x, np.full(len(x), 10.0), SPECS[name], query_tags, emb)[0]
         np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
+
+
+def test_llms_with_their_own_memory_rows_are_searched_apart_from_the_whole_bank():
+    """An LLM logged on only some queries keeps its own memory rows (a column subset of the shared bank); LLMs
+    whose rows are the whole bank skip the column selection. Both must equal each LLM's own estimate."""
+    x, log, idx = _log(n=120, models=("a", "b", "c"))
+    log = log[~((log["model"] == "c") & (log["query_id"].str[1:].astype(int) % 3 == 0))]
+    idx = np.array([int(q[1:]) for q in log["query_id"]])
+    emb = _unit_rows(x)
+    bank = PredictorBank(KNN).fit(x, log.reset_index(drop=True), idx, ["a", "b", "c"], emb=emb)
+    groups = [g for _, gs in bank._knn_groups() for g in gs]
+    assert sorted((g.names, g.whole) for g in groups) == [(["a", "b"], True), (["c"], False)]
+    for rows in (slice(0, 1), slice(0, len(x))):
+        q = bank.predict(x[rows], np.full(len(x), 10.0)[rows], SPECS, emb=emb[rows])[0]
+        for j, name in enumerate(bank.names):
+            own = bank.llms[name].predict(x[rows], np.full(len(x), 10.0)[rows], SPECS[name], None, emb[rows])[0]
+            np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
+
+
+def test_several_models_on_one_row_share_its_conversion_and_match_booster_predict():
+    """`_predict_each` (the length models of every LLM on the service's one-row requests) converts the row once;
+    each column must be that model's own Booster.predict, constants pass through, a wrong width is refused."""
+    from mixllm.predictors import _predict_each
+
+    x, log, idx = _log(models=("a", "b", "c"))
+    bank = PredictorBank(CFG).fit(x, log, idx, ["a", "b", "c"])
+    models = [p.length for p in bank.llms.values()] + [3.5]
+    for rows in (x[:1], x[5:6].astype(np.float32), x[:7]):
+        got = _predict_each(models, rows)
+        assert got.shape == (len(rows), 4)
+        for j, m in enumerate(models[:3]):
+            np.testing.assert_allclose(got[:, j], m.predict(rows, num_threads=1), rtol=1e-12)
+        np.testing.assert_array_equal(got[:, 3], 3.5)
+    with pytest.raises(ValueError, match="features"):
+        _predict_each(models, np.zeros((1, 3)))
