@@ -245,3 +245,28 @@ def test_several_models_on_one_row_share_its_conversion_and_match_booster_predic
         np.testing.assert_array_equal(got[:, 3], 3.5)
     with pytest.raises(ValueError, match="features"):
         _predict_each(models, np.zeros((1, 3)))
+
+
+def test_tagged_memories_are_searched_per_tag_with_the_same_neighbours_as_the_masked_search():
+    """The bank searches only the rows of each query's tag (a contiguous copy per tag); the neighbours, and so the
+    estimates, must be those of the masked search over the whole memory: one query or many, a tag with fewer rows
+    than k, a tag the memory has never seen."""
+    x, log, idx = _log(n=160, models=("a", "b"))
+    emb = _unit_rows(x)
+    tags = np.where(x[:, 1] > 0.8, "small", np.where(x[:, 2] > 0, "t1", "t2"))
+    assert 0 < (tags == "small").sum() < KNN.knn_k * 4
+    bank = PredictorBank(KNN.model_copy(update={"knn_k": 40})).fit(x, log, idx, ["a", "b"], tags=tags, emb=emb)
+    (group,) = [g for _, gs in bank._knn_groups() for g in gs]
+    assert sorted(group.by_tag) == ["small", "t1", "t2"]
+    assert all(sub.flags.c_contiguous and len(sub) == len(pos) for pos, sub in group.by_tag.values())
+    query_tags = np.where(x[:, 3] > 1.2, "unseen", tags)
+    for rows in [slice(i, i + 1) for i in range(0, 160, 23)] + [slice(0, 160)]:
+        q = bank.predict(x[rows], np.full(160, 10.0)[rows], SPECS, tags=query_tags[rows], emb=emb[rows])[0]
+        for j, name in enumerate(bank.names):  # each LLM's own KNNQuality: masked search over the whole memory
+            own = bank.llms[name].predict(x[rows], np.full(160, 10.0)[rows], SPECS[name], query_tags[rows],
+                                          emb[rows])[0]
+            np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
+    got_idx, got_valid = group.search(emb[:5], tags[:5])
+    mask_idx, mask_valid = bank.llms["a"].quality.neighbours(emb[:5] @ emb.T, tags[:5])
+    for i in range(5):
+        assert set(got_idx[i][got_valid[i]]) == set(mask_idx[i][mask_valid[i]])
