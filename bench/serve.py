@@ -5,13 +5,17 @@
    (batches of 64), with sentence-transformers' `encode` beside it for reference; the served router's `predict` +
    `decide` on one query, to show what the per-LLM predictors and the trace add.
 2. The service (`bentoml serve bento.service:RouterService`, one worker, the given router) on 127.0.0.1:
-   `/route` latency p50/p99 for one sequential client (keep-alive), then throughput with 32 concurrent clients
-   (wrk if installed, else an asyncio httpx client), then the RSS of the service's process tree.
-3. Bars (from the issue): p50 <= 1.5x and p99 <= 3x the bare single forward pass, 32-client throughput >= 70% of the
+   `/route` latency p50/p99 for one sequential client (keep-alive, wrk) in `--rounds` rounds, each right after a
+   single-query floor measured while the service idles, then throughput with 32 concurrent clients
+   (wrk if installed, `apt-get install -y wrk`; else an asyncio httpx client and no rounds), then the RSS of the
+   service's process tree.
+3. Bars (from the issue): p50 <= 1.5x and p99 <= 3x the bare single forward pass (each round against its own floor,
+   judged on the median round: the VM's speed drifts by +-20% within minutes), 32-client throughput >= 70% of the
    bare batched throughput, RSS <= 1.5 GiB. Ratios are within this run since the machine is noisy.
 
 Writes the `serve` section of BENCHMARKS.md and bench/results/serve.json.
-Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--no-write]
+Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--rounds 4] [--round-seconds 10]
+       [--no-write]
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ def _prompts(n: int) -> list[str]:
     return [short[i % len(short)] for i in range(n)]
 
 
-def _bare_encoder(prompts: list[str], reps: int, in_thread: bool) -> dict[str, float]:
+def _bare_encoder(prompts: list[str], reps: int, in_thread: bool, rounds: bool = False) -> dict[str, float]:
     """The bare encoder alone (nothing of mixllm imported), on the main thread or on one worker thread.
+
+    `rounds`: stay loaded and time `reps` single queries each time a line arrives on stdin (one JSON line back), so
+    the rounds of `single_client_rounds` measure the floor within seconds of each latency run, without reloading.
 
     The floor is the forward pass itself: tokenise, the model's modules under `torch.inference_mode`, normalise;
     the cheapest way to run the model (the service's `QueryEncoder` runs exactly this). Sentence-transformers'
@@ -96,6 +103,12 @@ def _bare_encoder(prompts: list[str], reps: int, in_thread: bool) -> dict[str, f
         for i in range(10):
             forward([prompts[i]])
             enc.encode([prompts[i]])
+        if rounds:
+            print("ready", flush=True)
+            for _ in sys.stdin:
+                single = timed(lambda p: forward([p]))
+                print(json.dumps({"single_p50_ms": 1e3 * statistics.median(single)}), flush=True)
+            return
         single = timed(lambda p: forward([p]))
         st_single = timed(lambda p: enc.encode([p]))
         out.update(single_p50_ms=1e3 * statistics.median(single), single_p99_ms=1e3 * _pct(single, .99),
@@ -165,6 +178,46 @@ def floors(router_dir: Path, prompts: list[str], reps: int) -> dict[str, float]:
             "st_encode_batched_qps": max(r["st_encode_batched_qps"] for r in runs.values()),
             "encoder_runs": runs, "router_predict_single_p50_ms": step["predict_p50_ms"],
             "router_decide_single_p50_ms": step["decide_p50_ms"]}
+
+
+def single_client_rounds(router_dir: Path, prompts: list[str], rounds: int, seconds: int) -> dict[str, Any]:
+    """One sequential client in `rounds` short rounds, each right after a single-query floor (faster of a main-
+    thread and a worker-thread run, two bare-encoder processes kept loaded and idle in between; the service idles
+    while they run); each round's latency is taken against its own floor, and the bars are judged on the median
+    round. Why: this VM's speed drifts by +-20% within seconds to minutes (the same floor measured 12 and 16 ms a
+    minute apart), so a floor and a latency measured minutes apart compare two machines; many short alternating
+    rounds keep each ratio within one stretch of time and the median steady."""
+    out = []
+    procs = [subprocess.Popen([sys.executable, __file__, "--floor", w, "--router-dir", str(router_dir),
+                               "--requests", "100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for w in ("main-rounds", "thread-rounds")]
+    try:
+        for pr in procs:
+            while pr.stdout.readline().strip() != "ready":
+                if pr.poll() is not None:
+                    raise SystemExit("a floor process exited before it was ready")
+        for r in range(rounds):
+            runs = []
+            for pr in procs:
+                pr.stdin.write("go\n")
+                pr.stdin.flush()
+                runs.append(json.loads(pr.stdout.readline()))
+            fl = min(runs, key=lambda x: x["single_p50_ms"])
+            w = wrk_run(prompts, seconds, 1)
+            out.append(_round(fl, w))
+            print(f"round {r}: floor {fl['single_p50_ms']:.2f} ms, /route p50 {w['p50_ms']:.2f} ms "
+                  f"({out[-1]['p50_x']:.2f}x), p99 {w['p99_ms']:.2f} ms ({out[-1]['p99_x']:.2f}x)", flush=True)
+    finally:
+        for pr in procs:
+            pr.stdin.close()
+            pr.wait(30)
+    med = {k: statistics.median(x[k] for x in out) for k in ("floor_p50_ms", "p50_ms", "p99_ms", "p50_x", "p99_x")}
+    return {"rounds": out, "median": med, "n": sum(x["n"] for x in out), "tool": "wrk", **med}
+
+
+def _round(fl: dict[str, float], w: dict[str, float]) -> dict[str, float]:
+    return {"floor_p50_ms": fl["single_p50_ms"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "n": w["requests"],
+            "p50_x": w["p50_ms"] / fl["single_p50_ms"], "p99_x": w["p99_ms"] / fl["single_p50_ms"]}
 
 
 def start_service(router_dir: Path, home: Path) -> subprocess.Popen:
@@ -273,24 +326,30 @@ def markdown(r: dict) -> str:
     py = r.get("python_client", s)
     ok = r["bars"]
     mark = {True: "meets", False: "**misses**"}
+    rounds = s.get("rounds", [])
+    rounds_note = f", median of {len(rounds)} rounds" if rounds else ""
+
+    def per_round(key: str) -> str:
+        return "; rounds " + " / ".join(f"{x[key]:.2f}" for x in rounds) if rounds else ""
     return "\n".join([
         f"Run {r['when']} on {r['machine']} (load average at start {r['loadavg']}), router `{r['router_version']}`, "
         f"one BentoML worker, client on the same machine ({t['tool']}).",
         "",
         "| figure | value | bar | verdict |",
         "| --- | --- | --- | --- |",
-        f"| bare encoder forward pass, one query (p50 / p99) | {f['encoder_single_p50_ms']:.1f} / "
+        f"| bare encoder forward pass, one query (p50 / p99, before the service) | {f['encoder_single_p50_ms']:.1f} / "
         f"{f['encoder_single_p99_ms']:.1f} ms | floor | - |",
+        *([f"| bare encoder forward pass, one query (p50, median of the rounds' floors) | "
+           f"{s['floor_p50_ms']:.1f} ms | floor of the latency bars | - |"] if rounds else []),
         f"| bare encoder forward pass, batches of 64 | {f['encoder_batched_qps']:.0f} queries/s | floor | - |",
         f"| same model through sentence-transformers `encode` (one query / batches of 64) | "
         f"{f['st_encode_p50_ms']:.1f} ms / {f['st_encode_batched_qps']:.0f} queries/s | not the floor | - |",
         f"| router `predict` / `decide`, one query (in-process p50) | {f['router_predict_single_p50_ms']:.1f} / "
         f"{f['router_decide_single_p50_ms']:.2f} ms | - | - |",
-        f"| `/route` p50, one client ({s['tool']}) | {s['p50_ms']:.1f} ms "
-        f"({s['p50_ms'] / f['encoder_single_p50_ms']:.2f}x) | "
-        f"<= {BARS['p50_x_single']}x | {mark[ok['p50']]} |",
-        f"| `/route` p99, one client ({s['tool']}) | {s['p99_ms']:.1f} ms "
-        f"({s['p99_ms'] / f['encoder_single_p50_ms']:.2f}x) | <= {BARS['p99_x_single']}x | {mark[ok['p99']]} |",
+        f"| `/route` p50, one client ({s['tool']}{rounds_note}) | {s['p50_ms']:.1f} ms "
+        f"({s['p50_x']:.2f}x{per_round('p50_x')}) | <= {BARS['p50_x_single']}x | {mark[ok['p50']]} |",
+        f"| `/route` p99, one client ({s['tool']}{rounds_note}) | {s['p99_ms']:.1f} ms "
+        f"({s['p99_x']:.2f}x{per_round('p99_x')}) | <= {BARS['p99_x_single']}x | {mark[ok['p99']]} |",
         f"| `/route` p50 / p99, one Python client (httpx) | {py['p50_ms']:.1f} / {py['p99_ms']:.1f} ms "
         f"({py['p50_ms'] / f['encoder_single_p50_ms']:.2f}x / {py['p99_ms'] / f['encoder_single_p50_ms']:.2f}x) | - | - |",
         f"| `/route` throughput, 32 clients | {t['qps']:.0f} req/s ({t['qps'] / f['encoder_batched_qps']:.0%} of "
@@ -305,8 +364,15 @@ def markdown(r: dict) -> str:
         f"thread: one query {f['encoder_runs']['main']['single_p50_ms']:.1f} / "
         f"{f['encoder_runs']['thread']['single_p50_ms']:.1f} ms, batches of 64 "
         f"{f['encoder_runs']['main']['batched_qps']:.0f} / {f['encoder_runs']['thread']['batched_qps']:.0f} queries/s. "
-        f"Single client: {s['n']} sequential requests in {r['seconds']} s ({s['tool']}; the Python client: "
-        f"{py['n']} after 20 warm-up); 32 clients: {t['requests']} requests in "
+        + (f"Single client: {len(rounds)} rounds of {r['round_seconds']} s, each a single-query floor (faster of "
+           "two bare-encoder processes kept loaded, main thread / worker thread, the service idle) then one sequential wrk client against the service, each round's latency "
+           "divided by its own floor (floors per round: "
+           + " / ".join(f"{x['floor_p50_ms']:.1f}" for x in rounds) + f" ms), {s['n']} requests in all. "
+           if rounds else f"Single client: {s['n']} sequential requests in {r['seconds']} s ({s['tool']}); ")
+        + (f"Against the one floor measured before the service started ({f['encoder_single_p50_ms']:.1f} ms) the "
+           f"median p50 / p99 would be {s['p50_ms'] / f['encoder_single_p50_ms']:.2f}x / "
+           f"{s['p99_ms'] / f['encoder_single_p50_ms']:.2f}x. " if rounds else "")
+        + f"The Python client: {py['n']} after 20 warm-up; 32 clients: {t['requests']} requests in "
         f"{r['seconds']} s. Re-run: `python bench/serve.py --router-dir DIR` (default: the registry champion).",
     ])
 
@@ -324,7 +390,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--requests", type=int, default=300, help="Sequential requests of the single client.")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--floor", choices=["main", "thread", "router"], help=argparse.SUPPRESS)  # internal: one floor
+    ap.add_argument("--rounds", type=int, default=10, help="Alternating (floor, single client) rounds.")
+    ap.add_argument("--round-seconds", type=int, default=5, help="Single-client wrk time per round.")
+    ap.add_argument("--floor", choices=["main", "thread", "router", "main-rounds", "thread-rounds"],
+                    help=argparse.SUPPRESS)  # internal: one floor
     args = ap.parse_args()
     from mixllm.telemetry import go_offline
 
@@ -332,7 +401,8 @@ def main() -> int:
     if args.floor:
         prompts = _prompts(400)
         res = (_router_step(args.router_dir, prompts, args.requests) if args.floor == "router"
-               else _bare_encoder(prompts, args.requests, args.floor == "thread"))
+               else _bare_encoder(prompts, args.requests, args.floor.startswith("thread"),
+                                  rounds=args.floor.endswith("-rounds")))
         print(json.dumps(res))
         return 0
     router_dir = args.router_dir
@@ -353,11 +423,11 @@ def main() -> int:
                      "tool": "httpx"}
         print("single client (httpx):", py_single, flush=True)
         if shutil.which("wrk"):
-            w = wrk_run(prompts, args.seconds, 1)
-            single = {"n": w["requests"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"], "tool": "wrk"}
-            print("single client (wrk):", single, flush=True)
-        else:
-            single = py_single
+            wrk_run(prompts, 3, 1)  # warm-up
+            single = single_client_rounds(router_dir, prompts, args.rounds, args.round_seconds)
+        else:  # no C client: one Python client against the floors measured before the service started
+            single = {**py_single, "p50_x": py_single["p50_ms"] / fl["encoder_single_p50_ms"],
+                      "p99_x": py_single["p99_ms"] / fl["encoder_single_p50_ms"]}
         tool = wrk_run if shutil.which("wrk") else httpx_throughput
         conc = tool(prompts, args.seconds, 32)
         print("32 clients:", conc, flush=True)
@@ -371,15 +441,14 @@ def main() -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    bars = {"p50": single["p50_ms"] <= BARS["p50_x_single"] * fl["encoder_single_p50_ms"],
-            "p99": single["p99_ms"] <= BARS["p99_x_single"] * fl["encoder_single_p50_ms"],
+    bars = {"p50": single["p50_x"] <= BARS["p50_x_single"], "p99": single["p99_x"] <= BARS["p99_x_single"],
             "throughput": conc["qps"] >= BARS["throughput_share"] * fl["encoder_batched_qps"],
             "rss": rss <= BARS["rss_gib"]}
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}", "loadavg": loadavg,
               "router_version": version, "floors": fl, "single_client": single, "python_client": py_single,
               "concurrent": conc,
-              "rss_gib": rss, "seconds": args.seconds, "bars": bars}
+              "rss_gib": rss, "seconds": args.seconds, "round_seconds": args.round_seconds, "bars": bars}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps(result, indent=1))
