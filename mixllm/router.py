@@ -109,6 +109,17 @@ class RouterConfig(BaseModel):
     0.001): CV cannot tell any fine-tuning variant from another or from the plain encoder. Among ties the default
     is the cheapest tag-enhanced one (domain tags, 1 epoch at 1e-5: half the fine-tuning time of 2 epochs);
     `finetune_tags="domain+outcome"` is there for logs with one domain, where domain tags leave nothing to learn.
+
+    Later record (2026-12-01; plain tail-128 embeddings, TRUE costs so only quality differs, 3-fold CV on train,
+    fold seeds 0-4, mean quality@25% / AIQ): kNN k=150 s=60 (the default) 95.10% / 0.9642; task prior (seeds 0-2)
+    94.97% / 0.9636. Winogrande twins (nearest train query, cosine > 0.97) carry a real but signed signal: several
+    LLMs are LESS often right when they got the twin right (gpt-3.5 0.53 vs 0.76, mistral-7b 0.47 vs 0.70; claude-v2
+    the other way, 0.62 vs 0.33), as a surface-cue answer is right on one twin of a pair only. Using it: LightGBM
+    per LLM boosted from logit(leave-one-out kNN estimate) on (top-1 similarity, top-1 label, twin mean, tag), 5 / 10
+    / 20 trees 95.04-95.06% / 0.9642-0.9646; a logistic offset model per (LLM, tag) on the twin label 94.65-94.97% /
+    0.9607-0.9635; LightGBM boosted from the kNN estimate on the router's features (PCA-32 + tag similarities)
+    3 / 10 / 20 trees 0.9631 / 0.9627 / 0.9616; per-tag k or s (30-1000, 0-200) all within +-0.0005 AIQ. None beats
+    the default beyond the fold-seed spread (~0.002 AIQ, ~0.3 pt), so the default stays.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
