@@ -14,7 +14,7 @@
    bare batched throughput, RSS <= 1.5 GiB. Ratios are within this run since the machine is noisy.
 
 Writes the `serve` section of BENCHMARKS.md and bench/results/serve.json.
-Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--rounds 4] [--round-seconds 10]
+Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--rounds 10] [--round-seconds 5]
        [--no-write]
 """
 
@@ -365,8 +365,9 @@ def markdown(r: dict) -> str:
         f"{f['encoder_runs']['thread']['single_p50_ms']:.1f} ms, batches of 64 "
         f"{f['encoder_runs']['main']['batched_qps']:.0f} / {f['encoder_runs']['thread']['batched_qps']:.0f} queries/s. "
         + (f"Single client: {len(rounds)} rounds of {r['round_seconds']} s, each a single-query floor (faster of "
-           "two bare-encoder processes kept loaded, main thread / worker thread, the service idle) then one sequential wrk client against the service, each round's latency "
-           "divided by its own floor (floors per round: "
+           "two bare-encoder processes kept loaded, main thread / worker thread, the service idle) then one "
+           "sequential wrk client against the service, each round's latency divided by its own floor (floors per "
+           "round: "
            + " / ".join(f"{x['floor_p50_ms']:.1f}" for x in rounds) + f" ms), {s['n']} requests in all. "
            if rounds else f"Single client: {s['n']} sequential requests in {r['seconds']} s ({s['tool']}); ")
         + (f"Against the one floor measured before the service started ({f['encoder_single_p50_ms']:.1f} ms) the "
