@@ -1,4 +1,4 @@
-"""Validate interaction logs and feedback against the Great Expectations suites in ``data_contracts/``.
+"""Validate interaction logs and feedback against the Great Expectations suites in ``mixllm/defaults/contracts/``.
 
 The suites are the single source of the rules: this module only prepares the frame GX sees and turns GX's
 per-row failures into quarantine records. GX checks the *raw* cell values (strings from CSV, JSON values, Parquet
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,8 @@ import pandas as pd
 from mixllm.exceptions import ContractError
 from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
 
-CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "data_contracts"
+# Package data (the wheel carries the suites): found through importlib.resources, never a path into a checkout.
+CONTRACTS_DIR = resources.files("mixllm.defaults").joinpath("contracts")
 SUITES = {"log": "interaction_log", "feedback": "feedback"}
 COLUMNS = {"log": LOG_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 NUMBER_SUFFIX, UTC_SUFFIX = "__number", "__utc"
@@ -50,12 +51,12 @@ class ValidationResult:
 
 @lru_cache(maxsize=None)
 def suite_dict(kind: str) -> dict[str, Any]:
-    """The suite JSON for `kind` ("log" or "feedback"), as stored in data_contracts/."""
+    """The suite JSON for `kind` ("log" or "feedback"), as stored in mixllm/defaults/contracts/."""
     path = CONTRACTS_DIR / f"{SUITES[kind]}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ContractError(f"cannot load the data contract {path}: {e}; restore it from git") from e
+        raise ContractError(f"cannot load the data contract {path}: {e}; reinstall mixllm") from e
 
 
 def contract_digest(kind: str, **params: Any) -> str:
@@ -274,10 +275,10 @@ def validate(raw: pd.DataFrame, kind: str, *, max_prompt_chars: int | None = Non
 
 
 def validate_log(df: pd.DataFrame, **kwargs: Any) -> ValidationResult:
-    """Validate interaction-log rows (raw LOG_COLUMNS) against data_contracts/interaction_log.json."""
+    """Validate interaction-log rows (raw LOG_COLUMNS) against the packaged interaction_log.json suite."""
     return validate(df, "log", **kwargs)
 
 
 def validate_feedback(df: pd.DataFrame, **kwargs: Any) -> ValidationResult:
-    """Validate feedback rows (raw FEEDBACK_COLUMNS) against data_contracts/feedback.json."""
+    """Validate feedback rows (raw FEEDBACK_COLUMNS) against the packaged feedback.json suite."""
     return validate(df, "feedback", **kwargs)
