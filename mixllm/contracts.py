@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 
 from mixllm.exceptions import ContractError
-from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
+from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS, LOG_OPTIONAL_COLUMNS
 
 # Package data (the wheel carries the suites): found through importlib.resources, never a path into a checkout.
 CONTRACTS_DIR = resources.files("mixllm.defaults").joinpath("contracts")
 SUITES = {"log": "interaction_log", "feedback": "feedback"}
 COLUMNS = {"log": LOG_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+OPTIONAL = {"log": LOG_OPTIONAL_COLUMNS, "feedback": ()}  # enter a row's digest only when not null
 NUMBER_SUFFIX, UTC_SUFFIX = "__number", "__utc"
 INT_COLUMNS = {"prompt_tokens", "completion_tokens"}
 _NULL = "\x00"
@@ -121,7 +122,9 @@ def _raw_values(col: pd.Series) -> list[Any]:
 
 def prepare(raw: pd.DataFrame, kind: str, default_ts: datetime | None = None) -> pd.DataFrame:
     """Raw frame (object columns) plus the derived columns the suite names; index = raw row number."""
-    frame = pd.DataFrame({c: _raw_values(raw[c]) for c in COLUMNS[kind]}, index=raw.index, dtype=object)
+    # A frame built before the OPTIONAL columns existed (no such column at all) means null there, not an error.
+    frame = pd.DataFrame({c: _raw_values(raw[c]) if c in raw or c not in OPTIONAL[kind] else [None] * len(raw)
+                          for c in COLUMNS[kind]}, index=raw.index, dtype=object)
     default = pd.Timestamp(default_ts or datetime.now(timezone.utc)).tz_convert("UTC")
     for col in sorted(suite_columns(kind)):
         if col.endswith(NUMBER_SUFFIX):
@@ -153,6 +156,12 @@ def _cell_key(how: str, raw: Any, parsed: Any) -> str:
 
 
 def _digest(kind: str, keys: Iterable[str]) -> str:
+    """Digest of one row's cell keys (in `_parsers` order). Columns added after contract version 1 (OPTIONAL) are
+    left out when null and named when present, so a row without them keeps the digest it always had."""
+    parsers = _parsers(kind)
+    if OPTIONAL[kind]:
+        keys = [k if c not in OPTIONAL[kind] else f"{c}={k}" for c, k in zip(parsers, keys)
+                if c not in OPTIONAL[kind] or k != _NULL]
     return hashlib.sha256(f"{kind}\x1e{chr(31).join(keys)}".encode("utf-8", "surrogatepass")).hexdigest()
 
 

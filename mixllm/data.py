@@ -183,6 +183,8 @@ def routerbench_to_log(wide: pd.DataFrame) -> pd.DataFrame:
             "latency_ms": None,
             "task": wide["eval_name"],
             "ts": None,
+            "router_version": None,  # full information: no policy chose these rows
+            "propensity": None,
         }))
     if not frames:
         return pd.DataFrame(columns=list(LOG_COLUMNS), dtype=object)

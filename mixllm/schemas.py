@@ -22,11 +22,19 @@ LOG_COLUMNS: tuple[str, ...] = (
     "latency_ms",
     "task",
     "ts",
+    "router_version",
+    "propensity",
 )
+# Columns added after contract version 1: a row where they are null has the digest it had before they existed, so
+# the snapshot digests of stores and files landed earlier do not change (mixllm.contracts' row digests skip them).
+LOG_OPTIONAL_COLUMNS: tuple[str, ...] = ("router_version", "propensity")
 FEEDBACK_COLUMNS: tuple[str, ...] = ("query_id", "model", "rating", "ts", "source")
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+# The probability with which a policy chose an option: 0 is excluded (a logged choice had a chance to happen, and
+# inverse-propensity weights divide by it).
+Propensity = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 
 
 def utc_now() -> datetime:
@@ -34,7 +42,12 @@ def utc_now() -> datetime:
 
 
 class LogRecord(BaseModel):
-    """One observation: a query answered by one model (the interaction-log contract, one row)."""
+    """One observation: a query answered by one model (the interaction-log contract, one row).
+
+    `router_version` and `propensity` say which policy chose this model and with what probability (a served
+    decision); both are None for rows no policy chose (a full-information benchmark row, where every model
+    answered). Off-policy training and evaluation weight a decision by 1 / propensity.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,6 +61,8 @@ class LogRecord(BaseModel):
     latency_ms: NonNegative | None = None
     task: str | None = None
     ts: datetime = Field(default_factory=utc_now)
+    router_version: str | None = Field(default=None, min_length=1)
+    propensity: Propensity | None = None
 
 
 class FeedbackRecord(BaseModel):
@@ -104,3 +119,4 @@ class RouteDecision(BaseModel):
     willingness_to_pay: float
     candidates: tuple[CandidateScore, ...]
     router_version: str
+    propensity: Propensity = 1.0  # probability the policy had of choosing `model` (1.0 = greedy)

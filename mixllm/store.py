@@ -42,7 +42,11 @@ INTERACTIONS = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("task", sa.Text),
     sa.Column("ts", sa.DateTime, nullable=False),  # naive UTC on every backend
+    sa.Column("router_version", sa.Text),  # which router chose this model (null: no policy chose the row)
+    sa.Column("propensity", sa.Float),  # with what probability, in (0, 1]
 )
+# Nullable columns added after a store may already exist: `_add_missing_columns` adds them to an older table at open.
+_ADDED_COLUMNS = {"interactions": ("router_version", "propensity")}
 FEEDBACK = sa.Table(
     "feedback", META,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -149,6 +153,7 @@ class Store:
             if sa_url.get_backend_name() == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             META.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except (sa.exc.SQLAlchemyError, OSError, ValueError) as e:
             raise StoreError(f"cannot open the store at {self.url!r}: {e}; check MIXLLM_STORE_URL") from e
 
@@ -325,7 +330,7 @@ class Store:
     def _typed_logs(df: pd.DataFrame) -> pd.DataFrame:
         for c in ("prompt_tokens", "completion_tokens"):
             df[c] = df[c].astype("Int64")
-        for c in ("quality", "cost_usd", "latency_ms"):
+        for c in ("quality", "cost_usd", "latency_ms", "propensity"):
             df[c] = df[c].astype(float)
         return df
 
@@ -359,6 +364,24 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for each nullable column a store created by an older mixllm lacks.
+
+    Another process opening the same store may add it first: the column then exists and its error is ignored."""
+    for table_name, names in _ADDED_COLUMNS.items():
+        table = META.tables[table_name]
+        for name in names:
+            if name in {c["name"] for c in sa.inspect(engine).get_columns(table_name)}:
+                continue
+            col_type = table.c[name].type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE {table_name} ADD COLUMN "{name}" {col_type}'))
+            except sa.exc.SQLAlchemyError:
+                if name not in {c["name"] for c in sa.inspect(engine).get_columns(table_name)}:
+                    raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -33,6 +33,8 @@ def test_bundled_sample_lands_once(routerbench_dir: Path, tmp_path: Path) -> Non
     assert sum(r.quarantined + r.duplicate for r in first) == 0
     logs, digest = store.snapshot()
     assert len(logs) == wide_rows * 11 and logs.quality.isna().sum() > 0  # unknown quality kept
+    # pinned before router_version/propensity existed: rows without them keep their digests (contract v2)
+    assert digest == "a1ed9319988fbf57f1bc85b2e56bc8972340cd00b60d2781c60d27dbc5f53234"
 
     again = Store(store.url).ingest(files)  # a new Store: state survives a restart
     assert [r.accepted for r in again] == [0, 0, 0] and all(r.seen_before for r in again)
@@ -222,3 +224,52 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.Mo
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("mixllm: error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_store_created_before_the_policy_columns_gains_them_at_open(tmp_path: Path) -> None:
+    """An older store (interactions without router_version/propensity) keeps working: the columns are added when a
+    Store opens it, its rows read back with nulls there, and their digests (hence the snapshot digest) stay put."""
+    import sqlalchemy as sa
+
+    from mixllm.store import INTERACTIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old_meta = sa.MetaData()
+    old = sa.Table("interactions", old_meta, *[sa.Column(c.name, c.type, primary_key=c.primary_key,
+                                                         nullable=c.nullable, unique=c.unique)
+                                               for c in INTERACTIONS.columns
+                                               if c.name not in ("router_version", "propensity")])
+    engine = sa.create_engine(url)
+    old_meta.create_all(engine)
+    ts = datetime(2026, 11, 1)
+    legacy = LogRecord(query_id="old", prompt="p", model="m", quality=1.0, ts=ts.replace(tzinfo=timezone.utc))
+    from mixllm.contracts import record_digest
+
+    with engine.begin() as conn:
+        conn.execute(sa.insert(old), [{"row_digest": record_digest(legacy.model_dump(), "log"), "batch_id": "b",
+                                       "query_id": "old", "prompt": "p", "model": "m", "quality": 1.0, "ts": ts}])
+    engine.dispose()
+
+    store, again = Store(url), Store(url)  # the second open finds the columns there already
+    cols = {c["name"] for c in sa.inspect(store.engine).get_columns("interactions")}
+    assert {"router_version", "propensity"} <= cols
+    logs = store.logs()
+    assert list(logs.query_id) == ["old"] and logs.propensity.isna().all() and logs.router_version.isna().all()
+    assert store.append_logs([legacy]) == 0  # same content, same digest as the row the old store holds
+    chosen = LogRecord(query_id="new", prompt="p", model="m", router_version="7", propensity=0.25, ts=legacy.ts)
+    assert again.append_logs([chosen]) == 1
+    row = store.logs().iloc[-1]
+    assert (row.router_version, row.propensity) == ("7", 0.25)
+
+
+def test_policy_columns_land_from_files_and_bad_propensities_are_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "served.csv"
+    path.write_text("query_id,prompt,model,quality,router_version,propensity\n"
+                    "a,p,m,1,3,0.5\nb,p,m,,3,1\nc,p,m,,3,0\nd,p,m,,,\n")
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    (report,) = store.ingest([path])
+    assert (report.accepted, report.quarantined) == (3, 1)
+    logs = store.logs().set_index("query_id")
+    assert logs.loc["a", "propensity"] == 0.5 and logs.loc["b", "router_version"] == "3"
+    assert pd.isna(logs.loc["d", "propensity"])
+    assert "propensity" in store.quarantine().reason[0]

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.unit
 def row(i: int = 0, **over: object) -> dict[str, object]:
     base: dict[str, object] = {"query_id": f"q{i}", "prompt": f"prompt {i}?", "model": "claude-v2",
                                "quality": "1", "cost_usd": "0.002", "prompt_tokens": "4",
-                               "completion_tokens": "100", "latency_ms": "1200.5", "task": "code", "ts": None}
+                               "completion_tokens": "100", "latency_ms": "1200.5", "task": "code", "ts": None,
+                               "router_version": None, "propensity": None}
     base.update(over)
     return base
 
@@ -42,6 +43,8 @@ DEFECTS = [
     ("cost_usd", -0.5), ("cost_usd", "-0.5"), ("cost_usd", "free"), ("cost_usd", math.inf),
     ("prompt_tokens", -3.5), ("prompt_tokens", "-3"), ("prompt_tokens", 3.5), ("prompt_tokens", "x"),
     ("completion_tokens", "1e3x"), ("latency_ms", -1), ("task", ""), ("task", 7), ("ts", "not a time"),
+    ("router_version", ""), ("router_version", 3), ("propensity", 0), ("propensity", "0.0"), ("propensity", 1.5),
+    ("propensity", -0.2), ("propensity", "high"), ("propensity", math.nan),
 ]
 
 
@@ -99,6 +102,28 @@ def test_digest_ignores_a_defaulted_ts_but_not_a_given_one() -> None:
     b = row_digests(prepare(frame([row(0)]), "log"), "log")  # another "ingest time"
     c = row_digests(prepare(frame([row(0, ts="2026-01-01T00:00:00Z")]), "log"), "log")
     assert a == b and a != c
+
+
+def test_policy_columns_are_optional_and_leave_old_digests_alone() -> None:
+    """router_version/propensity (contract v2) are nullable; a row without them has its version-1 digest, so the
+    snapshot digests of stores and files landed before v2 do not change. Pinned: computed with contract v1."""
+    old = {"query_id": "q1", "prompt": "What is 2+2?", "model": "m", "quality": 1.0, "cost_usd": 0.001,
+           "prompt_tokens": 6, "completion_tokens": None, "latency_ms": None, "task": "math",
+           "ts": "2026-11-01T00:00:00Z"}
+    v1 = "ab61b2016ae2d7d511dcf87e663b2bbdc709a41044619c29367393b62e7cd997"
+    assert contracts.record_digest(old, "log") == v1
+    assert contracts.record_digest({**old, "router_version": None, "propensity": None}, "log") == v1
+    chosen = contracts.record_digest({**old, "router_version": "3", "propensity": 0.25}, "log")
+    assert chosen != v1 and chosen != contracts.record_digest({**old, "router_version": "3", "propensity": 0.5},
+                                                              "log")
+    # a value moved between the two optional columns is another row, not the same one
+    assert (contracts.record_digest({**old, "router_version": "0.5"}, "log")
+            != contracts.record_digest({**old, "propensity": "0.5"}, "log"))
+    legacy = pd.DataFrame([old]).drop(columns=[], errors="ignore")  # a frame without the columns at all
+    assert row_digests(prepare(legacy, "log"), "log") == [v1]
+    result = validate_log(frame([row(0, router_version="v7", propensity="0.125"), row(1, propensity=1)]))
+    assert result.quarantined.empty
+    assert list(result.accepted.propensity) == [0.125, 1.0] and result.accepted.router_version[0] == "v7"
 
 
 def test_empty_input_validates_to_nothing() -> None:

@@ -54,5 +54,29 @@ def test_feedback_rating_must_be_a_probability(rating: float) -> None:
             FeedbackRecord(query_id="q", model="m", rating=rating)
 
 
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.0001, math.nan, math.inf])
+def test_propensity_is_a_probability_above_zero(value: float) -> None:
+    with pytest.raises(ValidationError):
+        LogRecord(**{**GOOD, "propensity": value})
+
+
+def test_policy_fields_default_to_not_chosen_by_a_policy() -> None:
+    rec = LogRecord(**GOOD)
+    assert rec.router_version is None and rec.propensity is None
+    chosen = LogRecord(**GOOD, router_version="4", propensity=0.3)
+    assert (chosen.router_version, chosen.propensity) == ("4", 0.3)
+    with pytest.raises(ValidationError):
+        LogRecord(**GOOD, router_version="")
+
+
+def test_route_decision_propensity_defaults_to_greedy() -> None:
+    from mixllm.schemas import RouteDecision
+
+    d = RouteDecision(model="m", willingness_to_pay=1.0, candidates=(), router_version="1")
+    assert d.propensity == 1.0
+    with pytest.raises(ValidationError):
+        RouteDecision(model="m", willingness_to_pay=1.0, candidates=(), router_version="1", propensity=0.0)
+
+
 def test_feedback_source_defaults_to_api() -> None:
     assert FeedbackRecord(query_id="q", model="m", rating=1.0).source == "api"
