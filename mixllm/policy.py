@@ -13,18 +13,23 @@ score = (predicted quality + online correction) - predicted cost / willingness_t
   i.e. it grows exponentially with the excess (MixLLM's latency term).
 - Greedy (the default, and what evaluation uses) drops the exploration bonus. Ties break to the lower index, so the
   choice is deterministic for the same inputs and state.
+- Stochastic exploration (`ExplorationConfig`, `select`): softmax over the scores or epsilon over the top
+  candidates, with bounds on the share of non-greedy choices and on the expected extra spend. Every choice comes
+  with the exact probability the policy had of making it (its propensity), which off-policy training and evaluation
+  divide by; the LinUCB bonus stays a term of the score.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mixllm.catalogue import Catalogue
-from mixllm.exceptions import UnknownModelError
+from mixllm.exceptions import ConfigError, UnknownModelError
 from mixllm.schemas import RouteConstraints
 
 
@@ -197,3 +202,110 @@ def best(scores: Scores) -> np.ndarray:
         return np.full(scores.score.shape[0], -1)
     idx = np.argmax(scores.score, axis=1)
     return np.where(scores.eligible.any(axis=1), idx, -1)
+
+
+class ExplorationConfig(BaseModel):
+    """How the decision maker explores: which stochastic policy over the scores, and how much it may cost.
+
+    - ``off``: greedy (propensity 1), as evaluation uses.
+    - ``softmax``: P(j) proportional to exp((score_j - best score) / temperature); temperature is in score units
+      (quality minus cost / willingness_to_pay), so 0.02 makes a candidate 0.02 worse e^-1 times as likely.
+    - ``epsilon``: with probability epsilon, one of the `top_k - 1` best non-greedy candidates, uniformly.
+
+    Bounds, applied after the mode and exact in the returned propensities: a candidate whose predicted cost exceeds
+    `max_cost_ratio` x the greedy one's is never explored; the non-greedy probability of each decision is at most
+    `max_share` (so at most that share of traffic, in expectation); the expected predicted cost of a decision
+    exceeds greedy's by at most `max_extra_cost` x greedy's cost. The bounds scale all non-greedy probabilities
+    by one factor, so their ranking is kept.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["off", "softmax", "epsilon"] = "off"
+    temperature: float = Field(default=0.02, gt=0.0, allow_inf_nan=False)
+    epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
+    top_k: int = Field(default=3, ge=2)
+    max_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_cost_ratio: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
+    max_extra_cost: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _explores_when_on(self) -> "ExplorationConfig":
+        if self.mode != "off" and self.max_share == 0.0:
+            raise ValueError(f"mode {self.mode!r} with max_share=0 never explores; use mode='off'")
+        if self.mode == "epsilon" and self.epsilon == 0.0:
+            raise ValueError("mode 'epsilon' with epsilon=0 never explores; use mode='off'")
+        return self
+
+
+def probabilities(scores: Scores, exploration: ExplorationConfig | None) -> np.ndarray:
+    """[n, m] probability of choosing each candidate under `exploration` (rows sum to 1; all-zero rows when no
+    candidate is eligible). Ineligible candidates and candidates of -inf score get 0. Used by `select` and by
+    off-policy evaluation, which needs a target policy's probabilities of the logged choices."""
+    n, m = scores.score.shape
+    greedy = best(scores)
+    p = np.zeros((n, m))
+    rows = np.nonzero(greedy >= 0)[0]
+    p[rows, greedy[rows]] = 1.0
+    if exploration is None or exploration.mode == "off" or not len(rows):
+        return p
+    g = greedy[rows]
+    s, cost = scores.score[rows], np.asarray(scores.cost, float)[rows]
+    s_g, c_g = s[np.arange(len(rows)), g][:, None], cost[np.arange(len(rows)), g][:, None]
+    explorable = scores.eligible[rows] & np.isfinite(s)
+    explorable[np.arange(len(rows)), g] = False
+    if exploration.max_cost_ratio is not None:
+        with np.errstate(invalid="ignore"):
+            explorable &= ~(cost > exploration.max_cost_ratio * c_g)
+    if exploration.mode == "softmax":
+        q = np.where(explorable, np.exp(np.minimum(np.where(explorable, s - s_g, 0.0), 0.0)
+                                        / exploration.temperature), 0.0)
+        q /= 1.0 + q.sum(axis=1, keepdims=True)
+    else:
+        q = _epsilon_share(s, explorable, exploration)
+    q *= _bound_factor(q, cost, c_g, exploration)[:, None]
+    p[rows] = q
+    p[rows, g] = 1.0 - q.sum(axis=1)
+    return p
+
+
+def _epsilon_share(s: np.ndarray, explorable: np.ndarray, cfg: ExplorationConfig) -> np.ndarray:
+    """epsilon spread uniformly over the `top_k - 1` best explorable candidates (ties to the lower index)."""
+    order = np.argsort(np.where(explorable, -s, np.inf), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(s.shape[1])[None].repeat(len(s), 0), axis=1)
+    top = explorable & (rank < cfg.top_k - 1)
+    k = top.sum(axis=1, keepdims=True)
+    return np.where(top, cfg.epsilon / np.maximum(k, 1), 0.0)
+
+
+def _bound_factor(q: np.ndarray, cost: np.ndarray, c_g: np.ndarray, cfg: ExplorationConfig) -> np.ndarray:
+    """One factor per row scaling the non-greedy probabilities q so that both the share and the spend bound hold."""
+    share = q.sum(axis=1)
+    factor = np.where(share > cfg.max_share, cfg.max_share / np.maximum(share, 1e-300), 1.0)
+    if cfg.max_extra_cost is not None:
+        with np.errstate(invalid="ignore"):
+            extra = np.nansum(np.where(q > 0, q * (cost - c_g), 0.0), axis=1)
+        allowed = cfg.max_extra_cost * c_g[:, 0]
+        over = extra > allowed
+        factor = np.where(over, np.minimum(factor, allowed / np.where(over, extra, 1.0)), factor)
+    return np.clip(np.nan_to_num(factor, nan=0.0), 0.0, 1.0)
+
+
+def select(scores: Scores, exploration: ExplorationConfig | None,
+           rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen index, propensity) per query: a draw from `probabilities`, and the probability of what was drawn.
+
+    Greedy when `exploration` is None or off: ``(best(scores), ones)``, no draw. A query with no eligible candidate
+    gets -1 (propensity 1: nothing was chosen at random)."""
+    greedy = best(scores)
+    if exploration is None or exploration.mode == "off":
+        return greedy, np.ones(len(greedy))
+    if rng is None:
+        raise ConfigError("exploration is on but no random generator was given; pass np.random.default_rng(seed)")
+    p = probabilities(scores, exploration)
+    cum = np.cumsum(p, axis=1)
+    u = rng.random(len(p))[:, None] * cum[:, -1:]
+    chosen = np.where(greedy >= 0, np.argmax(cum > u, axis=1), -1)
+    propensity = np.where(chosen >= 0, p[np.arange(len(p)), np.maximum(chosen, 0)], 1.0)
+    return chosen, propensity

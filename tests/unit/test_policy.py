@@ -134,3 +134,120 @@ def test_unknown_allowed_model_raises():
         _scores([0.9, 0.8, 0.5], [1e-3] * 3, constraints=RouteConstraints(allowed_models=("gpt-17",)))
     with pytest.raises(UnknownModelError, match="no predictors"):  # in the catalogue, not in this router
         _scores([0.9, 0.8, 0.5], [1e-3] * 3, constraints=RouteConstraints(allowed_models=("claude-v2",)))
+
+
+# ------------------------------------------------------------------ stochastic exploration
+def _raw(quality, cost, wtp=1.0, eligible=None) -> policy.Scores:
+    """Scores of m made-up candidates (no catalogue: exploration only reads score, cost and eligibility)."""
+    q, c = np.atleast_2d(quality).astype(float), np.atleast_2d(cost).astype(float)
+    ok = np.ones(q.shape, bool) if eligible is None else np.atleast_2d(eligible)
+    reasons = [{j: "excluded" for j in np.nonzero(~r)[0]} for r in ok]
+    zeros = np.zeros_like(q)
+    return policy.score(q, c, wtp, zeros, zeros, 0.0, 0.0, ok, reasons)
+
+
+def _reference(score, cost, eligible, cfg: policy.ExplorationConfig) -> np.ndarray:
+    """One query's probabilities, written out loop by loop from ExplorationConfig's docstring (the spec)."""
+    m = len(score)
+    idx = [j for j in range(m) if eligible[j]]
+    if not idx:
+        return np.zeros(m)
+    g = max(idx, key=lambda j: (score[j], -j))
+    p = np.zeros(m)
+    if cfg.mode == "off":
+        p[g] = 1.0
+        return p
+    cand = [j for j in idx if j != g and np.isfinite(score[j])
+            and (cfg.max_cost_ratio is None or cost[j] <= cfg.max_cost_ratio * cost[g])]
+    if cfg.mode == "softmax":
+        w = {j: np.exp((score[j] - score[g]) / cfg.temperature) for j in cand}
+        for j in cand:
+            p[j] = w[j] / (1.0 + sum(w.values()))
+    else:
+        top = sorted(cand, key=lambda j: (-score[j], j))[: cfg.top_k - 1]
+        for j in top:
+            p[j] = cfg.epsilon / len(top)
+    factor = 1.0
+    if p.sum() > cfg.max_share:
+        factor = cfg.max_share / p.sum()
+    extra = sum(p[j] * (cost[j] - cost[g]) for j in range(m) if p[j] > 0)
+    if cfg.max_extra_cost is not None and extra > cfg.max_extra_cost * cost[g]:
+        factor = min(factor, cfg.max_extra_cost * cost[g] / extra)
+    p *= factor
+    p[g] = 1.0 - p.sum()
+    return p
+
+
+CONFIGS = [
+    policy.ExplorationConfig(mode="softmax", temperature=0.05, max_share=1.0),
+    policy.ExplorationConfig(mode="softmax", temperature=0.2, max_share=0.15),
+    policy.ExplorationConfig(mode="softmax", temperature=1.0, max_share=0.5, max_cost_ratio=3.0,
+                             max_extra_cost=0.2),
+    policy.ExplorationConfig(mode="epsilon", epsilon=0.3, top_k=3, max_share=1.0),
+    policy.ExplorationConfig(mode="epsilon", epsilon=0.5, top_k=4, max_share=0.2, max_extra_cost=0.1),
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(range(len(CONFIGS))))
+def test_probabilities_match_the_written_out_spec_and_bounds_hold(seed, which):
+    cfg = CONFIGS[which]
+    rng = np.random.default_rng(seed)
+    n, m = 6, 5
+    quality = rng.uniform(0.3, 1.0, (n, m)).round(1)  # rounded: ties happen
+    cost = rng.choice([0.001, 0.002, 0.004, 0.01], (n, m))
+    eligible = rng.random((n, m)) > 0.25
+    s = _raw(quality, cost, wtp=0.05, eligible=eligible)
+    p = policy.probabilities(s, cfg)
+    for i in range(n):
+        np.testing.assert_allclose(p[i], _reference(s.score[i], cost[i], eligible[i], cfg), atol=1e-12)
+    greedy = policy.best(s)
+    has = greedy >= 0
+    np.testing.assert_allclose(p[has].sum(axis=1), 1.0)
+    assert (p[~has] == 0).all() and (p[~eligible] == 0).all()
+    g_p = p[has, greedy[has]]
+    assert (1.0 - g_p <= cfg.max_share + 1e-12).all()  # share bound
+    c_g = cost[has, greedy[has]]
+    if cfg.max_extra_cost is not None:  # spend bound: expected cost <= (1 + max_extra_cost) x greedy's
+        assert ((p[has] * cost[has]).sum(axis=1) <= (1 + cfg.max_extra_cost) * c_g + 1e-15).all()
+    if cfg.max_cost_ratio is not None:
+        assert (p[has][cost[has] > cfg.max_cost_ratio * c_g[:, None]] == 0).all()
+
+
+def test_off_and_none_are_greedy_with_propensity_one():
+    s = _raw([[0.9, 0.8, 0.5], [0.1, 0.2, 0.3]], [[1e-2, 1e-3, 1e-4]] * 2, eligible=[[1, 1, 1], [0, 0, 0]])
+    rng = np.random.default_rng(0)
+    for cfg in (None, policy.ExplorationConfig()):
+        chosen, prop = policy.select(s, cfg, rng)
+        assert chosen.tolist() == policy.best(s).tolist() == [0, -1] and prop.tolist() == [1.0, 1.0]
+    with pytest.raises(Exception, match="random generator"):
+        policy.select(s, CONFIGS[0], None)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{c.mode}-{i}" for i, c in enumerate(CONFIGS)])
+def test_empirical_choice_frequencies_match_the_propensities(cfg):
+    """20,000 draws of one query: each candidate's share is its probability (within 5 binomial standard errors),
+    and every returned propensity is exactly the probability of the candidate it comes with."""
+    n = 20_000
+    quality = np.array([0.80, 0.78, 0.70, 0.75, 0.20])
+    cost = np.array([0.002, 0.001, 0.004, 0.0045, 0.001])
+    eligible = np.array([True, True, True, True, False])
+    s = _raw(np.tile(quality, (n, 1)), np.tile(cost, (n, 1)), wtp=0.05, eligible=np.tile(eligible, (n, 1)))
+    p = policy.probabilities(s, cfg)[0]
+    chosen, prop = policy.select(s, cfg, np.random.default_rng(7))
+    freq = np.bincount(chosen, minlength=5) / n
+    tol = 5 * np.sqrt(p * (1 - p) / n) + 1e-12
+    assert (np.abs(freq - p) <= tol).all(), (freq, p)
+    np.testing.assert_array_equal(prop, p[chosen])
+    assert freq[4] == 0 and (prop > 0).all()
+    assert (p > 0).sum() >= 2  # each config really explores this query
+
+
+def test_validation_says_what_is_wrong():
+    from pydantic import ValidationError
+
+    for bad in ({"mode": "thompson"}, {"mode": "softmax", "temperature": 0}, {"epsilon": 1.5}, {"top_k": 1},
+                {"mode": "softmax", "max_share": 0}, {"mode": "epsilon", "epsilon": 0}, {"max_cost_ratio": 0.5},
+                {"max_extra_cost": -1}, {"tempreature": 1}):
+        with pytest.raises(ValidationError):
+            policy.ExplorationConfig(**bad)
