@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from mixllm.embeddings import EmbeddingCache, QueryEncoder
 from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, RoutingError, TrainingError,
                                UnknownModelError)
 from mixllm.predictors import LLMPredictor, PredictorBank, PredictorConfig
+from mixllm.routers.base import NeedsTrainLog, Predictions, Router
 from mixllm.schemas import CandidateScore, FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
 from mixllm.tagging import TaxonomyTagger, outcome_tags, query_tags
 
@@ -158,18 +159,6 @@ class RouterConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """Per-prompt, per-LLM predictions, arrays [n, m] (m = len(models)); embeddings [n, d]."""
-
-    models: tuple[str, ...]
-    quality: np.ndarray
-    completion_tokens: np.ndarray
-    cost: np.ndarray
-    embeddings: np.ndarray
-    prompt_tokens: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
 class TrainingSet:
     """What `fit_representation` hands to the per-LLM step: the log, each row's query index, per-query features and
     predicted tags, the LLMs to train (catalogue order) and the number of distinct queries."""
@@ -200,8 +189,11 @@ def data_digest(log: pd.DataFrame) -> str:
     return hashlib.sha256(np.sort(hashed).tobytes()).hexdigest()[:16]
 
 
-class MixLLMRouter:
+class MixLLMRouter(Router):
     """The MixLLM router (see module docstring). Not thread-safe for `update`; `route` only reads state."""
+
+    name: ClassVar[str] = "mixllm"
+    kind: ClassVar[str] = "router"
 
     def __init__(self, config: RouterConfig | None = None, catalogue: Catalogue | None = None) -> None:
         self.config = config or RouterConfig()
@@ -375,6 +367,8 @@ class MixLLMRouter:
             "catalogue_digest": self.catalogue.digest(), "encoder_weights_id": self.encoder.weights_id,
             "tag_enhanced": self.config.tag_enhanced, "seed": self.config.seed,
             "finetune_tags": dict(self._finetune_tags),
+            "data_until": None if pd.isna(until := pd.to_datetime(log["ts"], utc=True, errors="coerce").max()
+                                          if "ts" in log else pd.NaT) else until.isoformat(),  # replay from here
         }
 
     # ------------------------------------------------------------------------------------------- inference --
@@ -426,40 +420,6 @@ class MixLLMRouter:
         penalty = np.broadcast_to(self._waiting(waiting_ms), cost.shape)
         return policy.score(quality, cost, willingness_to_pay, bonus, penalty, self.config.alpha,
                             self.config.beta, ok, reasons)
-
-    def choose(self, pred: Predictions, willingness_to_pay: float, greedy: bool = True,
-               constraints: RouteConstraints | None = None,
-               waiting_ms: Mapping[str, float] | None = None) -> np.ndarray:
-        """Chosen model index per prompt (into pred.models), -1 when no candidate is eligible."""
-        return policy.best(self.scores(pred, willingness_to_pay, greedy, constraints, waiting_ms))
-
-    def decide(self, pred: Predictions, willingness_to_pay: float, constraints: RouteConstraints | None = None,
-               greedy: bool = True, query_ids: Sequence[str | None] | None = None,
-               waiting_ms: Mapping[str, float] | None = None) -> list[RouteDecision]:
-        """Full decisions (trace per candidate) from predictions; raises RoutingError when a query has none."""
-        s = self.scores(pred, willingness_to_pay, greedy, constraints, waiting_ms)
-        chosen = policy.best(s)
-        n = len(chosen)
-        ids = list(query_ids) if query_ids is not None else [None] * n
-        if len(ids) != n:
-            raise ContractError(f"{len(ids)} query_ids for {n} prompts")
-        if (chosen < 0).any():
-            i = int(np.argmax(chosen < 0))  # the first query without an eligible model
-            why = "; ".join(f"{self.models[j]}: {r}" for j, r in sorted(s.reasons[i].items()))
-            raise RoutingError(f"no eligible model for query {ids[i] or i}: {why}. Relax the constraints")
-        # Python floats row by row (tolist), not one numpy scalar per term: this runs for every routed query.
-        shown = np.where(s.eligible, s.score, s.quality - s.cost_term)  # ineligible: what it would have scored
-        tokens = [[None if math.isnan(v) else v for v in row] for row in pred.completion_tokens.tolist()]
-        rows = zip(s.quality.tolist(), s.cost.tolist(), tokens, s.cost_term.tolist(), s.bonus.tolist(),
-                   np.asarray(s.penalty).tolist(), shown.tolist(), s.eligible.tolist())
-        return [RouteDecision(query_id=ids[i], model=self.models[chosen[i]],
-                              willingness_to_pay=float(willingness_to_pay), router_version=self.version,
-                              candidates=tuple(CandidateScore(
-                                  model=m, predicted_quality=q[j], predicted_cost_usd=c[j],
-                                  predicted_completion_tokens=t[j], cost_term=ct[j], exploration_bonus=b[j],
-                                  waiting_penalty=p[j], score=sc[j], eligible=e[j], reason=s.reasons[i].get(j))
-                                  for j, m in enumerate(self.models)))
-                for i, (q, c, t, ct, b, p, sc, e) in enumerate(rows)]
 
     def route(self, prompts: Sequence[str], willingness_to_pay: float, constraints: RouteConstraints | None = None,
               greedy: bool = True, query_ids: Sequence[str | None] | None = None,
