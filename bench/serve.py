@@ -130,7 +130,7 @@ def _router_step(router_dir: Path, prompts: list[str], reps: int) -> dict[str, f
     import threading
 
     from mixllm.router import MixLLMRouter
-    from mixllm.service_state import limit_blas_threads
+    from mixllm.serving.batcher import limit_blas_threads
 
     limit_blas_threads()
     router = MixLLMRouter.load(router_dir)

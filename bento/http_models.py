@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
 
 from mixllm.schemas import CandidateScore
+from mixllm.serving.schemas import RequestRejected
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 Prompt = Annotated[str, Field(min_length=1, description="The user's query (at most MIXLLM_MAX_PROMPT_CHARS chars).")]
@@ -63,7 +65,9 @@ class FeedbackResult(BaseModel):
     model: str
     recorded: list[Literal["feedback", "log"]] = Field(description="Which rows were appended to the store outbox.")
     applied_online: bool = Field(description="Whether the live router learned from it (router.update).")
-    online_error: str | None = None
+    online_error: str | None = Field(default=None, description="Why it was not learned online.")
+    capped: bool = Field(default=False, description="Not learned online because of a feedback cap (per request "
+                         "id or per source); still stored for the nightly retrain.")
     router_version: str | None = None
 
 
@@ -74,3 +78,18 @@ class ReloadResult(BaseModel):
     source_version: str | None
     source_reachable: bool
     last_error: str | None = None
+
+
+# Status of each `RequestRejected.kind` that is not a plain 400.
+STATUS = {"not_found": 404, "unroutable": 422, "not_ready": 503, "store_unavailable": 503}
+
+
+def http_error(status: int, field: str | None, msg: str, kind: str = "value_error") -> JSONResponse:
+    """A 4xx/5xx body shaped like BentoML's own validation errors: the field at fault is in ``detail[].loc``."""
+    return JSONResponse({"error": msg, "detail": [{"loc": [field] if field else [], "msg": msg, "type": kind}]},
+                        status_code=status)
+
+
+def rejected(e: RequestRejected) -> JSONResponse:
+    """The engine's refusal of a request as an HTTP error body."""
+    return http_error(STATUS.get(e.kind, 400), e.field, str(e), e.kind)

@@ -185,7 +185,8 @@ def route(
 
     from mixllm.exceptions import RoutingError
     from mixllm.router import MixLLMRouter
-    from mixllm.schemas import RouteConstraints
+    from mixllm.serving.engine import Routed, ServingEngine
+    from mixllm.serving.schemas import RouteRequest, constraints_of
 
     try:
         wtps = [float(w) for w in wtp.split(",") if w.strip()]
@@ -193,46 +194,36 @@ def route(
         raise RoutingError(f"--wtp must be numbers separated by commas, got {wtp!r}") from e
     if not wtps or any(not w > 0 for w in wtps):
         raise RoutingError(f"--wtp needs positive numbers, got {wtp!r}")
-    constraints = None
-    if allowed_models or max_cost is not None:
-        names = tuple(m.strip() for m in allowed_models.split(",")) if allowed_models else None
-        constraints = RouteConstraints(allowed_models=names, max_cost_usd=max_cost)
+    names = tuple(m.strip() for m in allowed_models.split(",")) if allowed_models else None
+    constraints = constraints_of(names, max_cost)
     router = MixLLMRouter.load(router_dir)
-    router.catalogue.check_known(constraints.allowed_models if constraints and constraints.allowed_models else ())
+    router.catalogue.check_known(names or ())
+    engine = ServingEngine.for_router(router)  # the service's decisions, without its state (no log, no learning)
     failed = False
 
-    def emit(obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-
     def flush(items: list) -> None:
+        """Decide every (line, wtp) of a batch in one engine call (one encoder pass); print in line order."""
         nonlocal failed
-        good = [(n, r) for n, r in items if "error" not in r]
-        results: dict[int, list[dict]] = {}
-        if good:
-            pred = router.predict([r["prompt"] for _, r in good])
-            for w in wtps:
-                for k, (n, r) in enumerate(good):
-                    try:  # one prompt at a time so one unroutable prompt does not sink the batch
-                        qid = None if r["id"] is None else str(r["id"])
-                        d = router.decide(_row(pred, k), w, constraints, query_ids=[qid])[0]
-                        results.setdefault(n, []).append(
-                            {"id": r["id"], "wtp": w, "model": d.model, "router_version": d.router_version,
-                             "candidates": [c.model_dump() for c in d.candidates]})
-                    except RoutingError as e:
-                        results.setdefault(n, []).append({"line": n, "id": r["id"], "wtp": w, "error": str(e)})
+        asked = [(n, r, w) for n, r in items if "error" not in r for w in wtps]
+        results = engine.decide_batch([RouteRequest(prompt=r["prompt"], willingness_to_pay=w, constraints=constraints,
+                                                    request_id=None if r["id"] is None else str(r["id"]))
+                                       for _, r, w in asked]) if asked else []
+        out: dict[int, list[dict]] = {}
+        for (n, r, w), res in zip(asked, results):
+            if isinstance(res, Routed):
+                d = res.decision
+                out.setdefault(n, []).append({"id": r["id"], "wtp": w, "model": d.model,
+                                              "router_version": d.router_version,
+                                              "candidates": [c.model_dump() for c in d.candidates]})
+            elif isinstance(res, RoutingError):  # this prompt cannot be routed; the stream goes on
+                out.setdefault(n, []).append({"line": n, "id": r["id"], "wtp": w, "error": str(res)})
+            else:
+                raise res
         for n, r in items:
-            for obj in ([r] if "error" in r else results[n]):
+            for obj in ([r] if "error" in r else out[n]):
                 failed |= "error" in obj
-                emit(obj)
+                sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
-
-    def _row(pred, k):
-        from dataclasses import replace
-
-        sl = slice(k, k + 1)
-        return replace(pred, quality=pred.quality[sl], completion_tokens=pred.completion_tokens[sl],
-                       cost=pred.cost[sl], embeddings=pred.embeddings[sl],
-                       prompt_tokens=None if pred.prompt_tokens is None else pred.prompt_tokens[sl])
 
     pending: list = []
     for n, line in enumerate(sys.stdin, start=1):

@@ -1,0 +1,45 @@
+"""Serving settings that are not about HTTP (env prefix ``MIXLLM_``), read when a service starts.
+
+HTTP-only options (admin token, tracing, upstream timeout, batch request size) live in `bento/settings.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where the nightly pipeline puts the champion's artifact inside a built Bento (next to `bento/` and `mixllm/`).
+BUNDLED_ROUTER_DIRNAME = "champion_router"
+# How the service hands the store URL to its outbox forwarder process (not argv: the URL may hold a password).
+FORWARDER_STORE_ENV = "MIXLLM_FORWARDER_STORE_URL"
+
+
+class ServingSettings(BaseSettings):
+    """Which router serves, batching, sessions, the outbox, and the limits on what feedback may do online."""
+
+    model_config = SettingsConfigDict(env_prefix="MIXLLM_", extra="ignore")
+
+    router_dir: Path | None = Field(default=None, description="Serve this local router directory (quickstart).")
+    router_alias: str = Field(default="champion", min_length=1, description="Registry alias to serve and follow.")
+    poll_seconds: float = Field(default=5.0, ge=0, description="Alias poll period; 0 disables polling.")
+    sticky_margin: float = Field(default=0.05, ge=0, description="Score gain needed to switch a session's model.")
+    session_ttl_seconds: float = Field(default=3600.0, gt=0)
+    max_sessions: int = Field(default=100_000, gt=0)
+    max_batch: int = Field(default=64, ge=1, description="Most prompts routed in one micro-batch.")
+    spool_path: Path | None = Field(default=None, description="Outbox SQLite file (default: "
+                                    "<home>/service-outbox.db).")
+    forward_interval_seconds: float = Field(default=0.5, gt=0, description="Outbox -> store forwarding period.")
+    forward_batch: int = Field(default=2000, ge=1)
+    forwarder: Literal["process", "thread"] = Field(default="process", description="Where the outbox forwarder "
+                                                    "runs: a child process keeps its CPU work off the routing "
+                                                    "thread's GIL (see Outbox.start); a thread is one process less.")
+    feedback_source_limit: int = Field(default=1000, ge=0, description="Most online updates one feedback `source` "
+                                       "may make per window; the excess is stored for the nightly retrain only.")
+    feedback_source_window_seconds: float = Field(default=3600.0, gt=0, description="Window of the source limit.")
+    replay: bool = Field(default=True, description="On every router load, replay the feedback the store received "
+                         "after the router's training snapshot before it serves (see mixllm.serving.replay).")
+    replay_max_events: int = Field(default=200_000, ge=0, description="Most recent events a load replays.")
+    replay_batch: int = Field(default=256, ge=1, description="Events per replay step (routing runs between steps).")
