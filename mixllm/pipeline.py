@@ -166,20 +166,31 @@ def subsample(df: pd.DataFrame, per_task: int | None, seed: int) -> pd.DataFrame
 
 
 def snapshot(settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, str]:
-    """The training rows and the digest of exactly those rows (the store's digest unless subsampled)."""
+    """The training rows and the digest of exactly those rows: the store's log, with each rated decision labelled
+    by its feedback (`mixllm.feedback`); the digest covers the feedback rows and the rating mapping too (it is the
+    store's log digest when there is no feedback and no subsampling). Subsampling thins the full-information rows
+    only: every decision a policy made (router_version or propensity set) is production signal and stays."""
+    from mixllm.feedback import FEEDBACK_ATTR, label_decisions, snapshot_digest
     from mixllm.store import Store
 
     store = Store(settings.store_url)
     try:
         df, digest = store.snapshot()
+        feedback, feedback_digest = store.feedback_snapshot()
     finally:
         store.dispose()
     if df.empty:
         raise ContractError(f"the store at {settings.store_url} holds no accepted log rows; ingest data first")
+    fcfg = getattr(config, "feedback", None)
+    labelled = label_decisions(df, feedback, fcfg)
+    df = labelled.rows
     if config.max_train_queries_per_task is not None:
-        df = subsample(df, config.max_train_queries_per_task, config.seed)
+        served = df["router_version"].notna() | df["propensity"].notna()
+        df = pd.concat([subsample(df[~served], config.max_train_queries_per_task, config.seed), df[served]],
+                       ignore_index=True)
         digest = _digest(df)
-    return df, digest
+    df.attrs[FEEDBACK_ATTR] = {**labelled.summary(), "feedback_digest": feedback_digest}
+    return df, snapshot_digest(digest, feedback_digest, fcfg)
 
 
 def held_out(config: PipelineConfig) -> pd.DataFrame:

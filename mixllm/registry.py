@@ -173,12 +173,39 @@ class Registry:
         if snapshot is not None:
             ds = mlflow.data.from_pandas(snapshot, name=f"snapshot-{digest[:12]}", digest=digest[:36])
             mlflow.log_input(ds, context="training", tags={"snapshot_digest": digest})
+            self._log_feedback_lineage(snapshot, digest)
         manifest = router_dir / "manifest.json"
         if manifest.is_file():
             mlflow.log_artifact(str(manifest), artifact_path="router_manifest")
         if catalogue is not None:
             data = catalogue.model_dump(mode="json") if hasattr(catalogue, "model_dump") else catalogue
             mlflow.log_dict(data, "catalogue.json")
+
+    @staticmethod
+    def _log_feedback_lineage(snapshot: pd.DataFrame, digest: str) -> None:
+        """The decisions users' ratings labelled, as their own dataset input (context ``feedback``), how many each
+        model got (``labelled_decisions/<model>`` metrics), and the feedback set aside per reason (params)."""
+        from mixllm.feedback import FEEDBACK_ATTR, LABEL_SOURCE, labelled_counts
+
+        counts = labelled_counts(snapshot)
+        if not counts:
+            return
+        mlflow.log_metrics(counts)
+        info = snapshot.attrs.get(FEEDBACK_ATTR) or {}
+        if info.get("feedback_digest"):
+            mlflow.set_tag("feedback_digest", info["feedback_digest"])
+        if info:
+            mlflow.log_dict({k: v for k, v in info.items()}, "feedback/summary.json")  # every reason, word for word
+        aside: dict[str, int] = {}
+        for reason, n in (info.get("aside") or {}).items():
+            aside[reason.split(":")[0]] = aside.get(reason.split(":")[0], 0) + int(n)
+        if aside:
+            mlflow.log_metrics({f"feedback_aside/{k}": float(v) for k, v in aside.items()})
+        rated = snapshot[snapshot[LABEL_SOURCE] == "rating"]
+        if len(rated):
+            ds = mlflow.data.from_pandas(rated.reset_index(drop=True), name=f"feedback-labels-{digest[:12]}",
+                                         digest=(info.get("feedback_digest") or digest)[:36])
+            mlflow.log_input(ds, context="feedback", tags={"snapshot_digest": digest})
 
     def set_tags(self, version: str, tags: Mapping[str, Any]) -> None:
         """Record facts on a version (gate verdict, promotion reason, ...): the UI shows them next to it."""

@@ -109,7 +109,9 @@ class IngestReport:
 
 
 def _utc_naive(ts: Any) -> datetime:
-    return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_pydatetime()
+    """Naive UTC (how every backend stores ts); a naive input is taken to be UTC already."""
+    t = pd.Timestamp(ts)
+    return (t if t.tzinfo is None else t.tz_convert("UTC").tz_localize(None)).to_pydatetime()
 
 
 def _now() -> datetime:
@@ -321,10 +323,12 @@ class Store:
                 df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
         return df
 
-    def logs(self) -> pd.DataFrame:
-        """Accepted interaction rows, LOG_COLUMNS, in landing order."""
-        return self._typed_logs(self._frame(
-            sa.select(*[INTERACTIONS.c[c] for c in LOG_COLUMNS]).order_by(INTERACTIONS.c.id), LOG_COLUMNS))
+    def logs(self, since: datetime | None = None) -> pd.DataFrame:
+        """Accepted interaction rows, LOG_COLUMNS, in landing order; only those with ts >= `since` if given."""
+        q = sa.select(*[INTERACTIONS.c[c] for c in LOG_COLUMNS]).order_by(INTERACTIONS.c.id)
+        if since is not None:
+            q = q.where(INTERACTIONS.c.ts >= _utc_naive(since))
+        return self._typed_logs(self._frame(q, LOG_COLUMNS))
 
     @staticmethod
     def _typed_logs(df: pd.DataFrame) -> pd.DataFrame:
@@ -334,9 +338,29 @@ class Store:
             df[c] = df[c].astype(float)
         return df
 
-    def feedback(self) -> pd.DataFrame:
-        return self._frame(sa.select(*[FEEDBACK.c[c] for c in FEEDBACK_COLUMNS]).order_by(FEEDBACK.c.id),
-                           FEEDBACK_COLUMNS)
+    def feedback(self, since: datetime | None = None) -> pd.DataFrame:
+        """Accepted ratings, FEEDBACK_COLUMNS, in landing order; only those with ts >= `since` if given (the
+        service replays what arrived after its version's training snapshot)."""
+        q = sa.select(*[FEEDBACK.c[c] for c in FEEDBACK_COLUMNS]).order_by(FEEDBACK.c.id)
+        if since is not None:
+            q = q.where(FEEDBACK.c.ts >= _utc_naive(since))
+        df = self._frame(q, FEEDBACK_COLUMNS)
+        df["rating"] = df["rating"].astype(float)
+        return df
+
+    def feedback_snapshot(self) -> tuple[pd.DataFrame, str | None]:
+        """Every accepted rating and a digest of exactly which rows they are (None when there are none), read
+        once, for the training snapshot's lineage (see `mixllm.feedback.snapshot_digest`)."""
+        cols = [*FEEDBACK_COLUMNS, "row_digest"]
+        df = self._frame(sa.select(*[FEEDBACK.c[c] for c in cols]).order_by(FEEDBACK.c.id), cols)
+        digests = sorted(df.pop("row_digest"))
+        df["rating"] = df["rating"].astype(float)
+        if not digests:
+            return df, None
+        h = hashlib.sha256()
+        for d in digests:
+            h.update(d.encode())
+        return df, h.hexdigest()
 
     def quarantine(self, batch_id: str | None = None, limit: int | None = None) -> pd.DataFrame:
         """Quarantined rows with the expectation that failed and why (newest batches last)."""

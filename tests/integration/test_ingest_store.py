@@ -273,3 +273,20 @@ def test_policy_columns_land_from_files_and_bad_propensities_are_quarantined(tmp
     assert logs.loc["a", "propensity"] == 0.5 and logs.loc["b", "router_version"] == "3"
     assert pd.isna(logs.loc["d", "propensity"])
     assert "propensity" in store.quarantine().reason[0]
+
+
+def test_reads_since_a_time_and_the_feedback_snapshot_digest(tmp_path: Path) -> None:
+    """What the service replays after a restart (feedback newer than its training data) and what the nightly
+    snapshot's lineage digests (every rating, once)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    t = [datetime(2026, 11, d, tzinfo=timezone.utc) for d in (1, 2, 3)]
+    store.append_logs([LogRecord(query_id=f"q{i}", prompt="p", model="m", ts=ts) for i, ts in enumerate(t)])
+    assert store.feedback_snapshot()[1] is None
+    store.append_feedback([FeedbackRecord(query_id=f"q{i}", model="m", rating=1.0, ts=ts) for i, ts in enumerate(t)])
+    assert list(store.logs(since=t[1]).query_id) == ["q1", "q2"]
+    assert list(store.feedback(since=t[2]).query_id) == ["q2"] and store.feedback().rating.dtype == float
+    assert list(store.feedback(since=datetime(2026, 11, 2, 12)).query_id) == ["q2"]  # naive = UTC
+    fb, digest = store.feedback_snapshot()
+    assert len(fb) == 3 and digest
+    store.append_feedback([FeedbackRecord(query_id="q0", model="m", rating=0.0, ts=t[2])])
+    assert store.feedback_snapshot()[1] != digest

@@ -1,0 +1,138 @@
+"""Feedback -> quality labels of the decisions it rates (mixllm.feedback): precedence, collapse, refusals, digest."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from mixllm.feedback import (LABEL_SOURCE, RATING_SOURCES, FeedbackConfig, RatingMapping, label_decisions,
+                             labelled_counts, snapshot_digest)
+from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+NOW = T0 + timedelta(days=1)
+
+
+def _log(rows: list[dict]) -> pd.DataFrame:
+    base = {"prompt": "p", "quality": None, "cost_usd": 0.001, "prompt_tokens": 3, "completion_tokens": 5,
+            "latency_ms": 10.0, "task": None, "ts": T0, "router_version": "1", "propensity": 1.0}
+    df = pd.DataFrame([{**base, **r} for r in rows], columns=list(LOG_COLUMNS))
+    df["quality"] = df["quality"].astype(float)
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+def _fb(rows: list[tuple]) -> pd.DataFrame:
+    """(query_id, model, rating, minutes after T0, source)"""
+    df = pd.DataFrame([{"query_id": q, "model": m, "rating": r, "ts": T0 + timedelta(minutes=t), "source": s}
+                       for q, m, r, t, s in rows], columns=list(FEEDBACK_COLUMNS))
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+LOG = _log([
+    {"query_id": "a", "model": "big", "propensity": 0.8},
+    {"query_id": "b", "model": "big"},
+    {"query_id": "c", "model": "small", "quality": 1.0, "router_version": None, "propensity": None},
+    {"query_id": "d", "model": "small", "propensity": 0.2},
+    {"query_id": "e", "model": "big"},
+])
+
+
+def test_ratings_label_the_decisions_they_rate_with_precedence_and_reasons() -> None:
+    fb = _fb([
+        ("a", "big", 1.0, 1, "u1"), ("a", "big", 0.0, 5, "u1"),   # same source twice: the later one counts
+        ("b", "big", 0.0, 2, "u1"), ("b", "big", 1.0, 3, "u2"),   # two sources: the latest wins, both counted
+        ("c", "small", 0.0, 1, "u1"),                               # observed quality outranks the rating
+        ("d", "small", 0.5, 1, "u3"),                               # graded: linear
+        ("zz", "big", 0.0, 1, "u1"), ("a", "small", 0.0, 1, "u1"),  # not in the log
+    ])
+    out = label_decisions(LOG, fb, now=NOW)
+    rows = out.rows.set_index("query_id")
+    assert rows.loc["a", "quality"] == 0.0 and rows.loc["a", LABEL_SOURCE] == "rating"
+    assert rows.loc["a", RATING_SOURCES] == 1 and rows.loc["a", "propensity"] == 0.8
+    assert rows.loc["b", "quality"] == 1.0 and rows.loc["b", RATING_SOURCES] == 2
+    assert rows.loc["c", "quality"] == 1.0 and rows.loc["c", LABEL_SOURCE] == "observed"
+    assert rows.loc["d", "quality"] == 0.5 and rows.loc["d", "propensity"] == 0.2
+    assert math.isnan(rows.loc["e", "quality"]) and pd.isna(rows.loc["e", LABEL_SOURCE])  # nobody rated it
+    assert list(out.rows.columns[:len(LOG_COLUMNS)]) == list(LOG_COLUMNS) and len(out.rows) == len(LOG)
+    assert out.per_model == {"big": 2, "small": 1}
+    reasons = out.aside.groupby("reason")["query_id"].apply(sorted).to_dict()
+    assert reasons == {
+        "superseded: a later rating of this decision from the same source": ["a"],
+        "superseded: a later rating of this decision from another source": ["b"],
+        "outranked: the decision has an observed quality": ["c"],
+        "unmatched: no logged decision for this (query_id, model)": ["a", "zz"],
+    }
+    assert len(out.used) + len(out.aside) == len(fb)  # nothing dropped silently
+    s = out.summary()
+    assert (s["labelled_by_rating"], s["observed"], s["unlabelled"]) == (3, 1, 1)
+
+
+def test_hostile_and_invalid_feedback_is_refused_with_reasons() -> None:
+    fb = _fb([("a", "big", 1.0, 1, "u1"), ("b", "big", 0.0, -60, "u1"), ("d", "small", 0.0, 60 * 48, "u1"),
+              ("e", "big", 1.7, 1, "u1"), ("e", "big", float("nan"), 1, "u2"), ("e", "big", 1.0, 1, " ")])
+    out = label_decisions(LOG, fb, now=NOW)
+    why = dict(zip(out.aside["query_id"] + "/" + out.aside["source"], out.aside["reason"]))
+    assert why == {"b/u1": "refused: rating dated before the decision it rates",
+                   "d/u1": "refused: rating dated in the future",
+                   "e/u1": "invalid: rating outside [0, 1]", "e/u2": "invalid: rating is not a number",
+                   "e/ ": "invalid: empty source"}
+    assert out.per_model == {"big": 1}
+    # a rating within the allowed clock skew before its decision still counts
+    ok = label_decisions(LOG, _fb([("b", "big", 0.0, -1, "u1")]), now=NOW)
+    assert ok.per_model == {"big": 1}
+    strict = label_decisions(LOG, _fb([("b", "big", 0.0, -1, "u1")]), FeedbackConfig(max_clock_skew_seconds=0),
+                             now=NOW)
+    assert strict.per_model == {} and len(strict.aside) == 1
+
+
+def test_a_flood_from_one_source_collapses_to_one_label() -> None:
+    flood = _fb([("a", "big", 1.0, i, "bot") for i in range(1, 500)] + [("a", "big", 0.0, 600, "bot")])
+    out = label_decisions(LOG, flood, now=NOW)
+    assert out.rows.set_index("query_id").loc["a", "quality"] == 0.0
+    assert out.rows.set_index("query_id").loc["a", RATING_SOURCES] == 1 and len(out.aside) == 499
+
+
+def test_equal_timestamps_break_to_landing_order() -> None:
+    out = label_decisions(LOG, _fb([("a", "big", 1.0, 1, "u1"), ("a", "big", 0.0, 1, "u2")]), now=NOW)
+    assert out.rows.set_index("query_id").loc["a", "quality"] == 0.0
+
+
+def test_mapping() -> None:
+    r = np.array([0.0, 0.25, 0.5, 1.0])
+    assert RatingMapping().quality(r).tolist() == [0.0, 0.25, 0.5, 1.0]
+    assert RatingMapping(down=0.2, up=0.9).quality(r).tolist() == pytest.approx([0.2, 0.375, 0.55, 0.9])
+    assert RatingMapping(graded="threshold").quality(r).tolist() == [0.0, 0.0, 1.0, 1.0]
+    for bad in ({"down": 1.0, "up": 0.0}, {"up": 1.5}, {"graded": "log"}, {"threshold": 1.0}):
+        with pytest.raises(ValidationError):
+            RatingMapping(**bad)
+    mapped = label_decisions(LOG, _fb([("a", "big", 0.0, 1, "u")]), FeedbackConfig(mapping=RatingMapping(down=0.1)),
+                             now=NOW)
+    assert mapped.rows.set_index("query_id").loc["a", "quality"] == pytest.approx(0.1)
+
+
+def test_no_feedback_leaves_the_log_and_its_digest_alone() -> None:
+    out = label_decisions(LOG, _fb([]), now=NOW)
+    assert out.rows["quality"].isna().sum() == 4 and out.per_model == {} and out.aside.empty
+    assert snapshot_digest("abc", None) == "abc"
+    d1 = snapshot_digest("abc", "fb1")
+    assert d1 != "abc" and d1 != snapshot_digest("abc", "fb2")
+    assert d1 != snapshot_digest("abc", "fb1", FeedbackConfig(mapping=RatingMapping(graded="threshold")))
+
+
+def test_labelled_counts_are_metric_names() -> None:
+    out = label_decisions(_log([{"query_id": "a", "model": "mistralai/mistral-7b-chat"},
+                                {"query_id": "b", "model": "claude:v2"}]),
+                          _fb([("a", "mistralai/mistral-7b-chat", 1.0, 1, "u"), ("b", "claude:v2", 0.0, 1, "u")]),
+                          now=NOW)
+    assert labelled_counts(out.rows) == {"labelled_decisions/claude_v2": 1.0,
+                                         "labelled_decisions/mistralai/mistral-7b-chat": 1.0,
+                                         "labelled_decisions_total": 2.0, "observed_rows": 0.0}
