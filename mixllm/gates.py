@@ -1,7 +1,8 @@
 """Evaluation gates: may a freshly trained candidate replace the champion?
 
 The gates are data, not code: a typed YAML file (packaged default ``mixllm/defaults/gates.yaml``) names the metrics
-of `EvaluationReport.summary` to compare and the tolerances. `check_gates` returns a verdict with one line per check
+of `EvaluationReport.summary` to compare and the tolerances, and how candidate and champion are compared on logged
+production traffic (off-policy estimates, `mixllm.ope`). `check_gates` returns a verdict with one line per check
 and a short reason, because a gate saying "no" is an expected outcome the pipeline reports and records on the
 registered version, not an error.
 """
@@ -12,6 +13,7 @@ import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +40,22 @@ class SliceComparison(BaseModel):
     tolerance: float = Field(default=0.03, ge=0, allow_inf_nan=False)
 
 
+class ProductionComparison(BaseModel):
+    """Candidate vs champion on logged production decisions (off-policy: `mixllm.ope.production_metrics` puts
+    ``ope/*`` metrics into the candidate's metrics). Applies once `min_labelled` labelled decisions exist and the
+    importance weights leave at least `min_ess` effective decisions for both routers. Rule ``ci``: fail when the
+    whole confidence interval of (candidate - champion) lies below -tolerance (confidently worse); ``point``: fail
+    when the estimate itself does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    estimator: Literal["ips", "snips", "dr"] = "dr"
+    min_labelled: int = Field(default=200, ge=1)
+    min_ess: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    tolerance: float = Field(default=0.02, ge=0, allow_inf_nan=False)
+    rule: Literal["ci", "point"] = "ci"
+
+
 class GateConfig(BaseModel):
     """The whole gate policy (see the packaged ``defaults/gates.yaml`` for the meaning of each entry)."""
 
@@ -49,6 +67,7 @@ class GateConfig(BaseModel):
     floors: dict[str, float] = Field(default_factory=dict)
     beat_baselines: tuple[str, ...] = Field(default=(), description="Baselines whose AIQ the candidate must reach.")
     baseline_metric: str = "aiq"
+    production: ProductionComparison = ProductionComparison()
 
 
 class GateCheck(BaseModel):
@@ -148,6 +167,32 @@ def _baseline_checks(cfg: GateConfig, cand: Mapping[str, float]) -> list[GateChe
     return checks
 
 
+def _production_check(cfg: ProductionComparison, cand: Mapping[str, float]) -> GateCheck:
+    """Off-policy comparison on production traffic; 'not applied' (passes, and says why) until enough evidence."""
+    name, est = "production traffic", cfg.estimator
+    n = _value(cand, "ope/n_labelled")
+    if n is None:
+        return GateCheck(name=name, passed=True, detail="not applied: no off-policy estimates in the candidate's "
+                                                         "metrics (mixllm.ope.production_metrics did not run)")
+    if n < cfg.min_labelled:
+        return GateCheck(name=name, passed=True, detail=f"not applied: {n:.0f} labelled logged decisions "
+                                                         f"(< min_labelled {cfg.min_labelled})")
+    diff, low, high = (_value(cand, f"ope/diff/{est}{s}") for s in ("", "_low", "_high"))
+    ess = [_value(cand, f"ope/{r}/ess") for r in ("candidate", "champion")]
+    if diff is None or low is None or high is None or None in ess:
+        return GateCheck(name=name, passed=True, detail=f"not applied: no {est} estimate of the champion")
+    if min(ess) < cfg.min_ess:  # type: ignore[type-var]
+        return GateCheck(name=name, passed=True, detail=f"not applied: effective sample size {min(ess):.1f} "
+                                                         f"(< min_ess {cfg.min_ess:g}) on {n:.0f} decisions")
+    c, b = _value(cand, f"ope/candidate/{est}"), _value(cand, f"ope/champion/{est}")
+    worst = high if cfg.rule == "ci" else diff
+    ok = worst >= -cfg.tolerance
+    detail = (f"{est} on {n:.0f} logged decisions: candidate {c:.4f} vs champion {b:.4f}, difference {diff:+.4f} "
+              f"[{low:+.4f}, {high:+.4f}], ESS {ess[0]:.1f}/{ess[1]:.1f}; tolerance {cfg.tolerance:g} "
+              f"(rule {cfg.rule}): {'ok' if ok else 'worse than champion beyond tolerance'}")
+    return GateCheck(name=name, passed=ok, detail=detail)
+
+
 def check_gates(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
                 config: GateConfig | None = None) -> GateVerdict:
     """Decide whether `candidate` (an evaluation summary) may replace `champion` (None: no champion yet).
@@ -162,6 +207,7 @@ def check_gates(candidate: Mapping[str, float], champion: Mapping[str, float] | 
         checks.append(_compare("budget quality", cfg.budget_quality.metric, cfg.budget_quality.tolerance,
                                candidate, champion))
         checks.extend(_slice_checks(cfg.task_slices, candidate, champion))
+        checks.append(_production_check(cfg.production, candidate))
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)

@@ -323,11 +323,14 @@ class Store:
                 df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
         return df
 
-    def logs(self, since: datetime | None = None) -> pd.DataFrame:
-        """Accepted interaction rows, LOG_COLUMNS, in landing order; only those with ts >= `since` if given."""
+    def logs(self, since: datetime | None = None, policy_only: bool = False) -> pd.DataFrame:
+        """Accepted interaction rows, LOG_COLUMNS, in landing order; only those with ts >= `since` if given, and
+        only decisions a policy made (propensity known: what off-policy evaluation reads) if `policy_only`."""
         q = sa.select(*[INTERACTIONS.c[c] for c in LOG_COLUMNS]).order_by(INTERACTIONS.c.id)
         if since is not None:
             q = q.where(INTERACTIONS.c.ts >= _utc_naive(since))
+        if policy_only:
+            q = q.where(INTERACTIONS.c.propensity.is_not(None))
         return self._typed_logs(self._frame(q, LOG_COLUMNS))
 
     @staticmethod

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mixllm.exceptions import ConfigError
-from mixllm.gates import GateConfig, check_gates, load_gates
+from mixllm.gates import GateConfig, ProductionComparison, check_gates, load_gates
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +128,38 @@ def test_must_beat_named_baselines() -> None:
     assert "aiq 0.8000 vs baseline random 0.8500" in v.reason
     v = check_gates(summary(), None, cfg)  # baseline not evaluated: fail, do not pass silently
     assert "baseline/random/aiq missing" in v.reason
+
+
+def _ope(diff: float, low: float, high: float, n: float = 500, ess: tuple[float, float] = (120.0, 90.0)) -> dict:
+    return {"ope/n_labelled": n, "ope/candidate/dr": 0.70 + diff, "ope/champion/dr": 0.70, "ope/diff/dr": diff,
+            "ope/diff/dr_low": low, "ope/diff/dr_high": high, "ope/candidate/ess": ess[0], "ope/champion/ess": ess[1]}
+
+
+def _production(v) -> "object":
+    return next(c for c in v.checks if c.name == "production traffic")
+
+
+def test_production_traffic_gate_applies_only_with_enough_evidence_and_records_the_numbers() -> None:
+    cfg = CFG.model_copy(update={"production": ProductionComparison(min_labelled=200, min_ess=30, tolerance=0.02)})
+    ok = _production(check_gates({**summary(), **_ope(-0.01, -0.05, 0.03)}, CHAMP, cfg))
+    assert ok.passed and "difference -0.0100 [-0.0500, +0.0300]" in ok.detail and "ESS 120.0/90.0" in ok.detail
+    assert "candidate 0.6900 vs champion 0.7000" in ok.detail and "500 logged decisions" in ok.detail
+    worse = check_gates({**summary(), **_ope(-0.10, -0.15, -0.05)}, CHAMP, cfg)
+    assert not worse.passed and [c.name for c in worse.failures] == ["production traffic"]
+    assert "worse than champion beyond tolerance" in worse.reason
+    # the interval reaches -tolerance: not confidently worse under rule "ci", worse under rule "point"
+    borderline = {**summary(), **_ope(-0.05, -0.09, -0.019)}
+    assert _production(check_gates(borderline, CHAMP, cfg)).passed
+    point = cfg.model_copy(update={"production": ProductionComparison(rule="point", min_ess=30)})
+    assert not _production(check_gates(borderline, CHAMP, point)).passed
+    for cand, why in (({**summary(), **_ope(-0.5, -0.6, -0.4, n=199)}, "199 labelled logged decisions"),
+                      ({**summary(), **_ope(-0.5, -0.6, -0.4, ess=(12.0, 90.0))}, "effective sample size 12.0"),
+                      (summary(), "did not run")):
+        check = _production(check_gates(cand, CHAMP, cfg))
+        assert check.passed and check.detail.startswith("not applied") and why in check.detail
+    assert "production traffic" not in {c.name for c in check_gates(summary(), None, cfg).checks}
+
+
+def test_packaged_production_gate_defaults() -> None:
+    prod = load_gates().production
+    assert prod.estimator == "dr" and prod.min_labelled >= 1 and prod.rule in ("ci", "point")
