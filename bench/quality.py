@@ -1,15 +1,16 @@
 """Routing quality on the bundled RouterBench sample: train split -> test split, router vs every baseline, ONE run.
 
 Trains the tag-enhanced router with several seeds and the plain-embedding ablation with the same seeds, replays the
-953 test queries through each (willingness-to-pay sweep) next to the baselines (single LLMs and their mix, random,
-oracle, task prior, KNN-20 on plain MiniLM, LightGBM on TF-IDF), adds the latency-constrained replay and the
+953 test queries through each (willingness-to-pay sweep) next to the baselines, every one a registered router
+(`mixllm.routers`: single LLMs and their mix, random, oracle, task prior, KNN-20 and LightGBM on plain MiniLM,
+LightGBM on TF-IDF), adds the latency-constrained replay and the
 continual-learning replay (frozen router vs the router learning from refined / thumbs feedback on the same stream,
 also with a failing LLM), and writes:
   bench/results/quality.json, bench/results/quality.png and the `quality` section of BENCHMARKS.md.
 Nothing is tuned on the test split: every hyper-parameter is the library default, chosen by 3-fold cross-validation
 on the train split (figures in the RouterConfig docstring, mixllm/router.py).
 
-Usage: python bench/quality.py [--seeds 3] [--out bench/results] [--no-write]
+Usage: python bench/quality.py [--seeds 3] [--out bench/results] [--no-write]   (--seeds 1: seed 0 only)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
     args = ap.parse_args()
 
-    from mixllm.baselines import LatencyConfig, OnlineConfig
+    from mixllm.replay import LatencyConfig, OnlineConfig
     from mixllm.data import load_routerbench
     from mixllm.evaluation import ALL_BASELINES, evaluate
     from mixllm.router import MixLLMRouter, RouterConfig

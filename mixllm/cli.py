@@ -117,54 +117,68 @@ def batches(
 
 # ---------------------------------------------------------------- router: train, route (router.py) -----------
 
-def _router_config(base: str | None, **overrides):
-    """RouterConfig from an optional JSON file plus the CLI's explicit overrides (None = keep)."""
+def _router_options(base: str | None, pairs: list[str] | None, **flags) -> dict:
+    """Router options from an optional JSON file, then `--option key=value` pairs (values read as JSON when they
+    parse, else as text), then the explicit flags (None = keep)."""
     import json
     from pathlib import Path
 
-    from pydantic import ValidationError
-
     from mixllm.exceptions import ConfigError
-    from mixllm.router import RouterConfig
 
     try:
-        fields = json.loads(Path(base).read_text()) if base else {}
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return RouterConfig(**fields)
-    except (OSError, json.JSONDecodeError, ValidationError) as e:
-        raise ConfigError(f"invalid router config ({e}); see `mixllm.router.RouterConfig` for the fields") from e
+        options = json.loads(Path(base).read_text()) if base else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read router config {base} ({e}); pass a JSON object of options") from e
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes key=value, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options | {k: v for k, v in flags.items() if v is not None}
 
 
 @app.command()
 def train(
     data: list[str] = typer.Option(..., "--data", help="Log files (any accepted format); repeat for several."),
     out: str = typer.Option(..., "--out", help="Directory to write the router artifact to."),
-    config: str | None = typer.Option(None, "--config", help="JSON file of RouterConfig fields."),
-    epochs: int | None = typer.Option(None, "--epochs", min=0, help="Encoder fine-tuning epochs."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (fine-tuning, LightGBM)."),
+    router: str = typer.Option("mixllm", "--router", help="Registered router to train (mixllm, plain_router, "
+                               "single, random, oracle, task_prior, knn, lgbm, tfidf_lgbm, or your own)."),
+    config: str | None = typer.Option(None, "--config", help="JSON file of the router's options (mixllm: "
+                                      "RouterConfig fields)."),
+    option: list[str] | None = typer.Option(None, "--option", help="One router option key=value (repeat), e.g. "
+                                            "model=gpt-4-1106-preview for single, k=20 for knn."),
+    epochs: int | None = typer.Option(None, "--epochs", min=0, help="Encoder fine-tuning epochs (mixllm)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (fine-tuning, LightGBM, random draws)."),
     tag_enhanced: bool | None = typer.Option(None, "--tag-enhanced/--no-tag-enhanced",
-                                             help="Fine-tune the encoder with the tag losses (default: on)."),
+                                             help="Fine-tune the encoder with the tag losses (mixllm; default on)."),
     max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Encoder max tokens per prompt."),
     catalogue: str | None = typer.Option(None, "--catalogue", help="LLM catalogue YAML (default: bundled)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Train a router from interaction logs (validated; bad rows are skipped) and save the artifact to --out."""
+    """Train a registered router from interaction logs (validated; bad rows are skipped) and save it to --out."""
     import json
     import time
 
     from mixllm.catalogue import load_catalogue
     from mixllm.data import load_training_log
-    from mixllm.router import MixLLMRouter
+    from mixllm.routers.registry import router_class
 
-    cfg = _router_config(config, epochs=epochs, seed=seed, tag_enhanced=tag_enhanced,
-                         max_seq_length=max_seq_length, progress=False if quiet else None)
+    cls = router_class(router)
+    options = _router_options(config, option, epochs=epochs, tag_enhanced=tag_enhanced,
+                              max_seq_length=max_seq_length, progress=False if quiet else None)
+    seed = options.pop("seed", 0) if seed is None else seed
     start = time.perf_counter()
     log = load_training_log(data)
-    router = MixLLMRouter(cfg, load_catalogue(catalogue)).fit(log)
-    path = router.save(out)
-    summary = {"router_version": router.version, "out": str(path), "rows": len(log),
-               "queries": router.manifest["n_queries"], "models": list(router.models), "tags": list(router.tags),
+    model = cls.create(seed=seed, catalogue=load_catalogue(catalogue), **options).fit(log)
+    path = model.save(out)
+    summary = {"router": cls.name, "router_version": model.version, "out": str(path), "rows": len(log),
+               "queries": model.manifest.get("n_queries"), "models": list(model.models),
                "seconds": round(time.perf_counter() - start, 1)}
+    if getattr(model, "tags", None) is not None:
+        summary["tags"] = list(model.tags)
     typer.echo(json.dumps(summary))
 
 
@@ -249,7 +263,8 @@ def route(
 
 @app.command()
 def evaluate(
-    router: str | None = typer.Option(None, "--router", help="Router artifact directory (omit: baselines only)."),
+    router: str | None = typer.Option(None, "--router", help="Saved router directory, any registered class "
+                                      "(omit: baselines only)."),
     data: list[str] = typer.Option(..., "--data", help="Test log files (any accepted format); repeat for several."),
     json_out: str = typer.Option(..., "--json", help="Write the full report (JSON) here."),
     plot: str | None = typer.Option(None, "--plot", help="Write the frontier plot (PNG) here."),
@@ -257,11 +272,11 @@ def evaluate(
     wtp: list[float] | None = typer.Option(None, "--wtp", help="Willingness-to-pay sweep values (repeat); "
                                            "default: 121 points from 1e-8 to 1e2 dollars per unit quality."),
     reference: str | None = typer.Option(None, "--reference", help="Reference model (default: most expensive)."),
-    train: list[str] | None = typer.Option(None, "--train", help="Train logs for task_prior/knn/tfidf_lgbm/"
-                                           "plain_router baselines (repeat)."),
+    train: list[str] | None = typer.Option(None, "--train", help="Train logs for the baselines that learn "
+                                           "(task_prior, knn, lgbm, tfidf_lgbm, plain_router, ...; repeat)."),
     baselines: str = typer.Option("single,random,oracle,task_prior", "--baselines",
-                                  help="Comma-separated: single,random,oracle,task_prior,knn,tfidf_lgbm,"
-                                       "plain_router (or 'none')."),
+                                  help="Comma-separated registered router names, e.g. single,random,oracle,"
+                                       "task_prior,knn,lgbm,tfidf_lgbm,plain_router (or 'none')."),
     latency: bool = typer.Option(False, "--latency/--no-latency", help="Add the latency-constrained replay."),
     online: bool = typer.Option(False, "--online/--no-online", help="Add the continual-learning replay (frozen "
                                 "vs learning from feedback on the same stream)."),
@@ -275,21 +290,15 @@ def evaluate(
     from mixllm.evaluation import evaluate as run_evaluation
 
     chosen = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
+    from mixllm.replay import LatencyConfig, OnlineConfig
+
     model = None
     if router is not None:
-        from mixllm.router import MixLLMRouter
+        from mixllm.routers.registry import load_router
 
-        model = MixLLMRouter.load(router)
-    latency_cfg = None
-    if latency:
-        from mixllm.baselines import LatencyConfig
-
-        latency_cfg = LatencyConfig(seed=seed)
-    online_cfg = None
-    if online:
-        from mixllm.baselines import OnlineConfig
-
-        online_cfg = OnlineConfig(seed=seed)
+        model = load_router(router)
+    latency_cfg = LatencyConfig(seed=seed) if latency else None
+    online_cfg = OnlineConfig(seed=seed) if online else None
     try:
         report = run_evaluation(model, load_training_log(data), wtps=wtp or None, reference=reference,
                                 baselines=chosen, train_log=load_training_log(train) if train else None,

@@ -32,15 +32,16 @@ Definitions (all figures are *relative to a reference model*, by default the mos
   APGR = area under it over share in [0, 1]; CPT(x) = the smallest share of strong calls with PGR >= x.
 - Per-task slices: the same sweep choices restricted to the task's queries, relative to the reference on them.
 
-The policies themselves (baselines, the router adapter, the latency-constrained and online-feedback replays) live in
-`mixllm.baselines`; this module holds the frontier math, the test-set pivot, the report and `evaluate`.
+The policies are registered routers (`mixllm.routers`: the baselines are routers too), the test-set pivot is
+`mixllm.testset`, the sweep and the latency-constrained / online-feedback replays are `mixllm.replay`; this module
+holds the frontier math, the report and `evaluate`, which walks the router registry by name.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,12 @@ import numpy as np
 import pandas as pd
 
 from mixllm.exceptions import ContractError
+from mixllm.testset import TestSet
 
 COST_LEVELS = (0.10, 0.25)
 QUALITY_TARGET = 0.97
 FAST_BASELINES = ("single", "random", "oracle", "task_prior")
-ALL_BASELINES = (*FAST_BASELINES, "knn", "tfidf_lgbm", "plain_router")
+ALL_BASELINES = (*FAST_BASELINES, "knn", "lgbm", "tfidf_lgbm", "plain_router")
 
 
 # ------------------------------------------------------------------------------------------- frontier math -----
@@ -137,87 +139,6 @@ def frontier_metrics(rel_costs: Sequence[float], rel_qualities: Sequence[float],
     out["cost_at_max_quality"] = float(hull[-1, 0])
     out["hull"] = hull.tolist()
     return out
-
-
-# ------------------------------------------------------------------------------------------- the test set ------
-@dataclass(frozen=True)
-class TestSet:
-    """A log pivoted to matrices: one row per query, one column per LLM (quality/cost/completion tokens)."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    query_ids: np.ndarray
-    prompts: list[str]
-    tasks: np.ndarray
-    prompt_tokens: np.ndarray
-    models: tuple[str, ...]
-    quality: np.ndarray
-    cost: np.ndarray
-    completion_tokens: np.ndarray
-    excluded: int = 0
-    imputed: int = 0
-
-    @property
-    def n(self) -> int:
-        return len(self.prompts)
-
-    @classmethod
-    def from_log(cls, log: pd.DataFrame, *, unknown_quality: str = "zero") -> "TestSet":
-        """Pivot canonical log rows (see module docstring for unknown quality/cost; "keep" leaves NaN, for train)."""
-        needed = {"query_id", "prompt", "model", "quality", "cost_usd"}
-        missing = needed - set(log.columns)
-        if missing:
-            raise ContractError(f"evaluation log lacks columns {sorted(missing)}; pass canonical log rows "
-                                "(mixllm.data.read_log / load_routerbench)")
-        if log.empty:
-            raise ContractError("evaluation log is empty; pass at least one query answered by every model")
-        df = log.copy()
-        for col, default in (("task", "all"), ("prompt_tokens", np.nan), ("completion_tokens", np.nan)):
-            if col not in df.columns:
-                df[col] = default
-        # The store's nullable Int64 columns hold pd.NA where the service logged no tokens yet: plain floats here,
-        # so the pivot below is numeric whatever the log's source.
-        for col in ("quality", "cost_usd", "prompt_tokens", "completion_tokens"):
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-        df["task"] = df["task"].fillna("all").astype(str)
-        df["_key"] = df["query_id"].astype(str) + "\x00" + df["prompt"].astype(str)
-        df = df.drop_duplicates(["_key", "model"], keep="last")
-        wide = df.pivot(index="_key", columns="model", values=["quality", "cost_usd", "completion_tokens"])
-        models = tuple(sorted(df["model"].astype(str).unique()))
-        q = wide["quality"].reindex(columns=models).to_numpy(dtype=float, na_value=np.nan)
-        c = wide["cost_usd"].reindex(columns=models).to_numpy(dtype=float, na_value=np.nan)
-        ok = np.isfinite(c).all(axis=1)
-        if not ok.any():
-            raise ContractError("no query in the evaluation log has a cost for every model; "
-                                "evaluation needs each test query answered by all candidate LLMs")
-        if unknown_quality not in ("zero", "keep"):
-            raise ValueError(f"unknown_quality must be 'zero' or 'keep', got {unknown_quality!r}")
-        imputed = int(np.isnan(q[ok]).sum())
-        if unknown_quality == "zero":
-            q = np.nan_to_num(q, nan=0.0)
-        first = df.drop_duplicates("_key").set_index("_key").reindex(wide.index)
-        return cls(
-            query_ids=first["query_id"].astype(str).to_numpy()[ok],
-            prompts=first["prompt"].astype(str).to_numpy()[ok].tolist(),
-            tasks=first["task"].to_numpy()[ok], prompt_tokens=first["prompt_tokens"].to_numpy(dtype=float, na_value=np.nan)[ok],
-            models=models, quality=q[ok], cost=c[ok],
-            completion_tokens=wide["completion_tokens"].reindex(columns=models).to_numpy(dtype=float, na_value=np.nan)[ok],
-            excluded=int((~ok).sum()), imputed=imputed,
-        )
-
-    def outcome(self, choices: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:
-        """Mean (cost, quality) of per-query choices (index into models; -1 = none: 0 quality, 0 cost)."""
-        costs, quals = self.outcomes(np.asarray(choices)[None, :], rows)
-        return float(costs[0]), float(quals[0])
-
-    def outcomes(self, choices: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean cost and quality per sweep point of `choices[k, n]`, over `rows` (default all queries)."""
-        rows = np.arange(self.n) if rows is None else np.asarray(rows)
-        ch = np.asarray(choices)[:, rows]
-        safe, picked = np.clip(ch, 0, None), ch >= 0
-        cost = np.where(picked, self.cost[rows][np.arange(len(rows)), safe], 0.0)
-        qual = np.where(picked, self.quality[rows][np.arange(len(rows)), safe], 0.0)
-        return cost.mean(axis=1), qual.mean(axis=1)
 
 
 # ------------------------------------------------------------------------------------------- the report --------
@@ -423,22 +344,27 @@ def default_wtps() -> np.ndarray:
 
 def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | None = None, reference: str | None = None,
              baselines: Iterable[str] = FAST_BASELINES, train_log: pd.DataFrame | None = None, seed: int = 0,
-             latency: Any = None, online: Any = None, knn_k: int = 20, name: str = "router") -> EvaluationReport:
+             latency: Any = None, online: Any = None, knn_k: int = 20, name: str = "router",
+             router_options: Mapping[str, Mapping[str, Any]] | None = None) -> EvaluationReport:
     """Replay `test_log` through `router` (may be None: baselines only) and the chosen baselines; one report.
 
-    baselines: any of ALL_BASELINES ("single", "random", "oracle" need only the test log; "task_prior", "knn",
-    "tfidf_lgbm", "plain_router" need `train_log` and are skipped, with the reason, without it). latency: a
-    `mixllm.baselines.LatencyConfig` (or True for its defaults) to add the latency-constrained replay of `router`.
-    online: a `mixllm.baselines.OnlineConfig` (or True) to add the continual-learning replay (frozen router vs the
-    router receiving refined / thumbs feedback on the same stream; the evaluated router is not changed).
+    baselines: names of registered routers (`mixllm.routers.registry.ROUTERS`); each class builds its fitted
+    router(s) from the train and test logs (`Router.for_evaluation`), and one that learns from a train log is
+    skipped, with the reason, without one. Routers of kind "single" are also reported as their mix
+    ("single_mix"). router_options: constructor options per registry name (e.g. {"knn": {"k": 20}}; `knn_k` is a
+    shorthand for that one). latency: a `mixllm.replay.LatencyConfig` (or True for its defaults) to add the
+    latency-constrained replay of `router`. online: a `mixllm.replay.OnlineConfig` (or True) to add the
+    continual-learning replay (frozen router vs the router receiving refined / thumbs feedback on the same
+    stream; the evaluated router is not changed).
     """
     import time
 
-    from mixllm import baselines as bl
+    from mixllm import replay
+    from mixllm.routers.base import NeedsTrainLog
+    from mixllm.routers.registry import router_class
 
-    unknown = sorted(set(baselines) - set(ALL_BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(ALL_BASELINES)}")
+    classes = {b: router_class(b) for b in baselines}  # ConfigError naming the registered routers
+    options = {"knn": {"k": knn_k}} | {k: dict(v) for k, v in (router_options or {}).items()}
     test = TestSet.from_log(test_log)
     if reference is None:
         reference = test.models[int(np.argmax(test.cost.mean(axis=0)))]
@@ -447,7 +373,6 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
                             f"(models: {', '.join(test.models)})")
     ref = test.models.index(reference)
     wtps = default_wtps() if wtps is None else np.asarray(sorted(wtps), float)
-    train = TestSet.from_log(train_log, unknown_quality="keep") if train_log is not None else None
     report = EvaluationReport(reference, test.models, test.n, test.excluded, test.imputed, {})
     pred = None
 
@@ -457,47 +382,48 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
 
     if router is not None:
         t0 = time.perf_counter()
-        pred = router.predict(test.prompts, bl.prompt_token_list(test))
-        add(bl.router_sweep(name, router, test, wtps, pred), "router")
+        pred = replay.predict_test(router, test)
+        add(replay.router_sweep(name, router, test, wtps, pred), "router")
         report.main = name
         report.timings_s[name] = time.perf_counter() - t0
-    for b in baselines:
+    for b, cls in classes.items():
         t0 = time.perf_counter()
-        if b == "single":
-            for sweep in bl.single_models(test):
-                add(sweep, "single")
-            add(bl.single_mix(test), "baseline")
-        elif b == "random":
-            add(bl.random_router(test, seed), "baseline")
-        elif b == "oracle":
-            add(bl.oracle(test), "baseline")
-        elif train is None:
+        try:
+            routers = cls.for_evaluation(train_log, test_log, seed=seed, **options.get(b, {}))
+        except NeedsTrainLog:
             report.skipped[b] = "needs train_log"
             continue
-        elif b == "task_prior":
-            add(bl.task_prior(train, test), "baseline")
-        elif b == "knn":
-            add(bl.knn(train, test, knn_k), "baseline")
-        elif b == "tfidf_lgbm":
-            add(bl.tfidf_lgbm(train, test, seed), "baseline")
-        elif b == "plain_router":
-            add(bl.plain_router(train_log, test, wtps, seed), "baseline")
+        sweeps = [replay.router_sweep(label, r, test, wtps, note=getattr(r, "note", None))
+                  for label, r in routers.items()]
+        for sweep in sweeps:
+            add(sweep, "single" if cls.kind == "single" else "baseline")
+        if cls.kind == "single":
+            add(single_mix(sweeps), "baseline")
         report.timings_s[b] = time.perf_counter() - t0
     if latency is not None and latency is not False:
         if router is None:
             report.skipped["latency"] = "needs a router"
         else:
             t0 = time.perf_counter()
-            cfg = bl.LatencyConfig() if latency is True else latency
-            report.latency = bl.latency_replay(router, test, cfg, ref, pred=pred,
-                                               sweep=report.policies[name])
+            cfg = replay.LatencyConfig() if latency is True else latency
+            report.latency = replay.latency_replay(router, test, cfg, ref, pred=pred,
+                                                   sweep=report.policies[name])
             report.timings_s["latency"] = time.perf_counter() - t0
     if online is not None and online is not False:
         if router is None or not hasattr(router, "learn"):
             report.skipped["online"] = "needs a router that learns from feedback"
         else:
             t0 = time.perf_counter()
-            cfg = bl.OnlineConfig() if online is True else online
-            report.online = bl.online_replay(router, test, cfg, ref, pred=pred, sweep=report.policies[name])
+            cfg = replay.OnlineConfig() if online is True else online
+            report.online = replay.online_replay(router, test, cfg, ref, pred=pred, sweep=report.policies[name])
             report.timings_s["online"] = time.perf_counter() - t0
     return report
+
+
+def single_mix(singles: Sequence[Any]) -> Any:
+    """Every single LLM's sweep as one policy: its hull is RouterBench's random mix (linear interpolation) of them."""
+    from mixllm.replay import Sweep
+
+    choices = np.vstack([s.choices for s in singles])
+    return Sweep("single_mix", np.full(len(choices), np.nan), choices,
+                 note="hull of the single-LLM points (random mixing of two LLMs)")

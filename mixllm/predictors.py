@@ -37,6 +37,7 @@ import ctypes
 import hashlib
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -72,6 +73,8 @@ class PredictorConfig(BaseModel):
                                              "n_estimators); few, as they boost from the tag prior (CV on train).")
     tag_prior: bool = Field(default=True, description="Boost the quality model from the per-tag mean quality.")
     prior_smoothing: float = Field(default=5.0, ge=0, description="Pseudo-rows of the global mean in a tag's mean.")
+    propensity_clip: float = Field(default=0.05, gt=0, le=1, description="Rows a policy chose with propensity p "
+                                   "weigh 1 / max(p, clip) (bandit logs; see row_weights).")
 
     def params(self, objective: str, seed: int) -> dict:
         return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
@@ -82,15 +85,17 @@ class PredictorConfig(BaseModel):
 
 
 def _train(x: np.ndarray, y: np.ndarray, objective: str, cfg: PredictorConfig, seed: int,
-           init: np.ndarray | None = None, rounds: int | None = None) -> lgb.Booster | float:
-    """A booster, or the constant mean when the target does not vary (e.g. an LLM that always succeeds)."""
+           init: np.ndarray | None = None, rounds: int | None = None,
+           weight: np.ndarray | None = None) -> lgb.Booster | float:
+    """A booster, or the constant mean when the target does not vary (e.g. an LLM that always succeeds).
+    `weight`: per-row sample weights (inverse propensities of a bandit log; None: every row counts once)."""
     if len(np.unique(y)) < 2:
         return float(y[0])
     min_leaf = max(1, min(cfg.min_child_samples, len(y) // 4))
     params = cfg.params(objective, seed) | {"min_data_in_leaf": min_leaf}
     if init is not None:
         params["boost_from_average"] = False
-    data = lgb.Dataset(x, label=y, init_score=init, params={"verbosity": -1})
+    data = lgb.Dataset(x, label=y, init_score=init, weight=weight, params={"verbosity": -1})
     return lgb.train(params, data, num_boost_round=rounds or cfg.n_estimators)
 
 
@@ -132,6 +137,12 @@ class _SingleRow:
             self._lib.LGBM_FastConfigFree(self._handle)
 
 
+# The LightGBM releases `_SingleRow` was checked against (`Booster.predict` on random rows, tests/unit/
+# test_predictors.py): it calls the private C API through `lightgbm.basic`, which a release may change. pyproject pins
+# lightgbm to this version; any other version predicts through the public `Booster.predict` instead.
+VERIFIED_LIGHTGBM = ("4.7.0",)
+FAST_SINGLE_ROW = lgb.__version__ in VERIFIED_LIGHTGBM
+
 _SINGLE_ROW: "weakref.WeakKeyDictionary[lgb.Booster, dict[bool, _SingleRow]]" = weakref.WeakKeyDictionary()
 _SINGLE_ROW_LOCK = threading.Lock()
 
@@ -151,7 +162,7 @@ def _predict(model: lgb.Booster | float, x: np.ndarray, base: np.ndarray | None 
     """Model output; with `base` (the init score it was trained from), raw trees + base, then the link."""
     if isinstance(model, float):
         return np.full(len(x), model)
-    if len(x) == 1:
+    if len(x) == 1 and FAST_SINGLE_ROW:
         out = np.array([_single_row(model, raw=base is not None)(x[0])])
     else:
         out = model.predict(x, raw_score=base is not None, num_threads=1)
@@ -165,7 +176,7 @@ def _predict_each(models: list[lgb.Booster | float], x: np.ndarray) -> np.ndarra
     """[n, len(models)]: the outputs of several models on the same rows x (no init score). One row: converted and
     its pointer taken once for every model's single-row fast call, not once per model (that conversion was about
     half of each ~20 us call)."""
-    if len(x) != 1:
+    if len(x) != 1 or not FAST_SINGLE_ROW:
         return np.column_stack([_predict(m, x) for m in models]) if models else np.empty((len(x), 0))
     row = np.ascontiguousarray(x[0], dtype=np.float64)
     ptr = row.ctypes.data_as(ctypes.c_void_p)
@@ -178,14 +189,55 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def tag_prior(y: np.ndarray, tags: np.ndarray, smoothing: float) -> dict:
-    """{"global": mean, "tags": {tag: smoothed mean}} of labels y by tag (the quality models' starting point)."""
-    mean = float(np.mean(y))
+def tag_prior(y: np.ndarray, tags: np.ndarray, smoothing: float, weight: np.ndarray | None = None) -> dict:
+    """{"global": mean, "tags": {tag: smoothed mean}} of labels y by tag (the quality models' starting point).
+
+    With `weight` (inverse propensities): weighted means, each tag's shrunk to the global one by its effective
+    sample size (sum w)^2 / sum w^2, not by sum w: twenty rows a policy rarely chose are still twenty rows."""
+    if weight is None:
+        mean = float(np.mean(y))
+        out = {}
+        for t in np.unique(tags):
+            v = y[tags == t]
+            out[str(t)] = float((v.sum() + smoothing * mean) / (len(v) + smoothing))
+        return {"global": mean, "tags": out}
+    mean = float(np.sum(weight * y) / np.sum(weight))
     out = {}
     for t in np.unique(tags):
-        v = y[tags == t]
-        out[str(t)] = float((v.sum() + smoothing * mean) / (len(v) + smoothing))
+        sel = tags == t
+        out[str(t)] = float(shrunk_mean(y[sel][None, :], weight[sel][None, :], smoothing, np.array([mean]))[0])
     return {"global": mean, "tags": out}
+
+
+def row_weights(rows: pd.DataFrame, clip: float) -> np.ndarray | None:
+    """Per-row training weight: 1 / max(propensity, clip) for a row a logging policy chose with that propensity,
+    1 for a full-information row (propensity null); None when no row has a propensity (every row counts once).
+
+    Why: in the service's own log an LLM's outcomes are seen mostly on the queries the router already sent it,
+    i.e. where it was predicted to be good; counting them as a random sample overrates it. Inverse-propensity
+    weights undo that selection; the clip bounds the weight of a rare choice (variance) at the price of some bias."""
+    if "propensity" not in rows:
+        return None
+    p = pd.to_numeric(rows["propensity"], errors="coerce").to_numpy(float)
+    if np.isnan(p).all():
+        return None
+    bad = ~np.isnan(p) & ((p <= 0) | (p > 1))
+    if bad.any():
+        raise TrainingError(f"{int(bad.sum())} rows have a propensity outside (0, 1] (e.g. {p[bad][0]}); a "
+                            "propensity is the probability the logging policy chose that model")
+    return np.where(np.isnan(p), 1.0, 1.0 / np.maximum(p, clip))
+
+
+def shrunk_mean(y: np.ndarray, weight: np.ndarray, smoothing: float | np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Weighted mean of y over axis 1 (NaN or zero-weight entries left out), shrunk to `prior` with `smoothing`
+    pseudo-rows against the effective sample size n_eff = (sum w)^2 / sum w^2: (n_eff x mean + s x prior) /
+    (n_eff + s); the prior alone where nothing is known. Unit weights give the plain shrunk mean."""
+    w = np.where(np.isnan(y), 0.0, weight)
+    sw, sw2 = w.sum(1), (w * w).sum(1)
+    mean = np.divide((w * np.nan_to_num(y)).sum(1), sw, out=np.zeros(sw.shape), where=sw > 0)
+    n_eff = np.divide(sw * sw, sw2, out=np.zeros(sw.shape), where=sw2 > 0)
+    total, count = n_eff * mean + smoothing * prior, n_eff + smoothing
+    return np.divide(total, count, out=np.broadcast_to(prior, total.shape).astype(float).copy(), where=count > 0)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -193,10 +245,52 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
+class QualityModel(ABC):
+    """One LLM's quality model: what `LLMPredictor` asks of it, whatever it is (a constant, LightGBM trees boosted
+    from the tag prior, a kNN memory). `output` is the raw estimate (not yet clipped to [0, 1]); `entry` saves it
+    under `stem` in `path` and returns the index entry `load_quality` reads back."""
+
+    @abstractmethod
+    def output(self, x: np.ndarray, tags: np.ndarray | None, emb: np.ndarray | None,
+               llm: "LLMPredictor") -> np.ndarray: ...
+
+    @abstractmethod
+    def entry(self, path: Path, stem: str, banks: dict[int, str]) -> dict: ...
+
+
 @dataclass
-class KNNQuality:
+class ConstantQuality(QualityModel):
+    """The same quality for every query (an LLM whose labels never vary)."""
+
+    value: float
+
+    def output(self, x, tags, emb, llm):
+        return np.full(len(x), self.value)
+
+    def entry(self, path, stem, banks):
+        return {"constant": self.value}
+
+
+@dataclass
+class LGBMQuality(QualityModel):
+    """LightGBM trees on the query features, boosted from the LLM's tag prior when it has one (the base score is
+    added back here, then the link). One row goes through the fast single-row path (`_single_row`)."""
+
+    booster: lgb.Booster
+
+    def output(self, x, tags, emb, llm):
+        return _predict(self.booster, x, llm.prior(tags, len(x)), llm.quality_kind)
+
+    def entry(self, path, stem, banks):
+        self.booster.save_model(str(path / f"{stem}.txt"))
+        return {"file": f"{stem}.txt"}
+
+
+@dataclass
+class KNNQuality(QualityModel):
     """One LLM's neighbour memory: `bank` rows (unit vectors, possibly shared with other LLMs) at `cols`, with the
-    LLM's label (NaN: unknown, takes a neighbour slot but no weight) and tag per row."""
+    LLM's label (NaN: unknown, takes a neighbour slot but no weight), tag and training weight per row (`w`: inverse
+    propensities of a bandit log; None: every row counts once)."""
 
     bank: np.ndarray
     cols: np.ndarray
@@ -204,6 +298,7 @@ class KNNQuality:
     tags: np.ndarray | None  # None: the memory has no tags (no tag restriction)
     k: int
     smoothing: float
+    w: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         names, codes = np.unique(self.tags.astype(str), return_inverse=True) if self.tags is not None else ([], None)
@@ -222,8 +317,11 @@ class KNNQuality:
         return idx, np.isfinite(np.take_along_axis(sims, idx, 1))
 
     def estimate(self, idx: np.ndarray, valid: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """(sum of known neighbour labels + s x prior) / (known neighbours + s); the prior alone without any."""
+        """(sum of known neighbour labels + s x prior) / (known neighbours + s); the prior alone without any.
+        Weighted memory: the weighted neighbour mean shrunk by its effective sample size (`shrunk_mean`)."""
         y = self.y[idx]
+        if self.w is not None:
+            return shrunk_mean(np.where(valid, y, np.nan), self.w[idx], self.smoothing, prior)
         known = valid & ~np.isnan(y)
         total = np.where(known, y, 0.0).sum(1) + self.smoothing * prior
         count = known.sum(1) + self.smoothing
@@ -233,13 +331,39 @@ class KNNQuality:
         idx, valid = self.neighbours(_unit(emb) @ self.bank[self.cols].T, tags)
         return self.estimate(idx, valid, prior)
 
+    def output(self, x, tags, emb, llm):
+        return self.predict(x if emb is None else emb, tags, llm.prior_mean(tags, len(x)))
+
+    def entry(self, path, stem, banks):
+        arrays = {"cols": self.cols, "y": self.y,
+                  "tags": np.array([] if self.tags is None else self.tags.astype(str), dtype=str)}
+        if self.w is not None:
+            arrays["w"] = self.w
+        np.savez(path / f"{stem}.npz", **arrays)
+        return {"knn": f"{stem}.npz", "bank": banks[id(self.bank)], "k": self.k, "smoothing": self.smoothing,
+                "tagged": self.tags is not None}
+
+
+def load_quality(path: Path, entry: dict, banks: dict[str, np.ndarray]) -> QualityModel:
+    """The quality model an index entry names (kNN banks loaded once, shared)."""
+    if "constant" in entry:
+        return ConstantQuality(float(entry["constant"]))
+    if "knn" in entry:
+        if entry["bank"] not in banks:
+            banks[entry["bank"]] = np.load(path / entry["bank"], allow_pickle=False)
+        with np.load(path / entry["knn"], allow_pickle=False) as f:
+            tags = f["tags"].astype(object) if entry["tagged"] else None
+            return KNNQuality(banks[entry["bank"]], f["cols"], f["y"], tags, int(entry["k"]),
+                              float(entry["smoothing"]), f["w"] if "w" in f.files else None)
+    return LGBMQuality(lgb.Booster(model_file=str(path / entry["file"])))
+
 
 @dataclass
 class LLMPredictor:
     """The two models of one LLM. `target` says whether the second model predicts tokens or cost."""
 
     name: str
-    quality: lgb.Booster | float | KNNQuality
+    quality: QualityModel
     quality_kind: str  # "binary" (0/1 labels, probability) or "regression" (graded labels, clipped to [0, 1])
     length: lgb.Booster | float
     target: str  # "tokens": log1p(completion tokens); "cost": log1p(cost in micro-dollars)
@@ -278,9 +402,7 @@ class LLMPredictor:
     def quality_output(self, x: np.ndarray, tags: np.ndarray | None = None,
                        emb: np.ndarray | None = None) -> np.ndarray:
         """The quality model's output as it comes (not yet clipped to [0, 1])."""
-        if isinstance(self.quality, KNNQuality):
-            return self.quality.predict(x if emb is None else emb, tags, self.prior_mean(tags, len(x)))
-        return _predict(self.quality, x, self.prior(tags, len(x)), self.quality_kind)
+        return self.quality.output(x, tags, emb, self)
 
 
 def _finish(q: np.ndarray, raw: np.ndarray, prompt_tokens: np.ndarray, tokens: np.ndarray, in_price: np.ndarray,
@@ -308,6 +430,7 @@ class _KNNGroup:
     whole: bool = False  # the rows are the whole bank in order: search it without selecting columns
     k: int = 1
     by_tag: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # tag -> (memory rows, their bank rows copied)
+    weights: np.ndarray | None = None  # [memory rows, LLMs] training weights (bandit logs); None: unweighted
 
     @classmethod
     def of(cls, cols: np.ndarray, tags: np.ndarray | None, llms: list["LLMPredictor"],
@@ -325,7 +448,8 @@ class _KNNGroup:
                       for t in np.unique(labels) for pos in [np.nonzero(labels == t)[0]]}
         return cls(cols, tags, [m.name for m in llms], np.column_stack([m.quality.y for m in llms]),
                    np.array([m.quality.smoothing for m in llms], float), priors, glob, whole,
-                   llms[0].quality.k, by_tag)
+                   llms[0].quality.k, by_tag,
+                   None if llms[0].quality.w is None else np.column_stack([m.quality.w for m in llms]))
 
     def search(self, query: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """KNNQuality.neighbours for tagged memories, searching each query's tag rows only (one contiguous copy
@@ -351,6 +475,8 @@ class _KNNGroup:
         prior = np.tile(self.glob, (n, 1)) if tags is None else \
             np.stack([self.priors.get(str(t), self.glob) for t in tags])
         y = self.labels[idx]  # [queries, k, LLMs]
+        if self.weights is not None:
+            return shrunk_mean(np.where(valid[:, :, None], y, np.nan), self.weights[idx], self.smoothing, prior)
         known = valid[:, :, None] & ~np.isnan(y)
         total = np.where(known, y, 0.0).sum(1) + self.smoothing * prior
         count = known.sum(1) + self.smoothing
@@ -365,24 +491,32 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
     kNN quality: the neighbour space is `bank[cols]` (unit embeddings of the rows' queries; `bank` may be shared
     with other LLMs), by default the rows of x."""
     quality = pd.to_numeric(rows["quality"], errors="coerce").to_numpy(float)
-    labelled = ~np.isnan(quality)
+    labelled = ~np.isnan(quality)  # an unknown quality is left out, never learned as a failure
     if labelled.sum() < cfg.min_rows:
         raise TrainingError(f"LLM {name!r} has {int(labelled.sum())} rows with a quality label; at least "
                             f"{cfg.min_rows} are needed. Add logs for it or remove it from the catalogue")
+    weight = row_weights(rows, cfg.propensity_clip)
+    wq = None if weight is None else weight[labelled]
     y = quality[labelled]
     kind = "binary" if np.isin(y, (0.0, 1.0)).all() else "regression"
-    meta: dict = {"quality_rows": int(labelled.sum()), "global_quality": float(np.mean(y))}
+    meta: dict = {"quality_rows": int(labelled.sum()),
+                  "global_quality": float(np.mean(y) if wq is None else np.sum(wq * y) / np.sum(wq))}
+    if weight is not None:
+        meta["logged_policy_rows"] = int(pd.to_numeric(rows["propensity"], errors="coerce").notna().sum())
     if cfg.tag_prior and tags is not None:
-        meta["tag_prior"] = tag_prior(y, np.asarray(tags)[labelled], cfg.prior_smoothing)
+        meta["tag_prior"] = tag_prior(y, np.asarray(tags)[labelled], cfg.prior_smoothing, wq)
     if cfg.quality_model == "knn":
         if bank is None:
             bank, cols = _unit(x), np.arange(len(x))
         row_tags = np.asarray(tags, dtype=object) if cfg.tag_prior and tags is not None else None
-        q_model = KNNQuality(bank, np.asarray(cols, np.int64), quality, row_tags, cfg.knn_k, cfg.knn_smoothing)
+        q_model: QualityModel = KNNQuality(bank, np.asarray(cols, np.int64), quality, row_tags, cfg.knn_k,
+                                           cfg.knn_smoothing, weight)
     else:  # trees boost from the tag prior (the same base scores prediction adds back)
-        base = None if "tag_prior" not in meta else LLMPredictor(name, 0.0, kind, 0.0, "tokens", meta=meta).prior(
-            np.asarray(tags)[labelled], int(labelled.sum()))
-        q_model = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators)
+        base = None if "tag_prior" not in meta else LLMPredictor(
+            name, ConstantQuality(0.0), kind, 0.0, "tokens", meta=meta).prior(np.asarray(tags)[labelled],
+                                                                              int(labelled.sum()))
+        trees = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators, wq)
+        q_model = ConstantQuality(trees) if isinstance(trees, float) else LGBMQuality(trees)
     tokens = pd.to_numeric(rows["completion_tokens"], errors="coerce").to_numpy(float)
     cost = pd.to_numeric(rows["cost_usd"], errors="coerce").to_numpy(float)
     if np.mean(~np.isnan(tokens)) >= 0.5:
@@ -392,8 +526,8 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
     else:
         raise TrainingError(f"LLM {name!r} has neither completion_tokens nor cost_usd in its rows; log one of them")
     ok = ~np.isnan(t)
-    return LLMPredictor(name, q_model, kind, _train(x[ok], t[ok], "regression", cfg, seed), target,
-                        n_rows=int(len(rows)), meta=meta)
+    length = _train(x[ok], t[ok], "regression", cfg, seed, weight=None if weight is None else weight[ok])
+    return LLMPredictor(name, q_model, kind, length, target, n_rows=int(len(rows)), meta=meta)
 
 
 class PredictorBank:
@@ -446,7 +580,8 @@ class PredictorBank:
             m = p.quality
             bank, members = banks.setdefault(_digest(m.bank), (m.bank, {}))
             m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
-            rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str)))
+            rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str))) + \
+                ("" if m.w is None else "|weighted")  # weighted and unweighted memories estimate apart
             members.setdefault(rows, (m.cols, m.tags, []))[2].append(name)
         self._groups = (state, [(bank, [_KNNGroup.of(cols, tags, [self.llms[n] for n in names], bank)
                                         for cols, tags, names in members.values()])
@@ -493,20 +628,12 @@ class PredictorBank:
         for i, (name, p) in enumerate(self.llms.items()):
             entry = {"name": name, "quality_kind": p.quality_kind, "target": p.target, "n_rows": p.n_rows,
                      "meta": p.meta}
-            for part in ("quality", "length"):
-                model = getattr(p, part)
-                if isinstance(model, KNNQuality):
-                    fname = f"{i:03d}.{part}.npz"
-                    np.savez(path / fname, cols=model.cols, y=model.y,
-                             tags=np.array([] if model.tags is None else model.tags.astype(str), dtype=str))
-                    entry[part] = {"knn": fname, "bank": banks[id(model.bank)], "k": model.k,
-                                   "smoothing": model.smoothing, "tagged": model.tags is not None}
-                elif isinstance(model, float):
-                    entry[part] = {"constant": model}
-                else:
-                    fname = f"{i:03d}.{part}.txt"
-                    model.save_model(str(path / fname))
-                    entry[part] = {"file": fname}
+            entry["quality"] = p.quality.entry(path, f"{i:03d}.quality", banks)
+            if isinstance(p.length, float):
+                entry["length"] = {"constant": p.length}
+            else:
+                p.length.save_model(str(path / f"{i:03d}.length.txt"))
+                entry["length"] = {"file": f"{i:03d}.length.txt"}
             index.append(entry)
         return {"config": self.config.model_dump(), "seed": self.seed, "llms": index}
 
@@ -522,9 +649,10 @@ class PredictorBank:
             with threadpool_limits(limits=1, user_api="openmp"):
                 banks: dict[str, np.ndarray] = {}
                 for e in index["llms"]:
-                    parts = {part: _load_part(path, e[part], banks) for part in ("quality", "length")}
-                    bank.llms[e["name"]] = LLMPredictor(e["name"], parts["quality"], e["quality_kind"],
-                                                        parts["length"], e["target"], e.get("n_rows", 0),
+                    length = float(e["length"]["constant"]) if "constant" in e["length"] else \
+                        lgb.Booster(model_file=str(path / e["length"]["file"]))
+                    bank.llms[e["name"]] = LLMPredictor(e["name"], load_quality(path, e["quality"], banks),
+                                                        e["quality_kind"], length, e["target"], e.get("n_rows", 0),
                                                         e.get("meta", {}))
         except (KeyError, ValueError, lgb.basic.LightGBMError, OSError) as err:
             raise ArtifactError(f"{path}: predictor files are missing or corrupt ({err}); retrain the router") from err
@@ -534,17 +662,3 @@ class PredictorBank:
 def _digest(a: np.ndarray) -> str:
     a = np.ascontiguousarray(a)
     return hashlib.sha256(str((a.dtype, a.shape)).encode() + a.tobytes()).hexdigest()
-
-
-def _load_part(path: Path, entry: dict, banks: dict[str, np.ndarray]) -> lgb.Booster | float | KNNQuality:
-    """One saved model: a constant, a LightGBM text file or a kNN memory (banks loaded once, shared)."""
-    if "constant" in entry:
-        return float(entry["constant"])
-    if "knn" in entry:
-        if entry["bank"] not in banks:
-            banks[entry["bank"]] = np.load(path / entry["bank"], allow_pickle=False)
-        with np.load(path / entry["knn"], allow_pickle=False) as f:
-            tags = f["tags"].astype(object) if entry["tagged"] else None
-            return KNNQuality(banks[entry["bank"]], f["cols"], f["y"], tags, int(entry["k"]),
-                              float(entry["smoothing"]))
-    return lgb.Booster(model_file=str(path / entry["file"]))

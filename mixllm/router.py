@@ -1,9 +1,10 @@
 """MixLLMRouter: tag-enhanced query embeddings -> per-LLM quality/length predictors -> contextual-bandit decision.
 
-fit(log) trains the whole router from canonical log rows; predict() returns every LLM's predicted quality and cost
-for a batch of prompts; choose() is the vectorised decision (what evaluation sweeps); route() adds the full trace;
-update() folds feedback into the bandit state at once; save()/load() is the one artifact that is both evaluated and
-served (training and serving load it through the same `MixLLMRouter.load`).
+A `mixllm.routers.base.Router` (registered as "mixllm"): fit(log) trains the whole router from canonical log rows;
+predict() returns every LLM's predicted quality and cost for a batch of prompts; scores() adds the LinUCB correction,
+exploration bonus and waiting penalty to the shared decision (choose, decide, route); update() folds feedback into
+the bandit state at once; save()/load() is the one artifact that is both evaluated and served (everything loads it
+through `mixllm.routers.registry.load_router`).
 
 Quality: each LLM's mean quality over its nearest train queries of the same predicted tag, shrunk to its per-tag
 mean (see predictors; CV record in RouterConfig). Features of the per-LLM LightGBM length (and optional quality)
@@ -36,7 +37,7 @@ from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, Routin
                                UnknownModelError)
 from mixllm.predictors import LLMPredictor, PredictorBank, PredictorConfig
 from mixllm.routers.base import NeedsTrainLog, Predictions, Router
-from mixllm.schemas import CandidateScore, FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
+from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
 from mixllm.tagging import TaxonomyTagger, outcome_tags, query_tags
 
 ARTIFACT_FORMAT = 1
@@ -156,6 +157,9 @@ class RouterConfig(BaseModel):
     cache_dir: Path | None = Field(default=None, description="Embedding cache folder (default: Settings().home).")
     progress: bool = True
     memory_size: int = Field(default=10_000, ge=0, description="Recent routed queries kept for thumbs feedback.")
+    exploration: policy.ExplorationConfig = Field(
+        default_factory=policy.ExplorationConfig, description="Stochastic exploration of `decide` (default off: "
+        "greedy, propensity 1); `choose` and the evaluation stay greedy.")
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,11 @@ def _versions() -> dict[str, str]:
 
 
 def data_digest(log: pd.DataFrame) -> str:
-    """Order-independent digest of the training rows (ts excluded: it does not change what is learned)."""
+    """Order-independent digest of the training rows (ts excluded: it does not change what is learned; propensity
+    included once any row has one, as it changes the training weights, so full-information logs keep their digest)."""
     cols = [c for c in _REQUIRED if c in log]
+    if "propensity" in log and log["propensity"].notna().any():
+        cols.append("propensity")
     hashed = pd.util.hash_pandas_object(log[cols].astype(str), index=False).to_numpy()
     return hashlib.sha256(np.sort(hashed).tobytes()).hexdigest()[:16]
 
@@ -196,7 +203,7 @@ class MixLLMRouter(Router):
     kind: ClassVar[str] = "router"
 
     def __init__(self, config: RouterConfig | None = None, catalogue: Catalogue | None = None) -> None:
-        self.config = config or RouterConfig()
+        self.config = config or self.default_config()
         self.catalogue = catalogue or load_catalogue()
         self.encoder: QueryEncoder | None = None
         self.predictors = PredictorBank(self.config.predictor, seed=self.config.seed)
@@ -215,8 +222,12 @@ class MixLLMRouter(Router):
         return self.predictors.names
 
     @property
-    def version(self) -> str:
-        return str(self.manifest.get("router_version", "unfitted"))
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def exploration(self) -> policy.ExplorationConfig:
+        return self.config.exploration
 
     def _check_fitted(self) -> None:
         if self.encoder is None or self.bandit is None or not self.models:
@@ -372,8 +383,10 @@ class MixLLMRouter(Router):
         }
 
     # ------------------------------------------------------------------------------------------- inference --
-    def predict(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None) -> Predictions:
-        """Predicted quality, completion tokens and cost of every LLM for every prompt (batched)."""
+    def predict(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None,
+                tasks: Sequence[str | None] | None = None) -> Predictions:
+        """Predicted quality, completion tokens and cost of every LLM for every prompt (batched). `tasks` is
+        ignored: the router tags prompts itself (nearest tag centroid), as it must on logs without labels."""
         self._check_fitted()
         prompts = list(prompts)
         if prompt_tokens is None:
@@ -535,8 +548,30 @@ class MixLLMRouter(Router):
         np.savez(d / "bandit.npz", **self.bandit.state())
         self.catalogue.save(d / "catalogue.yaml")
         (d / "config.json").write_text(self.config.model_dump_json(indent=1))
-        (d / "manifest.json").write_text(json.dumps(self.manifest | {"models": list(self.models)}, indent=1))
+        (d / "manifest.json").write_text(json.dumps(self.manifest | {"models": list(self.models),
+                                                                     "router_class": self.name}, indent=1))
         return d
+
+    @classmethod
+    def for_evaluation(cls, train_log: pd.DataFrame | None, test_log: pd.DataFrame, *, seed: int = 0,
+                       catalogue: Catalogue | None = None, **config: Any) -> dict[str, Router]:
+        """A router of this class trained on the train log with the library defaults (plus `config` overrides)."""
+        if train_log is None:
+            raise NeedsTrainLog(f"the {cls.name} router learns from a train log; pass train_log")
+        return {cls.name: cls.create(seed=seed, catalogue=catalogue, progress=False, **config).fit(train_log)}
+
+    @classmethod
+    def default_config(cls) -> RouterConfig:
+        return RouterConfig()
+
+    @classmethod
+    def create(cls, *, seed: int = 0, catalogue: Catalogue | None = None, **config: Any) -> "MixLLMRouter":
+        """A router whose config is this class's defaults with `config` (RouterConfig fields) over them."""
+        try:
+            cfg = RouterConfig(**(cls.default_config().model_dump(exclude_unset=True) | config | {"seed": seed}))
+        except ValidationError as e:
+            raise ConfigError(f"invalid router config ({e}); see `mixllm.router.RouterConfig` for the fields") from e
+        return cls(cfg, catalogue)
 
     @classmethod
     def load(cls, directory: Path | str) -> "MixLLMRouter":
@@ -566,3 +601,15 @@ class MixLLMRouter(Router):
             raise ArtifactError(f"{d}: not a complete mixllm router artifact ({e}); re-save or retrain it") from e
         router.manifest = manifest
         return router
+
+
+class PlainMixLLMRouter(MixLLMRouter):
+    """The ablation of tag-enhanced embeddings: the MixLLM router with `tag_enhanced=False` by default (the plain
+    MiniLM encoder), registered as its own router so the evaluation can replay it by name."""
+
+    name: ClassVar[str] = "plain_router"
+    kind: ClassVar[str] = "baseline"
+
+    @classmethod
+    def default_config(cls) -> RouterConfig:
+        return RouterConfig(tag_enhanced=False)

@@ -1,21 +1,25 @@
-"""Baseline policies, the router adapter and the latency-constrained replay (queue math) on tiny hand cases.
+"""Baseline routers (registered, saved, loaded, deciding through the shared `Router.decide`), the router sweep and
+the latency-constrained replay (queue math) on tiny hand cases.
 
-The router here is a test double of the `MixLLMRouter` interface (predict/choose) so the queue arithmetic can be
+The queue test uses a test double of the router interface (predict/choose/sweep) so the queue arithmetic can be
 checked exactly; the real router is exercised by tests/model/test_evaluation_router.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from mixllm import baselines as bl
+from mixllm import replay
 from mixllm.catalogue import Catalogue, LatencyProfile, LLMSpec
-from mixllm.evaluation import TestSet, evaluate
-from mixllm.exceptions import ContractError
+from mixllm.evaluation import evaluate
+from mixllm.exceptions import ArtifactError, ConfigError, ContractError, RoutingError, TrainingError
+from mixllm.routers import baselines as rb
+from mixllm.routers.base import Predictions, Router
+from mixllm.routers.registry import ROUTERS, load_router, register, router_class
+from mixllm.schemas import RouteConstraints
+from mixllm.testset import TestSet
 
 pytestmark = pytest.mark.unit
 
@@ -30,46 +34,148 @@ def make_log(quality: dict[str, list[float]], cost: dict[str, list[float]], task
     return pd.DataFrame(rows)
 
 
-def test_score_sweep_covers_both_ends():
-    q_hat = np.array([[0.9, 0.5], [0.2, 0.3]])
-    c_hat = np.array([[10.0, 1.0], [10.0, 1.0]])
-    sweep = bl.score_sweep("s", q_hat, c_hat, lambdas=np.array([1.0]))
-    assert sweep.choices[-2].tolist() == [0, 1]  # best predicted quality (ties -> cheaper)
-    assert sweep.choices[-1].tolist() == [1, 1]  # cheapest
-    assert sweep.choices[0].tolist() == [1, 1]  # lam = 1: 0.9 - 10 < 0.5 - 1
+def _pred(router, q_hat, c_hat):
+    n, m = np.asarray(q_hat).shape
+    return Predictions(router.models, np.asarray(q_hat, float), np.full((n, m), np.nan), np.asarray(c_hat, float),
+                       np.zeros((n, 0)))
+
+
+def test_score_router_sweep_covers_both_ends():
+    router = rb.SingleModelRouter("a").fit(make_log({"a": [1], "b": [0]}, {"a": [1], "b": [1]}, ["t"]))
+    pred = _pred(router, [[0.9, 0.5], [0.2, 0.3]], [[10.0, 1.0], [10.0, 1.0]])
+    params, rows = rb.ScoreRouter.sweep(router, pred, [1.0])  # the score routers' sweep, not single's one point
+    assert len(params) == len(rb.LAMBDA_GRID) + 2
+    assert rows[-2].tolist() == [0, 0] and rows[-1].tolist() == [0, 0]  # single: only "a" is eligible
+    task = rb.TaskPriorRouter().fit(make_log({"a": [1], "b": [0]}, {"a": [1], "b": [1]}, ["t"]))
+    params, rows = task.sweep(_pred(task, [[0.9, 0.5], [0.2, 0.3]], [[10.0, 1.0], [10.0, 1.0]]), [1.0])
+    assert rows[-2].tolist() == [0, 1]  # best predicted quality (ties -> cheaper)
+    assert rows[-1].tolist() == [1, 1]  # cheapest
+    lam1 = int(np.argmin(np.abs(rb.LAMBDA_GRID - 1.0)))
+    assert rows[lam1].tolist() == [1, 1]  # lam = 1: 0.9 - 10 < 0.5 - 1
+    tie = task.choose(_pred(task, [[0.5, 0.5]], [[2.0, 1.0]]), 1e6)
+    assert tie.tolist() == [1]  # equal predicted quality: the cheaper candidate
 
 
 def test_task_prior_uses_per_task_means_and_ignores_unknown_quality():
-    train = TestSet.from_log(make_log({"a": [1, 1, 0, None], "b": [0, 1, 1, 1]}, {"a": [2, 2, 2, 2], "b": [1] * 4},
-                                      ["x", "x", "y", "y"]), unknown_quality="keep")
-    test = TestSet.from_log(make_log({"a": [1, 0], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["x", "y"]))
-    sweep = bl.task_prior(train, test)
-    # Task x: a 1.0 vs b 0.5 -> at high willingness a; task y: a 0.0 (the None is ignored) vs b 1.0 -> b.
-    assert sweep.choices[-2].tolist() == [0, 1]
+    train_log = make_log({"a": [1, 1, 0, None], "b": [0, 1, 1, 1]}, {"a": [2, 2, 2, 2], "b": [1] * 4},
+                         ["x", "x", "y", "y"])
+    router = rb.TaskPriorRouter().fit(train_log)
+    pred = router.predict(["p", "q", "r"], tasks=["x", "y", "unseen"])
+    # Task x: a 1.0 vs b 0.5; task y: a 0.0 (the None is ignored) vs b 1.0; unseen: means over all rows.
+    np.testing.assert_allclose(pred.quality, [[1.0, 0.5], [0.0, 1.0], [2 / 3, 0.75]])
+    assert [d.model for d in router.route(["p"], 1e6)] == ["b"]  # no task given: the global means
     report = evaluate(None, make_log({"a": [1, 0], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["x", "y"]),
-                      baselines=("task_prior",), train_log=make_log({"a": [1, 1, 0, None], "b": [0, 1, 1, 1]},
-                                                                    {"a": [2] * 4, "b": [1] * 4},
-                                                                    ["x", "x", "y", "y"]))
+                      baselines=("task_prior",), train_log=train_log)
     assert report.policies["task_prior"].metrics["max_quality"] == pytest.approx(2.0)  # 1.0 vs ref a's 0.5
 
 
+def _toy_embed(prompts):
+    """A deterministic stand-in encoder for the tiny logs: prompt i -> a 2-d unit vector by its number."""
+    table = {"prompt 0": [1.0, 0.0], "prompt 1": [1.0, 0.0], "prompt 2": [0.0, 1.0]}
+    return np.array([table.get(p, [1.0, 0.0]) for p in prompts])
+
+
 def test_knn_includes_ties_and_averages_neighbours():
-    train = TestSet.from_log(make_log({"a": [1, 0, 1], "b": [0, 0, 1]}, {"a": [1] * 3, "b": [1] * 3}, ["t"] * 3))
-    test = TestSet.from_log(make_log({"a": [1], "b": [1]}, {"a": [1], "b": [1]}, ["t"]))
-    train_emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    sweep = bl.knn(train, test, k=1, train_emb=train_emb, test_emb=np.array([[1.0, 0.0]]))
+    train = make_log({"a": [1, 0, 1], "b": [0, 0, 1]}, {"a": [1] * 3, "b": [1] * 3}, ["t"] * 3)
+    router = rb.KNNRouter(k=1, embed=_toy_embed).fit(train)
+    pred = router.predict(["prompt 0"])
     # k=1 but rows 0 and 1 tie: a = mean(1, 0) = 0.5 > b = 0.0 -> a at every willingness to pay (equal costs).
-    assert set(sweep.choices[:, 0].tolist()) == {0}
-    assert sweep.name == "knn1"
+    np.testing.assert_allclose(pred.quality, [[0.5, 0.0]])
+    assert set(router.sweep(pred, [])[1][:, 0].tolist()) == {0}
+    assert list(rb.KNNRouter.for_evaluation(train, train, k=1, embed=_toy_embed)) == ["knn1"]
 
 
-@dataclass(frozen=True)
-class FakePredictions:
-    models: tuple[str, ...]
-    quality: np.ndarray
-    completion_tokens: np.ndarray
-    cost: np.ndarray
-    embeddings: np.ndarray
+def test_every_registered_baseline_fits_saves_loads_and_decides_alike(tmp_path):
+    """Each baseline router is fitted, saved, loaded through `load_router` (the manifest names the class) and
+    gives the same predictions and the same traced decisions after the round trip."""
+    log = make_log({"a": [1, 0, 1, 0], "b": [0, 1, 1, 1]}, {"a": [2, 2, 2, 2], "b": [1] * 4}, ["x", "x", "y", "y"])
+    prompts, tasks = ["prompt 0", "prompt 2", "prompt 3"], ["x", "y", "x"]
+    routers = {"single": rb.SingleModelRouter("b"), "random": rb.RandomRouter(seed=3), "oracle": rb.OracleRouter(),
+               "task_prior": rb.TaskPriorRouter(), "knn": rb.KNNRouter(k=2, embed=_toy_embed)}
+    for name, router in routers.items():
+        assert router_class(name) is type(router)
+        router.fit(log)
+        again = load_router(router.save(tmp_path / name))
+        assert type(again) is type(router) and again.models == ("a", "b") and again.version == router.version
+        if name == "knn":
+            again.embed = _toy_embed
+        if name == "random":  # the generator restarts from its seed in both
+            router._rng = None
+        want, got = router.predict(prompts, tasks=tasks), again.predict(prompts, tasks=tasks)
+        np.testing.assert_array_equal(got.quality, want.quality)
+        np.testing.assert_array_equal(got.cost, want.cost)
+        decisions = again.decide(got, 1.0, query_ids=["q0", "q2", "q3"])
+        assert [d.model for d in decisions] == [again.models[j] for j in again.choose(got, 1.0)]
+        assert all(d.propensity == 1.0 and len(d.candidates) == 2 for d in decisions)
+    assert [d.model for d in routers["single"].route(prompts, 1e-9)] == ["b"] * 3
+    trace = routers["single"].route(["x"], 1.0)[0].candidates[0]
+    assert not trace.eligible and "always uses b" in trace.reason
+
+
+def test_lgbm_baselines_round_trip_exactly(tmp_path):
+    prompts_a = [f"python code function number {i}" for i in range(30)]
+    prompts_b = [f"riddle about a cat and a dog {i}" for i in range(30)]
+    rows = []
+    for i, p in enumerate(prompts_a + prompts_b):
+        rows += [{"query_id": str(i), "prompt": p, "model": "a", "quality": float(i < 30), "cost_usd": 1.0,
+                  "prompt_tokens": 5, "task": "t"},
+                 {"query_id": str(i), "prompt": p, "model": "b", "quality": float(i >= 30), "cost_usd": 2.0,
+                  "prompt_tokens": 5, "task": "t"}]
+    log = pd.DataFrame(rows)
+    embed = lambda ps: np.array([[float("python" in p), float("cat" in p), len(p) / 40] for p in ps])  # noqa: E731
+    for router in (rb.TfidfLGBMRouter(), rb.LGBMRouter(embed=embed)):
+        router.fit(log)
+        again = load_router(router.save(tmp_path / router.name))
+        again.embed = embed
+        probe = ["python code function number 99", "riddle about a cat and a dog 99", "something else"]
+        np.testing.assert_array_equal(again.predict(probe).quality, router.predict(probe).quality)
+        np.testing.assert_allclose(router.predict(probe, [5, 5, 5]).cost, [[1.0, 2.0]] * 3, atol=1e-9)
+        assert [d.model for d in again.route(probe[:2], 1e6)] == ["a", "b"]
+
+
+def test_oracle_answers_only_prompts_of_its_log():
+    log = make_log({"a": [1, None], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["t", "t"])
+    oracle = rb.OracleRouter(log)
+    np.testing.assert_array_equal(oracle.predict(["prompt 1", "prompt 0"]).quality, [[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(RoutingError, match="no labels for 1 of 2 prompts"):
+        oracle.predict(["prompt 0", "a prompt it never saw"])
+
+
+def test_registry_refuses_unknown_names_bad_classes_and_foreign_artifacts(tmp_path):
+    with pytest.raises(ConfigError, match="registered routers: mixllm, plain_router, single"):
+        router_class("magic")
+    with pytest.raises(ConfigError, match="registered routers"):
+        evaluate(None, make_log({"a": [1], "b": [0]}, {"a": [1], "b": [1]}, ["t"]), baselines=("magic",))
+    with pytest.raises(ConfigError, match="already registered"):
+        register(type("Impostor", (rb.KNNRouter,), {"name": "knn"}))
+    with pytest.raises(ConfigError, match="not a Router"):
+        register(int)
+
+    class Mine(rb.TaskPriorRouter):
+        name = "test_mine"
+
+    register(Mine)
+    try:
+        saved = Mine().fit(make_log({"a": [1], "b": [0]}, {"a": [1], "b": [1]}, ["t"])).save(tmp_path / "mine")
+        assert type(load_router(saved)) is Mine
+    finally:
+        ROUTERS.pop("test_mine")
+    with pytest.raises(ArtifactError, match="not registered here"):
+        load_router(saved)
+    with pytest.raises(ArtifactError, match="no readable router manifest"):
+        load_router(tmp_path / "nothing")
+    with pytest.raises(TrainingError, match="no rows"):
+        rb.SingleModelRouter("zzz").fit(make_log({"a": [1]}, {"a": [1]}, ["t"]))
+    with pytest.raises(ConfigError, match="invalid options"):
+        rb.KNNRouter.create(seed=0, nonsense=1)
+
+
+def test_constraints_apply_to_baselines_too():
+    router = rb.TaskPriorRouter().fit(make_log({"a": [1, 1], "b": [0, 0]}, {"a": [2, 2], "b": [1, 1]}, ["t"] * 2))
+    only_b = RouteConstraints(allowed_models=("b",))
+    assert [d.model for d in router.route(["p"], 1e6, constraints=only_b)] == ["b"]
+    with pytest.raises(RoutingError, match="no eligible model"):
+        router.route(["p"], 1e6, constraints=RouteConstraints(max_cost_usd=0.5))
 
 
 class QueueAwareStandIn:
@@ -83,10 +189,11 @@ class QueueAwareStandIn:
     ))
     models = ("b", "a")  # deliberately another order than the test set's columns
 
-    def predict(self, prompts, prompt_tokens=None):
+    sweep = Router.sweep
+
+    def predict(self, prompts, prompt_tokens=None, tasks=None):
         n = len(prompts)
-        return FakePredictions(self.models, np.full((n, 2), 0.5), np.zeros((n, 2)), np.ones((n, 2)),
-                               np.zeros((n, 3)))
+        return Predictions(self.models, np.full((n, 2), 0.5), np.zeros((n, 2)), np.ones((n, 2)), np.zeros((n, 3)))
 
     def choose(self, pred, willingness_to_pay, greedy=True, constraints=None, waiting_ms=None):
         n = len(pred.quality)
@@ -98,8 +205,8 @@ class QueueAwareStandIn:
 def test_latency_replay_queue_math():
     log = make_log({"a": [1, 1, 1], "b": [0, 0, 0]}, {"a": [2, 2, 2], "b": [1, 1, 1]}, ["t"] * 3, tokens=0)
     test = TestSet.from_log(log)
-    cfg = bl.LatencyConfig(rate_per_s=2.0, arrivals="uniform", max_wait_ms=600, willingness_to_pay=1.0)
-    out = bl.latency_replay(QueueAwareStandIn(), test, cfg, ref=0)
+    cfg = replay.LatencyConfig(rate_per_s=2.0, arrivals="uniform", max_wait_ms=600, willingness_to_pay=1.0)
+    out = replay.latency_replay(QueueAwareStandIn(), test, cfg, ref=0)
     blind, aware = out["replays"]["wait_blind"], out["replays"]["wait_aware"]
     # Arrivals at 0, 500, 1000 ms; "a" serves one call at a time for 1000 ms.
     # Blind: waits 0, 500 (ok, <= 600), 1000 (> 600: abandoned) -> quality 2/3 of a's, 1 timeout.
@@ -114,7 +221,7 @@ def test_latency_replay_queue_math():
 def test_router_sweep_maps_router_columns_and_refuses_unknown_models():
     log = make_log({"a": [1, 0], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["t", "t"])
     report = evaluate(QueueAwareStandIn(), log, wtps=[1.0, 2.0], baselines=("oracle",),
-                      latency=bl.LatencyConfig(arrivals="uniform"))
+                      latency=replay.LatencyConfig(arrivals="uniform"))
     # The stand-in always picks its index 1 = "a" when not waiting: test column 0 -> equals the reference.
     assert report.main == "router"
     assert report.policies["router"].metrics["max_quality"] == pytest.approx(1.0)
@@ -137,6 +244,48 @@ def test_tfidf_lgbm_learns_a_separable_split():
                   "prompt_tokens": 5, "task": "t"}]
     log = pd.DataFrame(rows)
     train = TestSet.from_log(log)
-    sweep = bl.tfidf_lgbm(train, train)
+    sweep = replay.router_sweep("tfidf_lgbm", rb.TfidfLGBMRouter().fit(log), train, [])
     expected = np.array([0 if "python" in p else 1 for p in train.prompts])  # rows are sorted by query key
     assert (sweep.choices[-2] == expected).mean() > 0.9
+
+
+def test_the_old_baselines_module_still_serves_its_callers():
+    """`mixllm.baselines` is a shim while pipeline / tune / loop move to the routers: same task-prior sweep."""
+    from mixllm import baselines as old
+
+    train_log = make_log({"a": [1, 1, 0], "b": [0, 1, 1]}, {"a": [2] * 3, "b": [1] * 3}, ["x", "x", "y"])
+    test = TestSet.from_log(make_log({"a": [1, 0], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["x", "y"]))
+    sweep = old.task_prior(TestSet.from_log(train_log, unknown_quality="keep"), test)
+    assert sweep.choices[-2].tolist() == [0, 1]
+
+
+def test_decide_explores_with_the_routers_own_seeded_generator_and_records_propensities():
+    """With exploration on, `decide` draws through `policy.select` with the router's generator: the same seed gives
+    the same decisions, each decision carries the probability of its model (`policy.probabilities`), non-greedy
+    choices happen, and `choose` (what the evaluation sweeps) stays greedy."""
+    from mixllm import policy
+
+    class Exploring(rb.TaskPriorRouter):
+        name = "test_exploring"
+        exploration = policy.ExplorationConfig(mode="epsilon", epsilon=0.5, max_share=0.5)
+
+    log = make_log({"a": [1, 1, 0], "b": [0, 1, 1], "c": [0, 0, 1]}, {"a": [2] * 3, "b": [1] * 3, "c": [1] * 3},
+                   ["x", "x", "y"])
+    prompts, tasks = [f"p{i}" for i in range(200)], ["x"] * 200
+    runs = []
+    for _ in range(2):
+        router = Exploring(seed=7).fit(log)
+        pred = router.predict(prompts, tasks=tasks)
+        runs.append(router.decide(pred, 1e3))
+    assert [d.model for d in runs[0]] == [d.model for d in runs[1]]
+    probs = policy.probabilities(router.scores(pred, 1e3), router.exploration)
+    greedy = router.choose(pred, 1e3)
+    for d, row, g in zip(runs[0], probs, greedy):
+        assert d.propensity == pytest.approx(row[router.models.index(d.model)])
+    explored = sum(d.model != router.models[g] for d, g in zip(runs[0], greedy))
+    away = 1.0 - probs[np.arange(len(greedy)), greedy]  # each decision's chance of leaving the greedy choice
+    assert away.sum() > 50 and abs(explored - away.sum()) < 5 * np.sqrt((away * (1 - away)).sum())
+    assert all(d.propensity < 1 for d in runs[0])
+    assert (router.choose(pred, 1e3) == greedy).all()
+    plain = rb.TaskPriorRouter(seed=7).fit(log)
+    assert all(d.propensity == 1.0 for d in plain.decide(plain.predict(prompts, tasks=tasks), 1e3))

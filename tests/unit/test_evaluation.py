@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mixllm.evaluation import (TestSet, aiq, apgr_cpt, cost_for_quality, evaluate, hull_value, nondecreasing_hull,
                                policy_result)
-from mixllm.exceptions import ContractError
+from mixllm.exceptions import ConfigError, ContractError
 
 pytestmark = pytest.mark.unit
 
@@ -128,7 +128,7 @@ def test_bad_logs_are_refused_with_a_clear_error():
         TestSet.from_log(_log([]))
     with pytest.raises(ContractError, match="reference model"):
         evaluate(None, two_model_log(), reference="nope", baselines=("oracle",))
-    with pytest.raises(ValueError, match="unknown baselines"):
+    with pytest.raises(ConfigError, match="unknown router 'magic'; registered routers: mixllm, "):
         evaluate(None, two_model_log(), baselines=("magic",))
 
 

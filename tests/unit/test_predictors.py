@@ -270,3 +270,106 @@ def test_tagged_memories_are_searched_per_tag_with_the_same_neighbours_as_the_ma
     mask_idx, mask_valid = bank.llms["a"].quality.neighbours(emb[:5] @ emb.T, tags[:5])
     for i in range(5):
         assert set(got_idx[i][got_valid[i]]) == set(mask_idx[i][mask_valid[i]])
+
+
+def test_fast_single_row_path_equals_the_public_booster_predict_on_random_rows():
+    """`_SingleRow` calls LightGBM's private C API; pyproject pins lightgbm to the release it was verified on. On
+    random rows (outside the training range too), raw and transformed, binary and regression, it must give exactly
+    what the public `Booster.predict` gives; an unverified release must not use it."""
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    import lightgbm as lgb
+
+    from mixllm.predictors import FAST_SINGLE_ROW, VERIFIED_LIGHTGBM, _single_row
+
+    assert lgb.__version__ in VERIFIED_LIGHTGBM and FAST_SINGLE_ROW
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.exists():  # a checkout: the pin and the verified release are the same
+        pin = re.search(r'"lightgbm==([^"]+)"', pyproject.read_text())
+        assert pin and pin.group(1) in VERIFIED_LIGHTGBM, "pin lightgbm exactly to a verified release"
+    assert importlib.metadata.version("lightgbm") == lgb.__version__
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 6))
+    for objective, y in (("binary", (x[:, 0] + rng.normal(size=300) > 0).astype(float)),
+                         ("regression", x[:, 1] * 3 + rng.normal(size=300))):
+        booster = lgb.train({"objective": objective, "num_leaves": 7, "verbosity": -1, "num_threads": 1},
+                            lgb.Dataset(x, label=y), num_boost_round=30)
+        rows = np.vstack([rng.normal(size=(40, 6)), rng.normal(scale=10, size=(10, 6))])
+        for raw in (False, True):
+            fast = np.array([_single_row(booster, raw)(row) for row in rows])
+            public = booster.predict(rows, raw_score=raw, num_threads=1)
+            np.testing.assert_allclose(fast, public, rtol=1e-13, atol=1e-13)
+
+
+def _bandit_log(seed: int = 0, n: int = 3000, n_full: int = 400):
+    """A log of one LLM where the logging policy chose it more often on the queries where it is good.
+
+    Quality depends on a hidden factor h (P(good) = sigmoid(2h)) that the neighbour space (the columns of `emb`
+    other than h) does not show; the policy saw h and chose the LLM with propensity clip(sigmoid(3h), 0.05, 0.95).
+    Plus `n_full` full-information queries (propensity null) and logged rows without feedback (quality null).
+    Returns (features, emb, log, row index, true mean quality over all queries)."""
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=n)
+    other = rng.normal(size=(n, 3))
+    p_good = 1 / (1 + np.exp(-2 * h))
+    good = (rng.random(n) < p_good).astype(float)
+    propensity = np.clip(1 / (1 + np.exp(-3 * h)), 0.05, 0.95)
+    full = np.arange(n) < n_full
+    chosen = full | (rng.random(n) < propensity)
+    quality = np.where(~full & (rng.random(n) < 0.2), np.nan, good)  # 20% of logged decisions got no feedback
+    rows = np.nonzero(chosen)[0]
+    log = pd.DataFrame({"query_id": [f"q{i}" for i in rows], "prompt": "p", "model": "a", "quality": quality[rows],
+                        "propensity": np.where(full[rows], np.nan, propensity[rows]), "cost_usd": 1e-4,
+                        "prompt_tokens": 10, "completion_tokens": 20, "task": None})
+    x = np.column_stack([other, h])
+    return x, _unit_rows(np.column_stack([other, np.zeros(n)]) + 1e-3), log, rows, float(p_good.mean())
+
+
+def _ips_se(log: pd.DataFrame, clip: float) -> float:
+    """Standard error of the self-normalised inverse-propensity mean of the labelled rows (the test's margin)."""
+    known = log["quality"].notna().to_numpy()
+    w = np.where(log["propensity"].isna(), 1.0, 1.0 / np.maximum(log["propensity"].fillna(1.0), clip))[known]
+    y = log["quality"].to_numpy(float)[known]
+    mean = np.sum(w * y) / np.sum(w)
+    return float(np.sqrt(np.sum(w ** 2 * (y - mean) ** 2)) / np.sum(w))
+
+
+@pytest.mark.parametrize("quality_model", ["knn", "lgbm"])
+def test_inverse_propensity_weights_correct_a_logging_policys_selection_bias(quality_model):
+    """Trained on the same rows, the predictors that count every logged decision once overrate the LLM (its rows
+    are mostly where it is good); inverse-propensity weights bring the estimate back to the true mean quality:
+    within 3 standard errors of the weighted estimate, and closer than the unweighted one by more than 3 of them."""
+    x, emb, log, rows, truth = _bandit_log()
+    tags = np.full(len(x), "t")
+    cfg = PredictorConfig(n_estimators=20, min_child_samples=20, quality_model=quality_model, knn_k=150)
+    se = _ips_se(log, cfg.propensity_clip)
+    estimates = {}
+    for label, frame in (("weighted", log), ("unweighted", log.assign(propensity=np.nan))):
+        bank = PredictorBank(cfg).fit(x, frame, rows, ["a"], tags=tags, emb=emb)
+        q = bank.predict(x, np.full(len(x), 10.0), SPECS, tags=tags, emb=emb)[0][:, 0]
+        estimates[label] = (float(q.mean()), bank.llms["a"].meta)
+    (weighted, meta), (unweighted, _) = estimates["weighted"], estimates["unweighted"]
+    assert meta["logged_policy_rows"] == int(log["propensity"].notna().sum())
+    assert meta["quality_rows"] == int(log["quality"].notna().sum())  # no-feedback rows are not failures
+    assert abs(weighted - truth) < 3 * se, (weighted, truth, se)
+    assert abs(unweighted - truth) > abs(weighted - truth) + 3 * se, (unweighted, weighted, truth, se)
+    assert abs(meta["global_quality"] - truth) < 3 * se
+
+
+def test_weighted_knn_memory_round_trips_and_groups_like_each_llms_own_estimate(tmp_path):
+    x, emb, log, rows, _ = _bandit_log(n=600, n_full=100)
+    both = pd.concat([log, log.assign(model="b", quality=1 - log["quality"])], ignore_index=True)
+    idx = np.r_[rows, rows]
+    tags = np.where(x[:, 0] > 0, "t1", "t2")
+    bank = PredictorBank(KNN.model_copy(update={"knn_k": 30})).fit(x, both, idx, ["a", "b"], tags=tags, emb=emb)
+    assert bank.llms["a"].quality.w is not None
+    q = bank.predict(x, np.full(len(x), 10.0), SPECS, tags=tags, emb=emb)[0]
+    for j, name in enumerate(bank.names):
+        own = bank.llms[name].predict(x, np.full(len(x), 10.0), SPECS[name], tags, emb)[0]
+        np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
+    again = PredictorBank.load(tmp_path, bank.save(tmp_path))
+    np.testing.assert_array_equal(again.predict(x, np.full(len(x), 10.0), SPECS, tags=tags, emb=emb)[0], q)
+    with pytest.raises(TrainingError, match="propensity outside"):
+        PredictorBank(KNN).fit(x, both.assign(propensity=1.5), idx, ["a"], tags=tags, emb=emb)
