@@ -17,9 +17,23 @@ from mixllm.ope import OPEConfig, production_metrics
 from mixllm.schemas import FeedbackRecord, LogRecord
 from mixllm.store import Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
+def test_without_labelled_decisions_nothing_is_loaded_and_the_count_says_so(tmp_path: Path) -> None:
+    settings = get_settings()
+    store = Store(settings.store_url)
+    store.append_logs([LogRecord(query_id="full", prompt="p", model="m", quality=1.0, cost_usd=0.1),  # no policy
+                       LogRecord(query_id="unrated", prompt="p", model="m", router_version="1", propensity=0.5)])
+    out = production_metrics(settings, tmp_path / "no-candidate", tmp_path / "no-champion")  # never opened
+    assert out["ope/n_labelled"] == 0 and not any(k.startswith("ope/candidate") for k in out)
+    store.append_logs([LogRecord(query_id="unrated", prompt="p", model="m", router_version="1", propensity=0.5,
+                                 quality=1.0)])  # observed, but without a cost: left out of the utility, counted
+    out = production_metrics(settings, tmp_path / "no-candidate", None)
+    assert (out["ope/n_labelled"], out["ope/n_missing_cost"]) == (0, 1)
+
+
+@pytest.mark.slow
 def test_estimates_of_the_greedy_router_cover_its_realised_value(routerbench_dir: Path,
                                                                  trained_router_dir: Path) -> None:
     from mixllm.data import load_routerbench
