@@ -65,3 +65,31 @@ def test_postgres_store(pg_store_url: str, routerbench_dir: Path) -> None:
     assert len(logs) == 4 + first[1].rows_read + 60 and len(digest) == 64
     assert str(logs.ts.dt.tz) == "UTC"
     store.dispose()
+
+
+def test_postgres_store_created_before_the_policy_columns_gains_them(pg_store_url: str) -> None:
+    """An interactions table without router_version/propensity (mixllm before contract v2) gets both at open."""
+    from datetime import datetime, timezone
+
+    from mixllm.store import INTERACTIONS
+
+    old_meta = sa.MetaData()
+    old = sa.Table("interactions", old_meta, *[sa.Column(c.name, c.type, primary_key=c.primary_key,
+                                                         nullable=c.nullable, unique=c.unique)
+                                               for c in INTERACTIONS.columns
+                                               if c.name not in ("router_version", "propensity")])
+    engine = sa.create_engine(pg_store_url)
+    old_meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(old), [{"row_digest": "0" * 64, "batch_id": "b", "query_id": "old", "prompt": "p",
+                                       "model": "m", "ts": datetime(2026, 11, 1)}])
+    engine.dispose()
+    store, again = Store(pg_store_url), Store(pg_store_url)
+    cols = {c["name"] for c in sa.inspect(store.engine).get_columns("interactions")}
+    assert {"router_version", "propensity"} <= cols
+    assert again.append_logs([LogRecord(query_id="new", prompt="p", model="m", router_version="2",
+                                        propensity=0.5, ts=datetime(2026, 11, 2, tzinfo=timezone.utc))]) == 1
+    logs = store.logs()
+    assert list(logs.query_id) == ["old", "new"] and logs.propensity.isna().tolist() == [True, False]
+    store.dispose()
+    again.dispose()
