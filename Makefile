@@ -32,7 +32,7 @@ bench: setup
 	@$(ENV) $(PY) bench/quality.py
 
 lock: setup
-	@$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python 3.11 -q -o requirements.lock
+	@bash scripts/lock.sh
 
 clean:
 	-@infra/services.sh down >/dev/null 2>&1

@@ -1,7 +1,10 @@
 """Prefect flows: thin compositions of `mixllm` stages, one flow per file (the library never imports these).
 
-- `flows.nightly`: the nightly retrain (ingest -> ... -> smoke test); `python -m flows.nightly` runs it once.
-- `flows.promote`: move ``champion`` to a version by hand, then reload the service.
-- `flows.rollback`: move ``champion`` back, then reload the service.
-Deployments for a Prefect server are declared in the repository's ``prefect.yaml``.
+Installed as the package ``mixllm_flows`` (pyproject maps it to this folder), so the flows run from a wheel too:
+- `mixllm_flows.nightly`: the nightly retrain (ingest -> ... -> promote, then delivery);
+  ``python -m mixllm_flows.nightly`` (what `mixllm pipeline run` starts) runs it once.
+- `mixllm_flows.delivery`: the subflow every flow ships a version through: package -> deploy -> smoke -> rollback.
+- `mixllm_flows.promote`: move ``champion`` to a version by hand, then deliver it.
+- `mixllm_flows.rollback`: move ``champion`` back, then deliver the restored version.
+Deployments for a Prefect server are declared in ``prefect.yaml`` next to these files (`mixllm pipeline schedule`).
 """

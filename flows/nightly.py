@@ -1,11 +1,12 @@
-"""The nightly flow: new data in, a gated, registered, packaged and smoke-tested router out.
+"""The nightly flow: new data in, a gated, registered and promoted router out, shipped by the delivery subflow.
 
-A thin Prefect composition of `mixllm.pipeline` stages. Retries with backoff only on I/O tasks (reading landing
-files, the store, the registry, the service); training and evaluation are deterministic, so a retry would only
-repeat a failure. The flow run is renamed ``nightly-<UTC date>-<snapshot digest>`` once the snapshot is known.
+A thin Prefect composition of `mixllm.pipeline` stages. Retries with backoff only on I/O tasks (landing files, the
+store, the registry; delivery in `delivery.py`); training and evaluation are deterministic, so a retry would only
+repeat a failure. The flow run is renamed ``nightly-<UTC date>-<snapshot digest>`` once the snapshot is known. The
+candidate is built in a temporary folder that is removed when the run ends (the registry keeps its own copy).
 
-Run once (ephemeral Prefect API, no server needed):  python -m flows.nightly [--config pipeline.yaml]
-(`mixllm pipeline run` does exactly this from the repository root.)
+Run once (ephemeral Prefect API, no server needed):  python -m mixllm_flows.nightly [--config pipeline.yaml]
+(`mixllm pipeline run` does exactly this, from any folder.)
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.common import COMPUTE, IO_RETRY
 from mixllm import pipeline as P
 from mixllm.config import get_settings
 from mixllm.exceptions import MixLLMError
 
+from .common import COMPUTE, IO_RETRY
+from .delivery import champion_version, deliver
 
 
 def _run_name() -> str:
@@ -48,6 +49,10 @@ held_out = task(P.held_out, name="held-out-slice", **IO_RETRY)
 prepare_candidate = task(P.prepare_candidate, name="embeddings-and-tags", **COMPUTE)
 fit_llm = task(P.fit_candidate_llm, name="fit-llm-predictors", task_run_name="fit-{name}", **COMPUTE)
 save_candidate = task(P.save_candidate, name="assemble-candidate", **COMPUTE)
+champion_dir = task(P.champion_dir, name="fetch-champion", **IO_RETRY)
+gate = task(P.gate, name="gate", **COMPUTE)
+register = task(P.register, name="register", **IO_RETRY)
+promote = task(P.promote, name="promote", **IO_RETRY)
 
 
 def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any, train: Any) -> Any:
@@ -55,90 +60,72 @@ def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any
 
 
 evaluate_router = task(_evaluate, name="evaluate", task_run_name="evaluate-{role}", **COMPUTE)
-champion_dir = task(P.champion_dir, name="fetch-champion", **IO_RETRY)
-gate = task(P.gate, name="gate", **COMPUTE)
-register = task(P.register, name="register", **IO_RETRY)
-promote = task(P.promote, name="promote", **IO_RETRY)
-package = task(P.package, name="package-bento", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-deploy = task(P.deploy, name="deploy", **IO_RETRY)
-smoke_test = task(P.smoke_test, name="smoke-test", **COMPUTE)
-rollback_after_failure = task(P.rollback_after_failure, name="rollback", **IO_RETRY)
 
 
-@flow(name="mixllm-nightly", flow_run_name=_run_name, log_prints=True)
-def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ingest -> validate -> snapshot -> train -> evaluate vs champion -> gate -> register -> promote -> ship."""
+def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
+    """Contract checks of every landing file (stop before anything is written), then ingest."""
     log = get_run_logger()
-    settings = get_settings()
-    config = P.load_pipeline_config(config_path, **(overrides or {}))
-    out: dict[str, Any] = {"promoted": False}
-
     landing = config.resolved_landing()
     checks = check_landing.map(landing, config=unmapped(config))
     fb_checks = [check_landing(p, config, kind="feedback") for p in config.feedback_landing]
     for c in [*checks.result(), *fb_checks]:
         log.info(f"contract ok: {c.path}: {c.accepted}/{c.rows} accepted, {c.quarantined} to quarantine {c.reasons}")
-    out["ingested"] = ingest(landing, settings)
+    ingested = ingest(landing, settings)
     if config.feedback_landing:
-        out["ingested"] += ingest(config.feedback_landing, settings, kind="feedback")
+        ingested += ingest(config.feedback_landing, settings, kind="feedback")
+    return ingested
 
+
+def _train(train: Any, config: P.PipelineConfig, settings: Any, out_dir: Path) -> Path:
+    """Embeddings once, then one task per LLM (thread pool: LightGBM is single-threaded per model)."""
+    router, prepared = prepare_candidate(train, config, settings)
+    per_llm = fit_llm.map(list(prepared.names), router=unmapped(router), prepared=unmapped(prepared))
+    return save_candidate(router, prepared, per_llm.result(), out_dir)
+
+
+@flow(name="mixllm-nightly", flow_run_name=_run_name, log_prints=True)
+def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest -> validate -> snapshot -> train -> evaluate vs champion -> gate -> register -> promote -> deliver."""
+    log = get_run_logger()
+    settings = get_settings()
+    config = P.load_pipeline_config(config_path, **(overrides or {}))
+    out: dict[str, Any] = {"promoted": False, "ingested": _land(config, settings)}
     train, digest = snapshot(settings, config)
     run_name = f"nightly-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{digest[:10]}"
     _rename_run(run_name)
     out["snapshot_digest"] = digest
     log.info(f"snapshot {digest[:12]}: {len(train)} rows, {train['query_id'].nunique()} queries")
     test = held_out(config)
-
-    work = Path(tempfile.mkdtemp(prefix="mixllm-candidate-"))
-    router, prepared = prepare_candidate(train, config, settings)
-    # One task per LLM (thread pool: LightGBM is single-threaded per model); a Dask/Ray task runner spreads them.
-    per_llm = fit_llm.map(list(prepared.names), router=unmapped(router), prepared=unmapped(prepared))
-    cand_dir = save_candidate(router, prepared, per_llm.result(), work / "candidate")
-    champ_dir = champion_dir(settings)
-    from mixllm.registry import CHAMPION, Registry
-
-    champ_version = Registry(settings).version_for(CHAMPION)
-    # Same held-out slice for both, so the gate compares like with like.
-    cand_future = evaluate_router.submit("candidate", cand_dir, test, config, settings, train)
-    champ_future = evaluate_router.submit("champion", champ_dir, test, config, settings, train) if champ_dir else None
-    cand_report, cand_metrics = cand_future.result()
-    champ_metrics = champ_future.result()[1] if champ_future else None
-
-    verdict = gate(cand_metrics, champ_metrics, config)
-    version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
-                       champ_version, run_name, champ_metrics)
-    out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason,
-               champion_before=champ_version)
+    champ_version = champion_version(settings)
+    with tempfile.TemporaryDirectory(prefix="mixllm-candidate-") as work:
+        cand_dir = _train(train, config, settings, Path(work) / "candidate")
+        champ_dir = champion_dir(settings, champ_version) if champ_version else None
+        # Same held-out slice for both, so the gate compares like with like.
+        cand_future = evaluate_router.submit("candidate", cand_dir, test, config, settings, train)
+        champ_future = evaluate_router.submit("champion", champ_dir, test, config, settings, train) if champ_dir \
+            else None
+        cand_report, cand_metrics = cand_future.result()
+        champ_metrics = champ_future.result()[1] if champ_future else None
+        verdict = gate(cand_metrics, champ_metrics, config)
+        version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
+                           champ_version, run_name, champ_metrics)
+    out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason, champion_before=champ_version)
     for c in verdict.checks:
         log.info(f"gate {'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     if not verdict.passed:
-        out["message"] = f"version {version} registered, not promoted: {verdict.reason}"
+        out.update(message=f"version {version} registered, not promoted: {verdict.reason}", champion=champ_version)
         log.warning(out["message"])
-        out["champion"] = champ_version
         return out
-
     out["message"] = promote(version, verdict, settings)
-    out["promoted"] = True
     log.info(out["message"])
-    for stage, fn in (("package", package), ("deploy", deploy), ("smoke", smoke_test)):
-        result = fn(version, settings, config)
-        out[stage] = result.message
-        (log.info if result.ok else log.warning)(f"{stage}: {result.message}")
-        if not result.ok and stage in ("deploy", "smoke"):
-            out["rollback"] = rollback_after_failure(version, f"{stage} failed: {result.message}", settings)
-            out["promoted"] = False
-            log.error(out["rollback"])
-            if config.service_url:
-                out["redeploy"] = deploy(Registry(settings).version_for(CHAMPION) or version, settings,
-                                         config).message
-            break
-    out["champion"] = Registry(settings).version_for(CHAMPION)
+    shipped = deliver(version, config)
+    out.update(shipped, promoted=shipped["delivered"])
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry (used by `mixllm pipeline run`): run once, print the outcome and the versions."""
-    parser = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mixllm_flows.nightly", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="pipeline YAML (PipelineConfig fields); env MIXLLM_PIPELINE_* also apply")
     args = parser.parse_args(argv)
     try:

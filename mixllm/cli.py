@@ -336,12 +336,23 @@ def _follow(version: str, service_url: str | None) -> None:
         typer.echo("a running service picks the new champion up at its next alias poll (MIXLLM_POLL_SECONDS, 5 s)")
         return
     from mixllm.config import get_settings
-    from mixllm.pipeline import deploy, load_pipeline_config
+    from mixllm.delivery import deploy
+    from mixllm.pipeline import load_pipeline_config
 
     result = deploy(version, get_settings(), load_pipeline_config(service_url=service_url))
     typer.echo(result.message)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _installed(package: str) -> None:
+    """The flows and the service are packages of this distribution (`mixllm_flows`, `mixllm_bento`), started by
+    module name in a child process: found without importing them (the library never imports flows/ or bento/)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise MixLLMError(f"package {package} is not installed with mixllm: reinstall it (pip install mixllm, or "
+                          "`make setup` in a checkout)")
 
 
 _SERVICE_URL = typer.Option(None, "--service-url", envvar="MIXLLM_PIPELINE_SERVICE_URL",
@@ -355,23 +366,23 @@ def pipeline_run(
     max_test_queries_per_task: int | None = typer.Option(None, help="Subsample the held-out slice."),
     service_url: str | None = _SERVICE_URL,
 ) -> None:
-    """Run the nightly flow once, now, on Prefect's ephemeral API (no server needed); prints the versions."""
+    """Run the nightly flow once, now, on Prefect's ephemeral API (no server needed); prints the versions.
+
+    Default data: the RouterBench sample packaged with mixllm; MIXLLM_PIPELINE_LANDING / _TEST_PATHS or --config
+    name other files (`make quickstart` passes a checkout's full data/routerbench/)."""
     import os
     import subprocess
     from pathlib import Path
 
-    from mixllm.pipeline import REPO_ROOT
-
-    if not (REPO_ROOT / "flows" / "nightly.py").is_file():
-        raise MixLLMError(f"flows/nightly.py not found under {REPO_ROOT}: run from a source checkout of mixllm")
+    _installed("mixllm_flows")
     env = dict(os.environ)
     for key, value in (("MAX_TRAIN_QUERIES_PER_TASK", max_train_queries_per_task),
                        ("MAX_TEST_QUERIES_PER_TASK", max_test_queries_per_task), ("SERVICE_URL", service_url)):
         if value is not None:
             env[f"MIXLLM_PIPELINE_{key}"] = str(value)
     env.setdefault("MIXLLM_HOME", str(Path(".mixllm").resolve()))  # state stays where the user ran the command
-    cmd = [sys.executable, "-m", "flows.nightly"] + (["--config", str(Path(config).resolve())] if config else [])
-    code = subprocess.call(cmd, cwd=REPO_ROOT, env=env)
+    cmd = [sys.executable, "-m", "mixllm_flows.nightly"] + (["--config", str(Path(config).resolve())] if config else [])
+    code = subprocess.call(cmd, env=env)
     raise typer.Exit(code)
 
 
@@ -384,22 +395,24 @@ def pipeline_schedule(
                              "independent schedule of the same flow."),
     api_url: str | None = typer.Option(None, envvar="PREFECT_API_URL", help="Prefect server API URL."),
 ) -> None:
-    """Register the nightly deployment (prefect.yaml) on a Prefect server; a worker on the pool runs it."""
+    """Register the nightly deployment (mixllm_flows/prefect.yaml) on a Prefect server; a worker on the pool runs it.
+
+    The worker imports the flows from its own Python environment (module entrypoints) and starts in this folder."""
+    import importlib.util
     import os
     import subprocess
     from pathlib import Path
 
-    from mixllm.pipeline import REPO_ROOT
-
+    _installed("mixllm_flows")
     if not name or "/" in name:
         raise MixLLMError(f"deployment name {name!r}: must be non-empty and without '/'")
     if not api_url:
         raise MixLLMError("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) or pass "
                           "--api-url; start one with infra/ scripts or `prefect server start`")
     prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {**os.environ, "PREFECT_API_URL": api_url, "MIXLLM_REPO_ROOT": str(REPO_ROOT)}
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MIXLLM_WORKDIR": str(Path.cwd())}
     env.setdefault("MIXLLM_HOME", str(Path(".mixllm").resolve()))  # the worker's runs share this state
-    made = subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], cwd=REPO_ROOT, env=env,
+    made = subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=env,
                           capture_output=True, text=True)
     if made.returncode != 0 and "already exists" not in (made.stdout + made.stderr):
         raise MixLLMError(f"cannot create work pool {pool!r}: {(made.stderr or made.stdout).strip()[-400:]}")
@@ -408,7 +421,8 @@ def pipeline_schedule(
 
     import yaml
 
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    flows_dir = Path(next(iter(importlib.util.find_spec("mixllm_flows").submodule_search_locations)))
+    spec = yaml.safe_load((flows_dir / "prefect.yaml").read_text(encoding="utf-8"))
     for dep in spec["deployments"]:
         if dep["name"] == "nightly":
             dep["name"] = name
@@ -417,7 +431,7 @@ def pipeline_schedule(
         spec_file = Path(tmp) / "prefect.yaml"
         spec_file.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         code = subprocess.call([prefect, "--no-prompt", "deploy", "--prefect-file", str(spec_file),
-                                "--name", name, "--pool", pool], cwd=REPO_ROOT, env=env)
+                                "--name", name, "--pool", pool], env=env)
     if code != 0:
         raise typer.Exit(code)
     typer.echo(f"\nscheduled mixllm-nightly/{name} at '{cron}' ({timezone}) on pool {pool!r}.\n"
@@ -484,9 +498,7 @@ def serve(
     import os
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    if not (repo / "bento" / "service.py").is_file():
-        raise MixLLMError(f"bento/service.py not found under {repo}: run from a source checkout of mixllm")
+    _installed("mixllm_bento")
     if router_dir is not None:
         path = Path(router_dir).expanduser().resolve()
         if not (path / "manifest.json").is_file():
@@ -500,11 +512,10 @@ def serve(
     local_db = (settings.registry_uri or "").removeprefix("sqlite:///")
     if router_dir is None and local_db != settings.registry_uri and not Path(local_db).is_file():
         # no local registry yet: say so in one line rather than serve a /readyz that never turns ready
-        raise MixLLMError(f"no registry at {settings.registry_uri}: run `make quickstart` first (it registers a "
+        raise MixLLMError(f"no registry at {settings.registry_uri}: run `mixllm pipeline run` first (it registers a "
                           "champion), point MIXLLM_TRACKING_URI at your registry, or pass --router-dir DIR")
     bentoml = Path(sys.executable).parent / "bentoml"
-    args = [str(bentoml), "serve", "bento.service:RouterService", "--host", host, "--port", str(port),
-            "--working-dir", str(repo)]
+    args = [str(bentoml), "serve", "mixllm_bento.service:RouterService", "--host", host, "--port", str(port)]
     os.execv(str(bentoml), args)  # replace this process: Ctrl-C / SIGTERM reach the server directly
 
 

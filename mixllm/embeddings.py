@@ -176,6 +176,11 @@ class QueryEncoder:
         the top `train_layers` transformer layers are trained (the rest frozen: no backward through them) and
         each epoch sees at most `max_queries_per_epoch` prompts, drawn evenly across tags. `centroid_emb`: the
         prompts' current embeddings when the caller already has them (saves one encoding pass).
+
+        Why a hand-written loop and not `SentenceTransformerTrainer`: the losses need tag centroids carried across
+        batches, per-tag sampling of each epoch and a frozen lower stack, none of which the trainer's (anchor,
+        positive) datasets express; so mixllm depends on plain `sentence-transformers`, without the ``[train]``
+        extra (accelerate, datasets) that only the trainer uses.
         """
         import torch
         import torch.nn.functional as F

@@ -1,38 +1,31 @@
-"""The stages of the nightly pipeline, as plain functions the Prefect flows in ``flows/`` compose.
+"""The data, training, evaluation and registry stages of the nightly pipeline, as plain functions.
 
 Order: check landing files against the contracts -> ingest into the store -> snapshot (digest of exactly which rows)
 -> train a candidate -> evaluate candidate AND champion on the same held-out slice -> gate -> register (always) ->
-promote (only when the gates pass) -> package a Bento -> deploy -> smoke test -> roll back when the smoke test fails.
+promote (only when the gates pass); then delivery (`mixllm.delivery`: package -> deploy -> smoke -> rollback).
 
-Why plain functions: the flows stay thin (retries, names, parallelism) and every stage is testable without Prefect.
-Configuration is one typed `PipelineConfig` (env ``MIXLLM_PIPELINE_*`` or a YAML file); its defaults are the
-quickstart: the bundled RouterBench train files as landing files, the bundled test files as the held-out slice.
+Why plain functions: the Prefect flows (package `mixllm_flows`) stay thin (retries, names, parallelism) and every
+stage is testable without Prefect. Configuration is one typed `PipelineConfig` (env ``MIXLLM_PIPELINE_*`` or a YAML
+file). Its default data is the RouterBench sample packaged with mixllm (`mixllm/defaults/sample/`), so an installed
+wheel runs from an empty folder; a checkout's quickstart passes the full `data/routerbench/` files explicitly.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import subprocess
-import sys
-import time
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mixllm.config import Settings, get_settings
-from mixllm.exceptions import ConfigError, ContractError, MixLLMError, RegistryError
-from mixllm.service_state import BUNDLED_ROUTER_DIRNAME
+from mixllm.config import Settings
+from mixllm.exceptions import ConfigError, ContractError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_DATA = REPO_ROOT / "data" / "routerbench"
 SMOKE_PROMPT = "Which planet in the solar system is known as the Red Planet?"
 
 
@@ -41,9 +34,9 @@ class PipelineConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MIXLLM_PIPELINE_", extra="forbid", validate_default=True)
 
-    landing: list[Path] = Field(default_factory=list, description="Log files to ingest (default: bundled train).")
+    landing: list[Path] = Field(default_factory=list, description="Log files to ingest (default: packaged sample).")
     feedback_landing: list[Path] = Field(default_factory=list, description="Feedback files to ingest.")
-    test_paths: list[Path] = Field(default_factory=list, description="Held-out log files (default: bundled test).")
+    test_paths: list[Path] = Field(default_factory=list, description="Held-out files (default: packaged sample).")
     max_train_queries_per_task: int | None = Field(default=None, gt=0, description="Subsample the snapshot.")
     max_test_queries_per_task: int | None = Field(default=None, gt=0, description="Subsample the held-out slice.")
     on_contract_failure: Literal["stop", "quarantine"] = "quarantine"
@@ -53,17 +46,23 @@ class PipelineConfig(BaseSettings):
     baselines: tuple[str, ...] = ("single", "random", "oracle", "task_prior")
     gates_path: Path | None = None
     build_bento: bool = True
-    bento_dir: Path = REPO_ROOT / "bento"
+    bento_source: Path | None = Field(default=None, description="Folder with bentofile.yaml and the service "
+                                      "(default: the installed mixllm_bento package).")
     service_url: str | None = Field(default=None, description="Running service to reload and smoke-test.")
     deploy_timeout_seconds: float = Field(default=60.0, gt=0)
     smoke_prompt: str = SMOKE_PROMPT
     seed: int = 0
 
     def resolved_landing(self) -> list[Path]:
-        return self.landing or sorted(BUNDLED_DATA.glob("*_train.csv*"))
+        return self.landing or sorted(sample_data().glob("*_train.csv*"))
 
     def resolved_test_paths(self) -> list[Path]:
-        return self.test_paths or sorted(BUNDLED_DATA.glob("*_test.csv*"))
+        return self.test_paths or sorted(sample_data().glob("*_test.csv*"))
+
+
+def sample_data() -> Path:
+    """The RouterBench slice packaged with mixllm (package data; see its README for source and licence)."""
+    return Path(str(resources.files("mixllm.defaults").joinpath("sample")))
 
 
 def load_pipeline_config(path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
@@ -92,16 +91,6 @@ class LandingCheck(BaseModel):
     accepted: int
     quarantined: int
     reasons: dict[str, int]
-
-
-class StageResult(BaseModel):
-    """What a deploy / smoke / package stage did, in words a person reads in the run log."""
-
-    model_config = ConfigDict(frozen=True)
-
-    ok: bool
-    action: str
-    message: str
 
 
 # ----------------------------------------------------------------------------------------- data stages -------
@@ -199,18 +188,12 @@ def held_out(config: PipelineConfig) -> pd.DataFrame:
 
     paths = config.resolved_test_paths()
     if not paths:
-        raise ConfigError("no held-out files: set MIXLLM_PIPELINE_TEST_PATHS or restore data/routerbench/*_test*")
+        raise ConfigError("no held-out files: set MIXLLM_PIPELINE_TEST_PATHS (the packaged sample has none: "
+                          "reinstall mixllm)")
     return subsample(load_training_log(paths), config.max_test_queries_per_task, config.seed)
 
 
 # ----------------------------------------------------------------------------------------- model stages ------
-def train_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Settings, out_dir: Path) -> Path:
-    """Fit a fresh router on the snapshot and save it; returns the saved directory (the three stages in a row)."""
-    router, prepared = prepare_candidate(train, config, settings)
-    return save_candidate(router, prepared, [fit_candidate_llm(name, router, prepared) for name in prepared.names],
-                          out_dir)
-
-
 def prepare_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Settings) -> tuple[Any, Any]:
     """Tags and (re)trained embeddings (cached base embeddings are reused): the router without predictors, and the
     training set whose `names` the flow fans out over."""
@@ -273,12 +256,21 @@ def operating_point(router: Any, test: pd.DataFrame, willingness_to_pay: float) 
             "default_wtp/willingness_to_pay": float(willingness_to_pay)}
 
 
-def champion_dir(settings: Settings) -> Path | None:
-    """The current champion's router directory, or None when nothing has been promoted yet."""
+def champion_dir(settings: Settings, version: str | None = None) -> Path | None:
+    """The champion's router directory, or None when nothing has been promoted yet. Pass the `version` read by
+    `champion_version` so the directory and the version named in the registered tags are the same one."""
     from mixllm.registry import CHAMPION, Registry
 
     reg = Registry(settings)
-    return reg.router_dir(CHAMPION) if reg.version_for(CHAMPION) else None
+    version = version or reg.version_for(CHAMPION)
+    return reg.router_dir(version) if version else None
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version the champion alias points at, or None (a registry read: the flows run it as a retried task)."""
+    from mixllm.registry import CHAMPION, Registry
+
+    return Registry(settings).version_for(CHAMPION)
 
 
 def gate(candidate: dict[str, float], champion: dict[str, float] | None, config: PipelineConfig) -> Any:
@@ -315,169 +307,7 @@ def promote(version: str, verdict: Any, settings: Settings) -> str:
     return f"promoted version {version} to champion ({verdict.reason})"
 
 
-# ----------------------------------------------------------------------------------------- delivery stages ---
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
-    env["BENTOML_DO_NOT_TRACK"] = "true"
-    return env
-
-
-def package(version: str, settings: Settings, config: PipelineConfig) -> StageResult:
-    """`bentoml build` of the service with the champion inside: a Bento that serves exactly `version` wherever it
-    is deployed (no registry needed), tagged and labelled with it. Redeploying an older Bento tag is a rollback.
-
-    The build context is a temporary copy of what the bentofile includes plus the router artifact under
-    `champion_router/`, so a pipeline run never writes into the checkout."""
-    import tempfile
-
-    if not config.build_bento:
-        return StageResult(ok=True, action="skipped", message="Bento build skipped: build_bento is false")
-    bentofile = config.bento_dir / "bentofile.yaml"
-    if not bentofile.is_file():
-        return StageResult(ok=False, action="skipped",
-                           message=f"Bento build skipped: {bentofile} not found (the service is not in this checkout)")
-    repo = config.bento_dir.resolve().parent  # the bentofile's paths (bento/*.py, mixllm/**) are from the repo root
-    env = _env(settings)
-    with tempfile.TemporaryDirectory(prefix="mixllm-bento-") as tmp:
-        context = Path(tmp)
-        spec = _bento_context(repo, bentofile, context, _router_dir_for(settings, version))
-        bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
-        name = (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("name", "mixllm-router")
-        # A retry of this task (or a re-promoted version) rebuilds the same tag: replace it, never fail on it.
-        subprocess.run([bentoml_cli, "delete", "-y", f"{name}:v{version}"], capture_output=True, env=env, timeout=120)
-        cmd = [bentoml_cli, "build", "-f", str(spec), "--version",
-               f"v{version}", "--label", f"champion_version={version}", "--label",
-               f"registered_model={settings.registered_model}", "-o", "tag", str(context)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=context, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return StageResult(ok=False, action="failed", message=f"bentoml build could not run: {e}")
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return StageResult(ok=False, action="failed",
-                           message=f"bentoml build failed (exit {proc.returncode}): {' | '.join(tail)}")
-    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    return StageResult(ok=True, action="built",
-                       message=f"built Bento {tag} (serves version {version}) in {env['BENTOML_HOME']}")
-
-
-def _bento_context(repo: Path, bentofile: Path, context: Path, router_dir: Path) -> Path:
-    """Copy the sources the bentofile includes and the champion's artifact into `context`; returns the bentofile
-    written there, which adds the artifact (the service serves a bundled router when it finds one)."""
-    spec = yaml.safe_load(bentofile.read_text(encoding="utf-8"))
-    for folder in ("bento", "mixllm", "data_contracts"):
-        shutil.copytree(repo / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    requirements = (spec.get("python") or {}).get("requirements_txt")
-    if requirements:
-        shutil.copy2(repo / requirements, context / requirements)
-    shutil.copytree(router_dir, context / BUNDLED_ROUTER_DIRNAME)
-    spec["include"] = [*spec.get("include", []), f"{BUNDLED_ROUTER_DIRNAME}/**"]  # the service serves it
-    out = context / "bentofile.yaml"
-    out.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return out
-
-
-def _router_dir_for(settings: Settings, version: str) -> Path:
-    from mixllm.registry import Registry
-
-    return Registry(settings).router_dir(version)
-
-
-def _headers() -> dict[str, str]:
-    token = os.environ.get("MIXLLM_ADMIN_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def deploy(version: str, settings: Settings, config: PipelineConfig) -> StageResult:
-    """Make the running service serve `version`: POST /admin/reload, then wait until /readyz reports it.
-
-    Without a configured service there is nothing to redeploy: the result says so, and `smoke_test` then checks
-    the registered champion in-process instead (the service follows the alias when it starts or polls).
-    """
-    if not config.service_url:
-        return StageResult(ok=True, action="skipped",
-                           message="deploy skipped: no service URL configured (set MIXLLM_PIPELINE_SERVICE_URL); "
-                                   "a service started with `mixllm serve` follows the champion alias by itself")
-    url = config.service_url.rstrip("/")
-    deadline = time.monotonic() + config.deploy_timeout_seconds
-    how = "reloaded"
-    try:
-        with httpx.Client(timeout=30) as client:
-            r = client.post(f"{url}/admin/reload", headers=_headers(), json={})
-            if r.status_code in (401, 403):  # no/wrong token: the service still follows the alias by polling
-                how = f"admin reload refused ({r.status_code}: set MIXLLM_ADMIN_TOKEN); waited for its alias poll"
-            while time.monotonic() < deadline:
-                if _serving_version(client, url) == version:
-                    return StageResult(ok=True, action="reloaded",
-                                       message=f"service at {url} now serves version {version} ({how})")
-                time.sleep(1.0)
-    except httpx.HTTPError as e:
-        return StageResult(ok=False, action="failed", message=f"service at {url} unreachable: {e}")
-    return StageResult(ok=False, action="failed",
-                       message=f"service at {url} did not switch to version {version} within "
-                               f"{config.deploy_timeout_seconds:.0f}s ({how})")
-
-
-def _serving_version(client: httpx.Client, url: str) -> str | None:
-    r = client.get(f"{url}/readyz")
-    if r.status_code != 200:
-        return None
-    v = r.json().get("source_version")  # the registry version the service loaded (see mixllm.service_state)
-    return None if v is None else str(v)
-
-
-def smoke_test(version: str, settings: Settings, config: PipelineConfig) -> StageResult:
-    """Route one real prompt through what now serves; a decision naming a catalogue model is a pass.
-
-    With a service URL: POST /route on the live service. Without: load the champion from the registry with the
-    same loader the service uses and route in-process (proves the registered artifact loads and routes).
-    """
-    if config.service_url:
-        url = config.service_url.rstrip("/")
-        try:
-            with httpx.Client(timeout=60) as client:
-                r = client.post(f"{url}/route", json={"prompt": config.smoke_prompt})
-        except httpx.HTTPError as e:
-            return StageResult(ok=False, action="failed", message=f"smoke test: {url}/route unreachable: {e}")
-        if r.status_code != 200:
-            return StageResult(ok=False, action="failed",
-                               message=f"smoke test: {url}/route answered {r.status_code}: {r.text[:300]}")
-        body = r.json()
-        model, serving = body.get("model"), str(body.get("source_version"))
-        if not (isinstance(model, str) and model):
-            return StageResult(ok=False, action="failed", message=f"smoke test on {url}: no model: {r.text[:300]}")
-        if serving != version:
-            return StageResult(ok=False, action="failed",
-                               message=f"smoke test on {url}: answered by version {serving}, expected {version}")
-        return StageResult(ok=True, action="live",
-                           message=f"smoke test on {url}: version {version} routed the smoke prompt to {model!r}")
-    from mixllm.registry import Registry
-
-    try:
-        router = Registry(settings).load_router(version)
-        decision = router.route([config.smoke_prompt], willingness_to_pay=settings.default_willingness_to_pay)[0]
-    except MixLLMError as e:
-        return StageResult(ok=False, action="failed", message=f"smoke test (in-process): {e}")
-    ok = decision.model in router.models
-    return StageResult(ok=ok, action="in-process",
-                       message=f"smoke test (in-process, no service URL): version {version} loaded from the "
-                               f"registry routes the smoke prompt to {decision.model!r}")
-
-
-def rollback_after_failure(failed_version: str, why: str, settings: Settings) -> str:
-    """Move champion back after a failed deploy/smoke test; returns what happened, in words."""
-    from mixllm.registry import Registry
-
-    reg = Registry(settings)
-    try:
-        target = reg.rollback(None, reason=f"automatic: {why}", who="pipeline")
-    except RegistryError as e:
-        return f"automatic rollback impossible ({e}); version {failed_version} stays champion - investigate"
-    reg.set_tags(failed_version, {"smoke_test": f"failed: {why}"[:4900]})
-    return f"ROLLED BACK: champion moved from version {failed_version} back to {target} because {why}"
-
-
+# ----------------------------------------------------------------------------------------- registry views ----
 def versions_table(settings: Settings, metrics: tuple[str, ...] = ("aiq", "quality_at_25pct_cost",
                                                                     "default_wtp/quality")) -> str:
     """A plain-text table of every version (aliases, gate verdict, headline metrics) for the CLI and run logs."""
@@ -493,7 +323,3 @@ def versions_table(settings: Settings, metrics: tuple[str, ...] = ("aiq", "quali
         lines.append(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {r['tags'].get('gate_verdict', '-'):<7} "
                      f"{vals}  {r['tags'].get('snapshot_digest', '')[:12]}")
     return "\n".join(lines)
-
-
-def run_summary_json(**fields: Any) -> str:
-    return json.dumps(fields, indent=2, default=str)

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The README's main job: the nightly pipeline once, on embedded defaults (SQLite-backed MLflow and store under
-# .mixllm/, Prefect with its ephemeral API, the bundled RouterBench sample as landing files).
+# .mixllm/, Prefect with its ephemeral API) and on this checkout's full RouterBench files (data/routerbench/), named
+# explicitly: `mixllm pipeline run` alone uses the small sample packaged with mixllm (the installed-wheel default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+data="$PWD/data/routerbench"
+list() { local out="" f; for f in "$data"/*_"$1".csv.gz; do out+="${out:+,}\"$f\""; done; echo "[$out]"; }
+export MIXLLM_PIPELINE_LANDING=${MIXLLM_PIPELINE_LANDING:-$(list train)}
+export MIXLLM_PIPELINE_TEST_PATHS=${MIXLLM_PIPELINE_TEST_PATHS:-$(list test)}
 .venv/bin/mixllm pipeline run "$@"
 cat <<'MSG'
 

@@ -51,13 +51,21 @@ def home(state: dict[str, Any], isolated_home: Path, monkeypatch: pytest.MonkeyP
 
 
 def run_nightly(**overrides: Any) -> dict[str, Any]:
-    from flows.nightly import nightly
+    from mixllm_flows.nightly import nightly
 
     return nightly(overrides={**SMALL, **overrides})
 
 
-def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home: Path) -> None:
+def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's temporary folders go (same process)
     out = run_nightly()
+    left = [p.name for p in scratch.iterdir() if p.name.startswith("mixllm-")]  # not torch's compile cache
+    assert left == [], f"the run left its temporary folders behind: {left}"
     state["runs"].append(out)
     assert out["version"] == "1" and out["promoted"] is True, out
     assert out["champion_before"] is None and out["champion"] == "1"
@@ -82,8 +90,11 @@ def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home:
     assert "smoke test (in-process" in out["smoke"] and "version 1" in out["smoke"]
     if (REPO / "bento" / "bentofile.yaml").is_file():
         assert out["package"].startswith("built Bento mixllm-router:v1"), out["package"]
-        src = state["home"] / "bentoml" / "bentos" / "mixllm-router" / "v1" / "src"
-        assert (src / "bento" / "service.py").is_file() and (src / "mixllm" / "router.py").is_file()
+        bento = state["home"] / "bentoml" / "bentos" / "mixllm-router" / "v1"
+        src = bento / "src"
+        assert (src / "mixllm_bento" / "service.py").is_file() and (src / "mixllm" / "router.py").is_file()
+        assert (src / "mixllm" / "defaults" / "contracts" / "interaction_log.json").is_file()
+        assert "mixllm_bento.service:RouterService" in (bento / "bento.yaml").read_text()
         # The Bento carries the champion it was built for: it serves exactly that version without a registry.
         bundled = json.loads((src / "champion_router" / "manifest.json").read_text())
         registered = json.loads((reg.router_dir("1") / "manifest.json").read_text())
@@ -96,6 +107,7 @@ def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home:
     with get_client(sync_client=True) as client:
         names = [r.name for r in client.read_flow_runs()]
     assert any(n.startswith("nightly-") and n.endswith(out["snapshot_digest"][:10]) for n in names), names
+    assert "deliver-v1" in names, names  # package -> deploy -> smoke ran as the shared delivery subflow
     # the training rows are exactly the snapshot (20 queries per task, all their rows)
     assert Store(get_settings().store_url).logs()["query_id"].nunique() > 60
 
@@ -145,10 +157,10 @@ def test_corrupted_data_stops_at_validation_and_champion_is_untouched(state: dic
 def test_cli_pipeline_run_reports_a_contract_stop_in_one_line(home: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """What `mixllm pipeline run` prints (its entry point, `flows.nightly.main`): exit 2, one clear line.
+    """What `mixllm pipeline run` prints (its entry point, `mixllm_flows.nightly.main`): exit 2, one clear line.
 
     In-process on the module's Prefect harness; the CLI's own subprocess is exercised by the servers tier."""
-    from flows.nightly import main
+    from mixllm_flows.nightly import main
 
     bad = _corrupt(REPO / "data" / "routerbench" / "mbpp_train.csv.gz", tmp_path / "corrupt_train.csv.gz")
     monkeypatch.setenv("MIXLLM_PIPELINE_LANDING", json.dumps([str(bad)]))

@@ -1,5 +1,6 @@
-"""Pipeline stages one by one (no Prefect): typed config and its precedence, subsampling, what deploy and smoke
-test say when there is no service or it is unreachable, and the automatic rollback's wording."""
+"""Pipeline and delivery stages one by one (no Prefect): typed config and its precedence, the packaged default
+data, subsampling, what deploy and smoke test say when there is no service or it is unreachable, the Bento's pinned
+requirements, and the automatic rollback's wording."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import pytest
 
 from mixllm.config import get_settings
 from mixllm.exceptions import ConfigError
-from mixllm.pipeline import (BUNDLED_DATA, PipelineConfig, deploy, load_pipeline_config, package,
-                             rollback_after_failure, smoke_test, subsample)
+from mixllm.delivery import deploy, package, pinned_requirements, rollback_after_failure, smoke_test
+from mixllm.pipeline import PipelineConfig, load_pipeline_config, sample_data, subsample
 
 pytestmark = pytest.mark.integration
 
 
-def test_defaults_are_the_quickstart() -> None:
+def test_default_data_is_the_packaged_sample(repo_root: Path) -> None:
     cfg = PipelineConfig()
-    assert [p.name for p in cfg.resolved_landing()] == sorted(p.name for p in BUNDLED_DATA.glob("*_train.csv*"))
-    assert all(p.name.endswith("_test.csv.gz") for p in cfg.resolved_test_paths())
+    landing, test = cfg.resolved_landing(), cfg.resolved_test_paths()
+    assert [p.name for p in landing] == ["arc_challenge_train.csv.gz", "mbpp_train.csv.gz", "winogrande_train.csv.gz"]
+    assert [p.name.replace("_test", "_train") for p in test] == [p.name for p in landing]
+    assert all(p.parent == sample_data() and p.is_file() for p in landing + test)
+    assert not sample_data().is_relative_to(repo_root / "data"), "the default must be package data, not the checkout's"
+    assert (sample_data() / "README.md").read_text().count("MIT") >= 1  # attribution travels with the slice
     assert cfg.max_train_queries_per_task is None and cfg.on_contract_failure == "quarantine"
 
 
@@ -72,7 +77,7 @@ def test_smoke_test_without_a_registered_champion_fails_clearly() -> None:
 
 
 def test_missing_bentofile_is_reported_not_ignored(tmp_path: Path) -> None:
-    r = package("1", get_settings(), PipelineConfig(bento_dir=tmp_path))
+    r = package("1", get_settings(), PipelineConfig(bento_source=tmp_path))
     assert not r.ok and "bentofile.yaml not found" in r.message
     assert package("1", get_settings(), PipelineConfig(build_bento=False)).action == "skipped"
 
@@ -80,3 +85,12 @@ def test_missing_bentofile_is_reported_not_ignored(tmp_path: Path) -> None:
 def test_automatic_rollback_without_history_says_so() -> None:
     msg = rollback_after_failure("1", "smoke failed", get_settings())
     assert msg.startswith("automatic rollback impossible") and "investigate" in msg
+
+
+def test_bento_requirements_pin_the_installed_closure() -> None:
+    from importlib import metadata
+
+    pins = dict(line.split("==", 1) for line in pinned_requirements())
+    for name in ("bentoml", "torch", "lightgbm", "sentence-transformers", "psycopg-binary", "huggingface-hub"):
+        assert pins[name] == metadata.version(name), name  # direct, extra-selected and transitive dependencies
+    assert "mixllm" not in pins and "pytest" not in pins  # its own code is copied in; dev extra not followed
