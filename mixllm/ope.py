@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mixllm.exceptions import ContractError
+from mixllm.feedback import LABEL_SOURCE, FeedbackConfig, label_decisions
 
 Estimator = Literal["ips", "snips", "dr"]
 ESTIMATORS: tuple[Estimator, ...] = ("ips", "snips", "dr")
@@ -190,8 +191,6 @@ def logged_decisions(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (query_id, model) decision a policy made (propensity known) with its label: the service logs
     a decision and, later, maybe an observation of it (two rows); ratings label it via `mixllm.feedback`. An
     observed quality and cost win over a rating. Input: `LabelledDecisions.rows`."""
-    from mixllm.feedback import LABEL_SOURCE
-
     d = rows[rows["propensity"].notna()].copy()
     if d.empty:
         return d
@@ -218,11 +217,12 @@ def _target(router: Any, prompts: Sequence[str], logged_models: Sequence[str], w
 
 
 def production_metrics(settings: Any, candidate_dir: Path | str, champion_dir: Path | str | None,
-                       config: OPEConfig | None = None) -> dict[str, float]:
+                       config: OPEConfig | None = None,
+                       feedback: FeedbackConfig | None = None) -> dict[str, float]:
     """Candidate and champion (loaded with `load_router`, as served) estimated on the store's labelled logged
     decisions with IPS, SNIPS and DR, plus their paired difference: flat metrics for the gate and the MLflow run
-    (``ope/n_labelled``, ``ope/candidate/dr``, ``ope/candidate/dr_low``, ``ope/diff/dr_high``, ...)."""
-    from mixllm.feedback import label_decisions
+    (``ope/n_labelled``, ``ope/candidate/dr``, ``ope/candidate/dr_low``, ``ope/diff/dr_high``, ...). Ratings label
+    decisions as in the training snapshot (`feedback`: the same `mixllm.feedback.FeedbackConfig`)."""
     from mixllm.routers.registry import load_router
     from mixllm.store import Store
 
@@ -230,10 +230,10 @@ def production_metrics(settings: Any, candidate_dir: Path | str, champion_dir: P
     wtp = cfg.willingness_to_pay or settings.default_willingness_to_pay
     store = Store(settings.store_url)
     try:
-        logs, feedback = store.logs(since=cfg.since, policy_only=True), store.feedback(since=cfg.since)
+        logs, store_feedback = store.logs(since=cfg.since, policy_only=True), store.feedback(since=cfg.since)
     finally:
         store.dispose()
-    d = logged_decisions(label_decisions(logs, feedback).rows)
+    d = logged_decisions(label_decisions(logs, store_feedback, feedback).rows)
     d = d[d["quality"].notna()] if len(d) else d
     missing_cost = int(d["cost_usd"].isna().sum()) if cfg.reward == "utility" and len(d) else 0
     if cfg.reward == "utility" and len(d):
