@@ -177,7 +177,11 @@ class ServingEngine:
         since = snapshot_time(router.manifest)
         report = ReplayReport(since=since.isoformat() if since else None, router_version=str(router.version))
         try:
-            events = stored_events(self.store_factory(), since, self.settings.replay_max_events)
+            store = self.store_factory()
+            try:
+                events = stored_events(store, since, self.settings.replay_max_events)
+            finally:
+                store.dispose()
             if self.outbox is not None:
                 events += spooled_events(self.outbox, since, self.settings.replay_max_events)
         except Exception as e:  # noqa: BLE001 - a store that cannot be read must not stop the service from serving

@@ -304,6 +304,16 @@ def test_feedback_is_learned_online_and_persisted(served: Served) -> None:
     assert obs.iloc[0]["quality"] == 0.25 and obs.iloc[0]["cost_usd"] == 0.0031 and obs.iloc[0]["latency_ms"] == 812
 
 
+def test_a_repeated_rating_is_stored_but_not_learned_again(served: Served) -> None:
+    with served.client() as c:
+        rid = _route(c, served, prompt=PROMPTS[0])["request_id"]
+        first = c.post("/feedback", json={"request_id": rid, "rating": 0}).json()
+        again = c.post("/feedback", json={"request_id": rid, "rating": 1}).json()
+    assert first["applied_online"] and not first["capped"], first
+    assert again["recorded"] == ["feedback"] and not again["applied_online"] and again["capped"], again
+    assert "already had a rating" in again["online_error"]
+
+
 def test_metrics_expose_decisions_feedback_and_the_served_version(served: Served) -> None:
     text = httpx.get(f"{served.url}/metrics").text
     assert "mixllm_decisions_total{model=" in text and "mixllm_route_latency_seconds_bucket" in text
@@ -347,6 +357,8 @@ def test_thousands_of_concurrent_feedback_events_survive_a_crash_and_restart(ser
     acked = asyncio.run(send(list(range(n)), kill_after=n // 2))
     assert served.proc.poll() is not None and n // 2 <= len(acked) < n, len(acked)
     served.start()  # same home: the outbox left by the crash is replayed to the store
+    replay = httpx.get(f"{served.url}/readyz").json()["replay"]  # and what was learned online, into the router
+    assert replay["error"] is None and replay["applied"] >= len({body[i]["request_id"] for i in acked}), replay
     retried = asyncio.run(send(sorted(set(range(n)) - acked), kill_after=None))
     assert len(acked) + len(retried) == n
 
