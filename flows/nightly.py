@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from mixllm import pipeline as P
 from mixllm.config import get_settings
 from mixllm.exceptions import MixLLMError
+from mixllm.ope import production_metrics
 
 from .common import COMPUTE, IO_RETRY
 from .delivery import champion_version, deliver
@@ -53,6 +54,7 @@ champion_dir = task(P.champion_dir, name="fetch-champion", **IO_RETRY)
 gate = task(P.gate, name="gate", **COMPUTE)
 register = task(P.register, name="register", **IO_RETRY)
 promote = task(P.promote, name="promote", **IO_RETRY)
+production_ope = task(production_metrics, name="off-policy-evaluation", **COMPUTE)
 
 
 def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any, train: Any) -> Any:
@@ -106,6 +108,9 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
             else None
         cand_report, cand_metrics = cand_future.result()
         champ_metrics = champ_future.result()[1] if champ_future else None
+        # Both routers on the service's own labelled logged decisions too (ope/* metrics: production gate, MLflow).
+        cand_metrics = {**cand_metrics, **production_ope(settings, cand_dir, champ_dir, getattr(config, "ope", None),
+                                                          getattr(config, "feedback", None))}
         verdict = gate(cand_metrics, champ_metrics, config)
         version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
                            champ_version, run_name, champ_metrics)
