@@ -22,7 +22,6 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 

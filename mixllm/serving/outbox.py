@@ -146,7 +146,8 @@ class Outbox:
     def _spawn(self) -> None:
         env = {**os.environ, FORWARDER_STORE_ENV: self._store_url or ""}
         cmd = [sys.executable, "-m", "mixllm.serving.forwarder", str(self.path), "--interval",
-               str(self.forward_interval), "--batch", str(self.forward_batch), "--ttl", str(self.decisions_ttl), "--parent", str(os.getpid())]
+               str(self.forward_interval), "--batch", str(self.forward_batch), "--ttl", str(self.decisions_ttl),
+               "--parent", str(os.getpid())]
         self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def _watch(self) -> None:
