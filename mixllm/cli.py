@@ -289,9 +289,9 @@ def evaluate(
     from mixllm.data import load_training_log
     from mixllm.evaluation import evaluate as run_evaluation
 
-    chosen = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
     from mixllm.replay import LatencyConfig, OnlineConfig
 
+    chosen = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
     model = None
     if router is not None:
         from mixllm.routers.registry import load_router

@@ -344,15 +344,15 @@ def default_wtps() -> np.ndarray:
 
 def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | None = None, reference: str | None = None,
              baselines: Iterable[str] = FAST_BASELINES, train_log: pd.DataFrame | None = None, seed: int = 0,
-             latency: Any = None, online: Any = None, knn_k: int = 20, name: str = "router",
+             latency: Any = None, online: Any = None, name: str = "router",
              router_options: Mapping[str, Mapping[str, Any]] | None = None) -> EvaluationReport:
     """Replay `test_log` through `router` (may be None: baselines only) and the chosen baselines; one report.
 
     baselines: names of registered routers (`mixllm.routers.registry.ROUTERS`); each class builds its fitted
     router(s) from the train and test logs (`Router.for_evaluation`), and one that learns from a train log is
     skipped, with the reason, without one. Routers of kind "single" are also reported as their mix
-    ("single_mix"). router_options: constructor options per registry name (e.g. {"knn": {"k": 20}}; `knn_k` is a
-    shorthand for that one). latency: a `mixllm.replay.LatencyConfig` (or True for its defaults) to add the
+    ("single_mix"). router_options: constructor options per registry name (e.g. {"knn": {"k": 50}}; default: each
+    class's own defaults). latency: a `mixllm.replay.LatencyConfig` (or True for its defaults) to add the
     latency-constrained replay of `router`. online: a `mixllm.replay.OnlineConfig` (or True) to add the
     continual-learning replay (frozen router vs the router receiving refined / thumbs feedback on the same
     stream; the evaluated router is not changed).
@@ -364,7 +364,7 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
     from mixllm.routers.registry import router_class
 
     classes = {b: router_class(b) for b in baselines}  # ConfigError naming the registered routers
-    options = {"knn": {"k": knn_k}} | {k: dict(v) for k, v in (router_options or {}).items()}
+    options = {k: dict(v) for k, v in (router_options or {}).items()}
     test = TestSet.from_log(test_log)
     if reference is None:
         reference = test.models[int(np.argmax(test.cost.mean(axis=0)))]

@@ -215,3 +215,55 @@ def test_outcome_tags_refine_what_the_encoder_is_fine_tuned_toward_but_not_the_r
     assert len(ft) > 3 and {t.split("/")[0] for t in ft} == set(router.tags) and sum(ft.values()) == 30
     assert router.tags == ("arc-challenge", "mbpp", "winogrande") and set(prepared.tags) <= set(router.tags)
     assert router.encoder.weights_id != QueryEncoder.base().weights_id  # the encoder was fine-tuned
+
+
+def test_saved_router_loads_through_the_registry_and_explores_with_recorded_propensities(trained_router_dir):
+    """The artifact's manifest names its class; `load_router` gives a MixLLMRouter that decides exactly like
+    `MixLLMRouter.load`. With softmax exploration on, decide draws with the router's seeded generator (the same
+    seed repeats the draws), records each choice's probability, and sometimes leaves the greedy choice."""
+    from mixllm.policy import ExplorationConfig, probabilities
+    from mixllm.routers.registry import load_router
+
+    router = load_router(trained_router_dir)
+    assert type(router) is MixLLMRouter and json.loads((trained_router_dir / "manifest.json").read_text())[
+        "router_class"] == "mixllm"
+    prompts = [f"Question {i}: which word completes the sentence about the {w}?" for i, w in
+               enumerate(["trophy", "suitcase", "garden", "ocean", "river", "city"] * 5)]
+    pred = router.predict(prompts)
+    greedy = router.decide(pred, 0.05)
+    assert all(d.propensity == 1.0 for d in greedy)
+    assert [d.model for d in greedy] == [router.models[j] for j in router.choose(pred, 0.05)]
+    explore = ExplorationConfig(mode="softmax", temperature=0.05, max_share=0.5)
+    runs = []
+    for _ in range(2):
+        r = load_router(trained_router_dir)
+        r.config = r.config.model_copy(update={"exploration": explore})
+        runs.append(r.decide(pred, 0.05))
+    assert [d.model for d in runs[0]] == [d.model for d in runs[1]]
+    p = probabilities(r.scores(pred, 0.05), explore)
+    assert all(d.propensity == pytest.approx(p[i, r.models.index(d.model)]) for i, d in enumerate(runs[0]))
+    assert any(d.propensity < 1.0 for d in runs[0])
+
+
+def test_training_accepts_a_bandit_log_mixed_with_full_information_rows(routerbench_dir, tmp_path):
+    """A log where most queries have one logged decision (with its propensity, quality from feedback or unknown)
+    next to full-information rows trains a router; the weights reach the predictors and the digest."""
+    from mixllm.data import load_routerbench
+    from mixllm.router import RouterConfig, data_digest
+
+    log = load_routerbench(routerbench_dir, "train")
+    keep = log.drop_duplicates("query_id").groupby("task").head(12)["query_id"]
+    log = log[log["query_id"].isin(keep)].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    qids = log["query_id"].unique()
+    full = set(qids[: len(qids) // 3])
+    logged = log[~log["query_id"].isin(full)].groupby("query_id").sample(1, random_state=0)
+    logged = logged.assign(propensity=rng.uniform(0.02, 1.0, len(logged)),
+                           quality=np.where(rng.random(len(logged)) < 0.3, np.nan, logged["quality"]))
+    mixed = pd.concat([log[log["query_id"].isin(full)], logged], ignore_index=True)
+    router = MixLLMRouter(RouterConfig(epochs=0, progress=False, cache_dir=tmp_path / "cache")).fit(mixed)
+    metas = {n: p.meta for n, p in router.predictors.llms.items()}
+    assert sum(m.get("logged_policy_rows", 0) for m in metas.values()) == len(logged)
+    assert all(p.quality.w is not None for n, p in router.predictors.llms.items() if metas[n].get("logged_policy_rows"))
+    assert router.manifest["training_data_digest"] != data_digest(mixed.assign(propensity=None))
+    assert len(router.route(["Write a python function that sorts a list."], 1.0)) == 1
