@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mixllm import policy
-from mixllm.exceptions import ArtifactError, ContractError, RoutingError
+from mixllm.exceptions import ArtifactError, ConfigError, ContractError, RoutingError
 from mixllm.schemas import CandidateScore, RouteConstraints, RouteDecision
 
 MANIFEST = "manifest.json"
@@ -180,8 +180,6 @@ class Router(ABC):
     @classmethod
     def create(cls, *, seed: int = 0, catalogue: Any = None, **options: Any) -> "Router":
         """An unfitted router from plain options (the CLI's `--option key=value`); ConfigError on unknown ones."""
-        from mixllm.exceptions import ConfigError
-
         options.pop("progress", None)  # baselines train without progress bars
         try:
             return cls(seed=seed, catalogue=catalogue, **options)

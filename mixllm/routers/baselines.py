@@ -20,7 +20,9 @@ The plain-embedding ablation of the MixLLM router (`plain_router`) is `mixllm.ro
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -98,8 +100,12 @@ class ScoreRouter(Router):
         is, so the evaluation pivots its train log once for every baseline); remembers the models."""
         train = log if isinstance(log, TestSet) else TestSet.from_log(log, unknown_quality=unknown_quality)
         self._models = train.models
-        self.manifest = {"router_version": f"{self.name}-{len(train.prompts)}q", "n_queries": train.n,
-                         "models": list(train.models)}
+        created = datetime.now(timezone.utc)
+        digest = hashlib.sha256("\0".join([*train.prompts, *train.models]).encode() + train.quality.tobytes()
+                                + train.cost.tobytes()).hexdigest()[:8]
+        self.manifest = {"router_version": f"{created:%Y%m%dT%H%M%S}-{self.name}-{digest}",
+                         "created": created.isoformat(), "n_queries": train.n, "models": list(train.models),
+                         "params": {p: getattr(self, p) for p in self.params}}
         return train
 
     def predict(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None,
@@ -183,7 +189,9 @@ class SingleModelRouter(ScoreRouter):
         if self.model not in train.models:
             raise TrainingError(f"the single-model router's LLM {self.model!r} has no rows in the log "
                                 f"(models: {', '.join(train.models)})")
-        self._mean_q, self._mean_c = np.nanmean(train.quality, axis=0), np.nanmean(train.cost, axis=0)
+        everything = np.ones((1, train.n))
+        self._mean_q = _weighted_mean(everything, train.quality)[0]
+        self._mean_c = _weighted_mean(everything, train.cost)[0]
         return self
 
     def _estimates(self, prompts, tokens, tasks):
