@@ -200,3 +200,24 @@ def test_cli_versions_promote_and_rollback(state: dict[str, Any], home: Path) ->
     assert r.exit_code == 0 and "champion" in r.output and "aiq" in r.output
     r = runner.invoke(app, ["rollback", "--to", "99"])
     assert r.exit_code != 0
+
+
+def test_promote_and_rollback_flows_ship_through_the_one_delivery_path(home: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The promote flow's failed deploy rolls champion back (delivery's rollback); the rollback flow's failed deploy
+    is only reported (undoing a rollback would restore the version a person took out)."""
+    from mixllm_flows.promote import promote
+    from mixllm_flows.rollback import rollback
+
+    monkeypatch.setenv("MIXLLM_PIPELINE_SERVICE_URL", "http://127.0.0.1:9")  # nothing listens: every deploy fails
+    monkeypatch.setenv("MIXLLM_PIPELINE_BUILD_BENTO", "false")
+    reg = Registry(get_settings())
+    assert reg.version_for(CHAMPION) == "1"  # left by the CLI test above
+    out = promote("2", reason="flow test", who="tester")
+    assert out["delivered"] is False and "unreachable" in out["deploy"], out
+    assert out["rollback"].startswith("ROLLED BACK: champion moved from version 2 back to 1"), out
+    assert out["champion"] == "1" == reg.version_for(CHAMPION)
+    assert "smoke" not in out  # delivery stops at the first failed stage
+    out = rollback(to="2", reason="flow test rollback", who="tester")
+    assert out["champion_before"] == "1" and out["delivered"] is False and "rollback" not in out, out
+    assert out["champion"] == "2" == reg.version_for(CHAMPION)
