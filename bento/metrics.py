@@ -42,6 +42,10 @@ class ServiceMetrics:
                                     multiprocess_mode="mostrecent")
         self.upstream = Counter("mixllm_passthrough_calls", "Pass-through calls by routed model and outcome.",
                                 ["model", "status"], registry=r)
+        # Spend per hour (alerts, dashboard): the dollars observed per model, from the pass-through's usage
+        # ("passthrough") or from cost_usd sent to /feedback ("feedback").
+        self.spend = Counter("mixllm_spend_usd", "Observed LLM cost in USD by model and where it was reported.",
+                             ["model", "source"], registry=r)
 
         self._router_labels: tuple[str, str] | None = None
 
@@ -50,6 +54,10 @@ class ServiceMetrics:
             self.router_info.labels(*self._router_labels).set(0)
         self._router_labels = (router_version, source_version or "")
         self.router_info.labels(*self._router_labels).set(1)
+
+    def observe_cost(self, model: str, cost_usd: float | None, source: str) -> None:
+        if cost_usd is not None and cost_usd >= 0:
+            self.spend.labels(model, source).inc(cost_usd)
 
     @staticmethod
     def exported_by_bentoml() -> bool:

@@ -199,6 +199,7 @@ class RouterService:
         self.metrics.upstream.labels(chosen, "ok").inc()
         record = await self.engine.passthrough(r, text, data, spec, latency_ms)
         self.metrics.feedback.labels("log").inc()
+        self.metrics.observe_cost(chosen, record.cost_usd, "passthrough")
         data["model"] = chosen
         data["mixllm"] = {"request_id": record.query_id, "model": chosen, "router_version": r.decision.router_version,
                           "cost_usd": record.cost_usd, "latency_ms": latency_ms}
@@ -221,6 +222,8 @@ class RouterService:
             return rejected(e)
         for kind in out.recorded:
             self.metrics.feedback.labels(kind).inc()
+        if "log" in out.recorded:
+            self.metrics.observe_cost(out.model, cost_usd, "feedback")
         if out.online != "none":
             self.metrics.online_updates.labels(out.online).inc()
         return FeedbackResult(query_id=out.query_id, model=out.model, recorded=out.recorded,
