@@ -109,8 +109,7 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
         cand_report, cand_metrics = cand_future.result()
         champ_metrics = champ_future.result()[1] if champ_future else None
         # Both routers on the service's own labelled logged decisions too (ope/* metrics: production gate, MLflow).
-        cand_metrics = {**cand_metrics, **production_ope(settings, cand_dir, champ_dir, getattr(config, "ope", None),
-                                                          getattr(config, "feedback", None))}
+        cand_metrics = {**cand_metrics, **production_ope(settings, cand_dir, champ_dir, config.ope, config.feedback)}
         verdict = gate(cand_metrics, champ_metrics, config)
         version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
                            champ_version, run_name, champ_metrics)

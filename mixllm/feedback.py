@@ -6,6 +6,7 @@ ratings of those decisions. The nightly snapshot joins the two here, so what use
 - a rating in [0, 1] maps to a quality label through `RatingMapping` (thumbs 0/1, graded ratings in between);
 - an observed quality (a benchmark row, an automatic grader) outranks any rating: the rating is set aside;
 - per (query, model) the latest rating wins, and each source's repeated ratings collapse to its latest;
+- one source contributes at most `FeedbackConfig.max_labels_per_source` rated decisions to a snapshot;
 - a rating of a decision that is not in the log, dated before its decision or in the future, or with an invalid
   value is never silently dropped: it is returned in `aside` with the reason;
 - labelled rows keep `propensity` and `router_version` (off-policy training weights them by 1 / propensity);
@@ -65,6 +66,10 @@ class FeedbackConfig(BaseModel):
     max_clock_skew_seconds: float = Field(default=300.0, ge=0.0, description=(
         "a rating may be dated this much before its decision (clocks of service and clients differ); earlier ones, "
         "and ratings dated this much after the snapshot time, are set aside"))
+    max_labels_per_source: int | None = Field(default=None, gt=0, description=(
+        "at most this many rated decisions of one feedback source enter a snapshot (its latest ones; the rest are "
+        "set aside as 'capped'), so no single client, bot or tenant can outweigh everybody else's ratings; "
+        "None: no cap"))
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,13 @@ def label_decisions(logs: pd.DataFrame, feedback: pd.DataFrame, config: Feedback
     observed = decision["observed"].reindex(key).to_numpy(bool)
     aside.append(_aside(fb[observed], "outranked: the decision has an observed quality"))
     fb = fb[~observed]
+    if cfg.max_labels_per_source is not None:
+        # Counted on the ratings that could label a decision, so the cap bounds what a source contributes (a
+        # later rating of another source may still supersede one of the kept ones). fb is in time order.
+        over = fb.groupby("source", sort=False).cumcount(ascending=False).to_numpy() >= cfg.max_labels_per_source
+        aside.append(_aside(fb[over], f"capped: the source rated more than max_labels_per_source="
+                                      f"{cfg.max_labels_per_source} decisions; its latest ones count"))
+        fb = fb[~over]
 
     n_sources = fb.groupby(["query_id", "model"]).size()
     latest = fb.duplicated(["query_id", "model"], keep="last")
@@ -166,7 +178,8 @@ def snapshot_digest(log_digest: str, feedback_digest: str | None, config: Feedba
     feedback it is the log digest unchanged, so snapshots taken before feedback existed keep their digests."""
     if not feedback_digest:
         return log_digest
-    mapping = (config or FeedbackConfig()).model_dump(mode="json")
+    # The cap is left out while unset so digests of snapshots taken before it existed stay the same.
+    mapping = (config or FeedbackConfig()).model_dump(mode="json", exclude_none=True)
     text = json.dumps({"log": log_digest, "feedback": feedback_digest, "labels": mapping}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -25,6 +25,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mixllm.config import Settings
 from mixllm.exceptions import ConfigError, ContractError
+from mixllm.feedback import FeedbackConfig
+from mixllm.ope import OPEConfig
 
 SMOKE_PROMPT = "Which planet in the solar system is known as the Red Planet?"
 
@@ -32,7 +34,8 @@ SMOKE_PROMPT = "Which planet in the solar system is known as the Red Planet?"
 class PipelineConfig(BaseSettings):
     """Everything one pipeline run needs besides `Settings` (where state lives)."""
 
-    model_config = SettingsConfigDict(env_prefix="MIXLLM_PIPELINE_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix="MIXLLM_PIPELINE_", env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
 
     landing: list[Path] = Field(default_factory=list, description="Log files to ingest (default: packaged sample).")
     feedback_landing: list[Path] = Field(default_factory=list, description="Feedback files to ingest.")
@@ -43,6 +46,11 @@ class PipelineConfig(BaseSettings):
     max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1,
                                            description="quarantine mode: stop when more of a file is bad.")
     router: dict[str, Any] = Field(default_factory=dict, description="RouterConfig overrides (e.g. epochs).")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description=(
+        "how ratings become labels in the snapshot and in off-policy evaluation (e.g. "
+        "MIXLLM_PIPELINE_FEEDBACK__MAX_LABELS_PER_SOURCE=500)"))
+    ope: OPEConfig = Field(default_factory=OPEConfig, description=(
+        "off-policy evaluation of candidate and champion on logged decisions (e.g. MIXLLM_PIPELINE_OPE__CI=bootstrap)"))
     baselines: tuple[str, ...] = ("single", "random", "oracle", "task_prior")
     gates_path: Path | None = None
     build_bento: bool = True
@@ -73,12 +81,22 @@ def load_pipeline_config(path: str | Path | None = None, **overrides: Any) -> Pi
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read pipeline config {path}: {e}") from e
-    env = PipelineConfig()  # environment wins over nothing, the file wins over the environment's defaults
     try:
-        merged = {**env.model_dump(exclude_unset=True), **data, **{k: v for k, v in overrides.items() if v is not None}}
+        env = PipelineConfig()  # environment wins over nothing, the file wins over the environment's defaults
+        merged = _merge(_merge(env.model_dump(exclude_unset=True), data),
+                        {k: v for k, v in overrides.items() if v is not None})
         return PipelineConfig(**merged)
     except ValidationError as e:
         raise ConfigError(f"invalid pipeline config: {e}") from e
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, nested settings key by key: a file setting `feedback.mapping` keeps the environment's
+    `feedback.max_labels_per_source`. A nested model given as an object (not a dict) replaces the whole entry."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 class LandingCheck(BaseModel):
@@ -170,8 +188,7 @@ def snapshot(settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, 
         store.dispose()
     if df.empty:
         raise ContractError(f"the store at {settings.store_url} holds no accepted log rows; ingest data first")
-    fcfg = getattr(config, "feedback", None)
-    labelled = label_decisions(df, feedback, fcfg)
+    labelled = label_decisions(df, feedback, config.feedback)
     df = labelled.rows
     if config.max_train_queries_per_task is not None:
         served = df["router_version"].notna() | df["propensity"].notna()
@@ -179,7 +196,7 @@ def snapshot(settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, 
                        ignore_index=True)
         digest = _digest(df)
     df.attrs[FEEDBACK_ATTR] = {**labelled.summary(), "feedback_digest": feedback_digest}
-    return df, snapshot_digest(digest, feedback_digest, fcfg)
+    return df, snapshot_digest(digest, feedback_digest, config.feedback)
 
 
 def held_out(config: PipelineConfig) -> pd.DataFrame:
@@ -289,7 +306,8 @@ def register(router_dir: Path, report: Any, metrics: dict[str, float], digest: s
     params = {"router": config.router, "n_train_rows": len(train), "n_train_queries": train["query_id"].nunique(),
               "max_train_queries_per_task": config.max_train_queries_per_task,
               "max_test_queries_per_task": config.max_test_queries_per_task, "baselines": list(config.baselines),
-              "landing": [str(p) for p in config.resolved_landing()], "seed": config.seed}
+              "landing": [str(p) for p in config.resolved_landing()], "seed": config.seed,
+              "feedback": config.feedback.model_dump(mode="json"), "ope": config.ope.model_dump(mode="json")}
     tags = {"gate_verdict": "passed" if verdict.passed else "failed", "gate_reason": verdict.reason[:4900],
             "compared_with_champion": champion_version or "none"}
     extra = {k: v for k, v in metrics.items() if k not in report.summary}

@@ -290,3 +290,33 @@ def test_reads_since_a_time_and_the_feedback_snapshot_digest(tmp_path: Path) -> 
     assert len(fb) == 3 and digest
     store.append_feedback([FeedbackRecord(query_id="q0", model="m", rating=0.0, ts=t[2])])
     assert store.feedback_snapshot()[1] != digest
+
+
+def test_the_snapshot_caps_what_one_feedback_source_contributes(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """PipelineConfig.feedback.max_labels_per_source: a bot rating every decision labels only its latest N; the
+    rest are set aside with the reason, and the cap is part of the snapshot digest."""
+    from mixllm.config import get_settings
+    from mixllm.feedback import FEEDBACK_ATTR, FeedbackConfig
+    from mixllm.pipeline import PipelineConfig, snapshot
+
+    monkeypatch.setenv("MIXLLM_STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    settings = get_settings()
+    store = Store(settings.store_url)
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    store.append_logs([LogRecord(query_id=f"q{i}", prompt=f"p{i}", model="m", router_version="1", propensity=0.5,
+                                 ts=t0) for i in range(8)])
+    store.append_feedback([FeedbackRecord(query_id=f"q{i}", model="m", rating=0.0, source="bot",
+                                          ts=t0.replace(hour=i + 1)) for i in range(8)]
+                          + [FeedbackRecord(query_id="q0", model="m", rating=1.0, source="alice",
+                                            ts=t0.replace(hour=12))])
+    store.dispose()
+    free, free_digest = snapshot(settings, PipelineConfig())
+    capped, digest = snapshot(settings, PipelineConfig(feedback=FeedbackConfig(max_labels_per_source=3)))
+    assert free.attrs[FEEDBACK_ATTR]["labelled_by_rating"] == 8
+    summary = capped.attrs[FEEDBACK_ATTR]
+    assert summary["labelled_by_rating"] == 4  # the bot's latest three and alice's one
+    assert sorted(capped.loc[capped.quality.notna(), "query_id"]) == ["q0", "q5", "q6", "q7"]
+    assert [n for why, n in summary["aside"].items() if why.startswith("capped:")] == [5]
+    assert digest != free_digest and snapshot(settings, PipelineConfig(
+        feedback=FeedbackConfig(max_labels_per_source=3)))[1] == digest

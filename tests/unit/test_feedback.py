@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mixllm.feedback import (LABEL_SOURCE, RATING_SOURCES, FeedbackConfig, RatingMapping, label_decisions,
@@ -136,3 +140,60 @@ def test_labelled_counts_are_metric_names() -> None:
     assert labelled_counts(out.rows) == {"labelled_decisions/claude_v2": 1.0,
                                          "labelled_decisions/mistralai/mistral-7b-chat": 1.0,
                                          "labelled_decisions_total": 2.0, "observed_rows": 0.0}
+
+
+def _many(n: int) -> pd.DataFrame:
+    return _log([{"query_id": f"q{i}", "model": "big"} for i in range(n)])
+
+
+def test_one_source_contributes_at_most_the_cap_and_the_rest_is_set_aside() -> None:
+    fb = _fb([(f"q{i}", "big", 0.0, i + 1, "bot") for i in range(10)] + [("q0", "big", 1.0, 30, "u1"),
+                                                                           ("q9", "big", 1.0, 31, "u2")])
+    cfg = FeedbackConfig(max_labels_per_source=3)
+    out = label_decisions(_many(10), fb, cfg, now=NOW)
+    rows = out.rows.set_index("query_id")
+    # the bot's latest three (q7, q8, q9) count; q9 is then superseded by u2's later rating; q0 is u1's
+    assert sorted(out.used.query_id) == ["q0", "q7", "q8", "q9"]
+    assert dict(zip(out.used.query_id, out.used.source)) == {"q0": "u1", "q7": "bot", "q8": "bot", "q9": "u2"}
+    assert rows.loc["q9", "quality"] == 1.0 and rows.loc["q9", RATING_SOURCES] == 2
+    capped = out.aside[out.aside.reason.str.startswith("capped:")]
+    assert sorted(capped.query_id) == [f"q{i}" for i in range(7)] and set(capped.source) == {"bot"}
+    assert "max_labels_per_source=3" in capped.reason.iloc[0]
+    assert out.summary()["aside"][capped.reason.iloc[0]] == 7
+    assert len(out.used) + len(out.aside) == len(fb)
+    # no cap: every one of the bot's ratings labels its decision
+    assert label_decisions(_many(10), fb, now=NOW).summary()["labelled_by_rating"] == 10
+
+
+def test_the_cap_is_part_of_the_snapshot_digest_only_when_set() -> None:
+    plain = snapshot_digest("abc", "fb1")
+    assert snapshot_digest("abc", "fb1", FeedbackConfig(max_labels_per_source=None)) == plain
+    assert snapshot_digest("abc", "fb1", FeedbackConfig(max_labels_per_source=5)) != plain
+    # a digest recorded before the cap existed (the mapping and the clock skew only) stays valid
+    before = {"mapping": {"down": 0.0, "up": 1.0, "graded": "linear", "threshold": 0.5},
+              "max_clock_skew_seconds": 300.0}
+    text = json.dumps({"log": "abc", "feedback": "fb1", "labels": before}, sort_keys=True)
+    assert plain == hashlib.sha256(text.encode()).hexdigest()
+    with pytest.raises(ValidationError):
+        FeedbackConfig(max_labels_per_source=0)
+
+
+@given(ratings=st.lists(st.tuples(st.integers(0, 11), st.sampled_from(["u1", "u2", "bot"]), st.integers(1, 60),
+                                  st.sampled_from([0.0, 0.5, 1.0])), max_size=40),
+       cap=st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_caps_bound_every_source_and_account_for_every_rating(ratings: list[tuple], cap: int) -> None:
+    fb = _fb([(f"q{q}", "big", r, t, s) for q, s, t, r in ratings])
+    out = label_decisions(_many(10), fb, FeedbackConfig(max_labels_per_source=cap), now=NOW)
+    assert (out.used.groupby("source").size() <= cap).all()
+    assert len(out.used) + len(out.aside) == len(fb)
+    free = label_decisions(_many(10), fb, now=NOW)
+    assert set(out.used.query_id) <= set(free.used.query_id)  # a cap never labels what was unlabelled
+    capped = out.aside[out.aside.reason.str.startswith("capped:")]
+    kept = pd.concat([out.used, out.aside[out.aside.reason.str.contains("another source")]])
+    for source, group in capped.groupby("source"):  # what a source loses to the cap is its oldest
+        assert group.ts.max() <= kept[kept.source == source].ts.min()
+    matched = fb[fb.query_id.isin(_many(10).query_id)]
+    if matched.empty or matched.groupby("source").query_id.nunique().max() <= cap:
+        assert capped.empty
+        pd.testing.assert_frame_equal(out.rows, free.rows)  # a cap nobody reaches changes nothing
