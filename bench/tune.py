@@ -1,0 +1,434 @@
+"""Grouped cross-validation on the RouterBench TRAIN split: the records behind RouterConfig's defaults, rerunnable.
+
+Why: every default of the router was chosen by cross-validation on train (never on the test split `bench/quality.py`
+reports), and a default is only as credible as a table anyone can rerun. Each experiment is a grid of RouterConfig /
+PredictorConfig overrides. For each fold seed the train split's queries are dealt into `--folds` folds grouped by
+query (a query's rows for every LLM, and any repeat of its prompt, land in one fold); each fold is held out once while
+the real router trains on the others (`MixLLMRouter` stages, nothing re-implemented) and its decisions on the held-out
+queries (`choose`, the serving score, over evaluation's willingness-to-pay grid) are pooled over the folds, so every
+train query is decided once per fold seed. The pooled decisions are scored by `mixllm.evaluation` (non-decreasing
+hull, quality at 25% of the reference's cost, AIQ; relative to gpt-4-1106-preview) twice: with the router's PREDICTED
+costs (what it serves) and with the TRUE costs (only the quality model differs). The task prior (per-task means of the
+training folds) is scored on the same folds as the reference to beat.
+
+Cost: variants differing only in PredictorConfig share one fitted representation (encoder, tags, PCA) per fold, and
+the base encoder's embeddings live in the embedding cache under `--home` (default .mixllm/tune, reused across
+experiments and runs). Fine-tuning variants re-encode every fold with their own encoder: those are the slow ones.
+
+Writes bench/results/tune.json (every experiment run so far, per fold seed; rewritten after each fold seed, so an
+interrupted run keeps what it finished) and bench/results/tune.md (the tables, mean +- std over fold seeds).
+Usage: nice python bench/tune.py --experiment knn_grid [--quick] | --all | --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REFERENCE = "gpt-4-1106-preview"
+METRICS = ("quality_at_25pct_cost", "aiq")
+COST_MODES = ("predicted", "true")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration: RouterConfig overrides (PredictorConfig ones nested under "predictor") and what the
+    RouterConfig docstring recorded for it before this script existed (quality@25% / AIQ; for comparison only)."""
+
+    label: str
+    overrides: dict = field(default_factory=dict)
+    record: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    question: str
+    variants: tuple[Variant, ...]
+    common: dict = field(default_factory=dict)  # overrides shared by every variant
+
+
+def _knn(k: int, s: float, **extra: Any) -> dict:
+    return {"predictor": {"knn_k": k, "knn_smoothing": s}, **extra}
+
+
+def _lgbm(trees: int, prior: bool = True, **extra: Any) -> dict:
+    return {"predictor": {"quality_model": "lgbm", "quality_n_estimators": trees, "tag_prior": prior}, **extra}
+
+
+PLAIN = {"epochs": 0}  # the docstring's CV ran on the plain encoder except for the fine-tuning records
+EXPERIMENTS = {e.name: e for e in (
+    Experiment("quality_model", "Which per-LLM quality model: kNN shrunk to the tag prior, the prior alone, or "
+               "LightGBM (boosted from the prior or from scratch)?", (
+                   Variant("tag prior alone (kNN, s=1e9)", _knn(150, 1e9), "94.84% / 0.9625"),
+                   Variant("LightGBM 10 trees from the prior, head (former default)", _lgbm(10, truncation="head"),
+                           "94.83% / 0.9622"),
+                   Variant("LightGBM 60 trees from the prior, head", _lgbm(60, truncation="head"),
+                           "seed 0: 94.70% / 0.9632"),
+                   Variant("LightGBM 200 trees from scratch, head", _lgbm(200, False, truncation="head"),
+                           "seed 0: 93.29% / 0.9586"),
+                   Variant("LightGBM 10 trees from the prior, tail", _lgbm(10)),
+                   Variant("kNN k=150 s=60, tail (default)", {}, "95.11% / 0.9645"),
+               ), PLAIN),
+    Experiment("knn_grid", "kNN quality: how many neighbours (k) and how many pseudo-rows of the tag prior (s)?", (
+        Variant("k=30 s=60", _knn(30, 60), "95.00% / 0.9622"),
+        Variant("k=100 s=20", _knn(100, 20), "95.17% / 0.9633"),
+        Variant("k=100 s=60", _knn(100, 60), "95.06% / 0.9640"),
+        Variant("k=100 s=150", _knn(100, 150), "95.01% / 0.9641"),
+        Variant("k=150 s=60 (default)", _knn(150, 60), "95.12% / 0.9646"),
+        Variant("k=200 s=40", _knn(200, 40), "95.16% / 0.9644"),
+        Variant("k=200 s=60", _knn(200, 60), "95.16% / 0.9644"),
+        Variant("k=300 s=60", _knn(300, 60), "94.99% / 0.9634"),
+        Variant("k=400 s=60", _knn(400, 60), "94.99% / 0.9637"),
+    ), PLAIN),
+    Experiment("truncation", "Which end of a long prompt the encoder keeps, and how many tokens?", (
+        Variant("head 128, k=100 s=60", _knn(100, 60, truncation="head"), "94.95% / 0.9626"),
+        Variant("head 128, k=150 s=60", _knn(150, 60, truncation="head")),
+        Variant("tail 128, k=100 s=60", _knn(100, 60), "95.06% / 0.9640"),
+        Variant("tail 128, k=150 s=60 (default)", _knn(150, 60), "95.12% / 0.9646"),
+        Variant("tail 256, k=200 s=60", _knn(200, 60, max_seq_length=256), "95.14% / 0.9633"),
+        Variant("tail 128, k=200 s=60", _knn(200, 60), "95.16% / 0.9644"),
+    ), PLAIN),
+    Experiment("finetune", "Tag-enhanced fine-tuning of the encoder (domain tags): how many epochs, which rate?", (
+        Variant("epochs=0 (plain encoder)", {"epochs": 0}, "95.11% / 0.9646"),
+        Variant("epochs=2 lr 3e-5 (former default)", {"epochs": 2, "learning_rate": 3e-5}, "95.03% / 0.9640"),
+        Variant("epochs=2 lr 1e-5", {"epochs": 2, "learning_rate": 1e-5}, "95.04% / 0.9644"),
+        Variant("epochs=1 lr 1e-5 (default)", {"epochs": 1, "learning_rate": 1e-5}, "95.09% / 0.9646"),
+    )),
+    Experiment("outcome_tags", "Fine-tuning toward domain + outcome tags (which LLMs answered the query well)?", (
+        Variant("domain, epochs=1 lr 1e-5 (default)", {}, "95.09% / 0.9646"),
+        Variant("domain+outcome 3 groups, epochs=1 lr 1e-5", {"finetune_tags": "domain+outcome"},
+                "seed 0: 95.30% / 0.9652"),
+        Variant("domain+outcome 3 groups, epochs=2 lr 3e-5",
+                {"finetune_tags": "domain+outcome", "epochs": 2, "learning_rate": 3e-5}, "95.26% / 0.9648"),
+    )),
+)}
+
+
+# ------------------------------------------------------------------------------------------- folds ------------
+def grouped_folds(query_ids: Any, prompts: Any, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index per item; items sharing a query_id OR a prompt are one group and land in one fold.
+
+    Why both keys: a prompt repeated under another id would otherwise be its own nearest neighbour in the kNN
+    quality model's memory (a leak). Groups are shuffled by `seed` and dealt round-robin, so folds differ in size
+    by at most one group."""
+    if n_folds < 2:
+        raise ValueError(f"need at least 2 folds, got {n_folds}")
+    q_codes, q_names = pd.factorize(pd.Series(query_ids, dtype=object).astype(str))
+    p_codes, _ = pd.factorize(pd.Series(prompts, dtype=object).astype(str))
+    parent = np.arange(len(q_names) + p_codes.max() + 1)  # nodes: query ids, then prompts
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for q, p in set(zip(q_codes.tolist(), (p_codes + len(q_names)).tolist())):
+        parent[root(q)] = root(p)
+    group = np.array([root(q) for q in q_codes])
+    unique = np.unique(group)
+    if len(unique) < n_folds:
+        raise ValueError(f"{len(unique)} query groups cannot fill {n_folds} folds")
+    rank = np.empty(len(unique), int)
+    rank[np.random.default_rng(seed).permutation(len(unique))] = np.arange(len(unique))
+    return (rank % n_folds)[np.searchsorted(unique, group)]
+
+
+def _subset(test: Any, rows: np.ndarray) -> Any:
+    """The TestSet restricted to some queries (every per-query field sliced)."""
+    return dataclasses.replace(test, query_ids=test.query_ids[rows], prompts=[test.prompts[i] for i in rows],
+                               tasks=test.tasks[rows], prompt_tokens=test.prompt_tokens[rows],
+                               quality=test.quality[rows], cost=test.cost[rows],
+                               completion_tokens=test.completion_tokens[rows], excluded=0, imputed=0)
+
+
+def _limit(log: pd.DataFrame, max_queries: int | None) -> pd.DataFrame:
+    """The first `max_queries` queries, spread evenly over tasks (a smoke-run subset); all of them when None."""
+    if not max_queries:
+        return log
+    first = log.drop_duplicates("query_id")
+    per_task = max(1, max_queries // first["task"].nunique())
+    keep = first.groupby("task").head(per_task)["query_id"]
+    return log[log["query_id"].isin(keep)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- one fold seed ----
+def config_of(experiment: Experiment, variant: Variant, home: Path) -> Any:
+    from mixllm.router import RouterConfig
+
+    merged = {"seed": 0, "progress": False, "cache_dir": home / "embeddings"}
+    for part in (experiment.common, variant.overrides):
+        for key, value in part.items():
+            merged[key] = {**merged.get(key, {}), **value} if key == "predictor" else value
+    return RouterConfig.model_validate(merged)
+
+
+def _representation_key(cfg: Any) -> str:
+    """Configs equal up to their PredictorConfig share one fitted encoder / tags / PCA per fold."""
+    from mixllm.predictors import PredictorConfig
+
+    return cfg.model_copy(update={"predictor": PredictorConfig()}).model_dump_json()
+
+
+_LENGTH_FIELDS = {"n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
+                  "bagging_fraction", "lambda_l2", "min_rows"}  # all a length (cost) model depends on, with the seed
+
+
+def _with_predictors(base: Any, prepared: Any, cfg: Any, lengths: dict | None = None) -> Any:
+    """A router that shares `base`'s fitted representation and trains its own predictors from `cfg` (the stages
+    `MixLLMRouter.fit` runs: fit_representation -> fit_llm per LLM -> finish).
+
+    `lengths` (a dict kept per fold and representation): variants whose length-model settings match reuse the
+    first one's LightGBM length models instead of training the same 200 trees again (only quality models differ
+    in the predictor grids; the test checks the result equals a router fitted alone)."""
+    from mixllm.predictors import PredictorBank
+
+    router = copy.copy(base)
+    router.bandit = copy.deepcopy(base.bandit)
+    router.manifest = {}
+    key = json.dumps([cfg.seed, cfg.predictor.model_dump(include=_LENGTH_FIELDS)], sort_keys=True)
+    reuse = lengths is not None and key in lengths and cfg.predictor.quality_n_estimators is not None
+    # Reused: train with a 1-tree length model (cheap), then put the shared one in its place.
+    router.config = cfg.model_copy(update={"predictor": cfg.predictor.model_copy(update={"n_estimators": 1})}) \
+        if reuse else cfg
+    fitted = [router.fit_llm(name, prepared) for name in prepared.names]
+    if reuse:
+        fitted = [dataclasses.replace(p, length=lengths[key][p.name]) for p in fitted]
+    elif lengths is not None:
+        lengths[key] = {p.name: p.length for p in fitted}
+    router.config = cfg
+    router.predictors = PredictorBank(cfg.predictor, seed=cfg.seed)
+    return router.finish(prepared, fitted)
+
+
+def _decide(router: Any, pred: Any, held: Any, wtps: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(sweep params, {cost mode: choices [sweep point, held-out query]}): the router's own sweep (`Router.sweep`,
+    its greedy `choose`) with its predicted costs, and with the true costs in their place; choices index the test
+    set's models."""
+    cols = np.array([held.models.index(m) for m in pred.models] + [-1])
+    true = dataclasses.replace(pred, cost=held.cost[:, cols[:-1]])
+    out = {}
+    for mode, p in (("predicted", pred), ("true", true)):
+        params, choices = router.sweep(p, wtps)
+        out[mode] = cols[np.asarray(choices, dtype=int)]
+    return np.asarray(params, float), out
+
+
+def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds: int, fold_seed: int,
+                  home: Path) -> dict[str, dict[str, float]]:
+    """{variant label (and "task prior"): {metric/cost mode: value}} from pooled out-of-fold decisions."""
+    from mixllm.catalogue import estimate_tokens
+    from mixllm.evaluation import default_wtps, policy_result
+    from mixllm.router import MixLLMRouter
+    from mixllm.routers.baselines import TaskPriorRouter
+
+    wtps = default_wtps()
+    row_fold = grouped_folds(log["query_id"], log["prompt"], n_folds, fold_seed)
+    fold_of = dict(zip(log["query_id"].astype(str), row_fold))
+    query_fold = np.array([fold_of[q] for q in test.query_ids])
+    configs = {v.label: config_of(experiment, v, home) for v in experiment.variants}
+    groups: dict[str, list[str]] = {}
+    for label, cfg in configs.items():
+        groups.setdefault(_representation_key(cfg), []).append(label)
+    pooled: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+
+    def pool(label: str, rows: np.ndarray, params: np.ndarray, choices: dict[str, np.ndarray]) -> None:
+        _, full = pooled.setdefault(label, (params, {m: np.full((len(params), test.n), -1) for m in choices}))
+        for mode, ch in choices.items():
+            full[mode][:, rows] = ch
+
+    for fold in range(n_folds):
+        rows = np.nonzero(query_fold == fold)[0]
+        held, fold_log = _subset(test, rows), log[row_fold != fold].reset_index(drop=True)
+        tokens = np.array([t if np.isfinite(t) else estimate_tokens(p) for t, p in zip(held.prompt_tokens,
+                                                                                      held.prompts)], float)
+        for labels in groups.values():
+            base = MixLLMRouter(configs[labels[0]])
+            prepared = base.fit_representation(fold_log)
+            emb, lengths = base.encoder.encode(held.prompts, base._cache()), {}
+            for label in labels:
+                router = _with_predictors(base, prepared, configs[label], lengths)
+                pool(label, rows, *_decide(router, router._predict_emb(emb, tokens), held, wtps))
+        prior = TaskPriorRouter().fit(fold_log)
+        pred = prior.predict(held.prompts, tokens.tolist(), tasks=[str(t) for t in held.tasks])
+        pool("task prior", rows, *_decide(prior, pred, held, wtps))
+    ref = test.models.index(REFERENCE) if REFERENCE in test.models else int(np.argmax(test.cost.mean(axis=0)))
+    out: dict[str, dict[str, float]] = {}
+    for label, (params, choices) in pooled.items():
+        for mode, ch in choices.items():
+            m = policy_result(test, label, "policy", "", params, ch, ref).metrics
+            out.setdefault(label, {}).update({f"{k}/{mode}": float(m[k]) for k in METRICS})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- results ----------
+def _mean_std(values: list[float]) -> list[float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return [math.nan, math.nan]
+    return [statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0]
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.node()}: {cpu}, {cores} cores, Python {platform.python_version()}"
+
+
+def summarise(experiment: Experiment, per_seed: dict[str, list[dict[str, float]]], meta: dict) -> dict:
+    labels = [v.label for v in experiment.variants] + ["task prior"]
+    records = {v.label: v.record for v in experiment.variants}
+    rows = []
+    for label in labels:
+        seeds = per_seed[label]
+        stats = {key: _mean_std([s[key] for s in seeds]) for key in seeds[0]}
+        overrides = next((v.overrides for v in experiment.variants if v.label == label), None)
+        rows.append({"label": label, "overrides": overrides, "docstring_record": records.get(label, ""),
+                     "per_seed": seeds, "mean_std": stats})
+    return {"question": experiment.question, "common_overrides": experiment.common, **meta, "variants": rows}
+
+
+def _pct(pair: list[float]) -> str:
+    mean, std = pair
+    return "-" if not math.isfinite(mean) else f"{100 * mean:.2f}% ± {100 * std:.2f}"
+
+
+def _aiq(pair: list[float]) -> str:
+    mean, std = pair
+    return "-" if not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Cross-validation on the train split (`bench/tune.py`)", "",
+             "Written by `bench/tune.py`; do not edit by hand. Pooled out-of-fold decisions of the real router, "
+             "folds grouped by query, RouterBench TRAIN split only; quality@25% cost / AIQ relative to "
+             f"`{REFERENCE}` from `mixllm.evaluation`, mean ± std over fold seeds. *Predicted cost*: the router's "
+             "own decisions; *true cost*: its predicted quality with the logged costs (only the quality model "
+             "differs). *Docstring record*: what RouterConfig's docstring said before this script (means over fold "
+             "seeds 0-2 unless marked), for comparison; its folds were drawn differently.", ""]
+    for name, r in results.items():
+        lines += [f"## {name}", "", r["question"], "",
+                  f"`{r['command']}` — {r['date']}, {r['machine']}; {r['folds']} folds, fold seeds "
+                  f"{r['fold_seeds']}{' (QUICK run: fewer fold seeds)' if r.get('quick') else ''}; "
+                  f"{r['n_queries']} train queries; shared overrides {json.dumps(r['common_overrides'])}; "
+                  f"{r['seconds']:.0f} s.", "",
+                  "| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
+                  "quality@25% (true cost) | AIQ (true cost) | docstring record |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for v in r["variants"]:
+            s = v["mean_std"]
+            seeds = " ".join(f"{x['aiq/predicted']:.4f}" for x in v["per_seed"])
+            lines.append(f"| {v['label']} | {_pct(s['quality_at_25pct_cost/predicted'])} | "
+                         f"{_aiq(s['aiq/predicted'])} | {seeds} | {_pct(s['quality_at_25pct_cost/true'])} | "
+                         f"{_aiq(s['aiq/true'])} | {v['docstring_record'] or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _clean(x: Any) -> Any:
+    from mixllm.evaluation import _clean as clean
+
+    return clean(x)
+
+
+def write_results(out: Path, name: str, summary: dict) -> None:
+    """Merge one experiment into tune.json (others kept as they were) and regenerate tune.md from it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tune.json"
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    results[name] = _clean(summary)
+    results = {n: results[n] for n in [*EXPERIMENTS, *sorted(set(results) - set(EXPERIMENTS))] if n in results}
+    path.write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
+    (out / "tune.md").write_text(markdown(_nan(results)), encoding="utf-8")
+
+
+def _nan(x: Any) -> Any:
+    """JSON nulls (unreachable figures) back to NaN for the table."""
+    if isinstance(x, dict):
+        return {k: _nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan(v) for v in x]
+    return math.nan if x is None else x
+
+
+def run(experiment: Experiment, log: pd.DataFrame, fold_seeds: list[int], n_folds: int, home: Path,
+        out: Path | None, command: str, quick: bool) -> dict:
+    """Every fold seed of one experiment; results written after each seed (when `out` is given)."""
+    from mixllm.testset import TestSet
+
+    test = TestSet.from_log(log)
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    t0, summary = time.perf_counter(), {}
+    for i, seed in enumerate(fold_seeds):
+        for label, figures in run_fold_seed(experiment, log, test, n_folds, seed, home).items():
+            per_seed.setdefault(label, []).append(figures)
+        meta = {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                "machine": _machine(), "folds": n_folds, "fold_seeds": fold_seeds[: i + 1], "quick": quick,
+                "n_queries": test.n, "seconds": time.perf_counter() - t0}
+        summary = summarise(experiment, per_seed, meta)
+        best = max(summary["variants"], key=lambda v: v["per_seed"][-1]["aiq/predicted"])
+        print(f"{experiment.name} fold seed {seed}: best AIQ {best['label']} "
+              f"{best['per_seed'][-1]['aiq/predicted']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if out is not None:
+            write_results(out, experiment.name, summary)
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    pick = ap.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--experiment", action="append", choices=sorted(EXPERIMENTS), help="repeatable")
+    pick.add_argument("--all", action="store_true")
+    pick.add_argument("--list", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="one fold seed instead of --fold-seeds (smoke run)")
+    ap.add_argument("--fold-seeds", type=int, default=3, help="fold seeds 0..N-1 (default 3)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--max-queries", type=int, default=None, help="a subset of train queries (smoke runs)")
+    ap.add_argument("--home", type=Path, default=ROOT / ".mixllm" / "tune", help="MIXLLM_HOME of the run: "
+                    "holds the embedding cache shared by every experiment")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    if args.list:
+        for e in EXPERIMENTS.values():
+            print(f"{e.name:14s} {len(e.variants)} variants: {e.question}")
+        return 0
+    os.environ["MIXLLM_HOME"] = str(args.home.resolve())
+    from mixllm.data import load_routerbench
+    from mixllm.telemetry import go_offline
+
+    go_offline()
+    log = _limit(load_routerbench(ROOT / "data" / "routerbench", "train"), args.max_queries)
+    seeds = [0] if args.quick else list(range(args.fold_seeds))
+    command = "python bench/tune.py " + " ".join(sys.argv[1:])
+    for name in (list(EXPERIMENTS) if args.all else args.experiment):
+        run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick)
+    print(f"wrote {args.out / 'tune.json'} and {args.out / 'tune.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
