@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mixllm.baselines import LatencyConfig, OnlineConfig
+from mixllm.replay import LatencyConfig, OnlineConfig
 from mixllm.data import load_routerbench
 from mixllm.evaluation import evaluate
 from mixllm.router import MixLLMRouter
