@@ -71,7 +71,8 @@ def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
     checks = check_landing.map(landing, config=unmapped(config))
     fb_checks = [check_landing(p, config, kind="feedback") for p in config.feedback_landing]
     for c in [*checks.result(), *fb_checks]:
-        log.info(f"contract ok: {c.path}: {c.accepted}/{c.rows} accepted, {c.quarantined} to quarantine {c.reasons}")
+        log.info(f"contract ok: {c.path}: {c.accepted}/{c.rows} accepted, {c.quarantined} to quarantine {c.reasons}"
+                 + (f"; extra columns kept as metadata {list(c.extra_columns)}" if c.extra_columns else ""))
     ingested = ingest(landing, settings)
     if config.feedback_landing:
         ingested += ingest(config.feedback_landing, settings, kind="feedback")

@@ -64,6 +64,9 @@ def ingest(
     total = [sum(getattr(r, f) for r in reports) for f in ("rows_read", "accepted", "quarantined", "duplicate")]
     table.add_row("total", "", *map(str, total), "")
     _console().print(table)
+    for r in reports:  # extra columns are kept, not refused: say so, with any likely typo
+        for note in r.notes:
+            _console().print(f"{Path(r.path).name}: {note}", markup=False, highlight=False)
 
 
 @app.command()

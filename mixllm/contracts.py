@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mixllm.exceptions import ContractError
-from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS, LOG_OPTIONAL_COLUMNS
+from mixllm.schemas import EXTRA_COLUMN, FEEDBACK_COLUMNS, LOG_COLUMNS, LOG_OPTIONAL_COLUMNS
 
 # Package data (the wheel carries the suites): found through importlib.resources, never a path into a checkout.
 CONTRACTS_DIR = resources.files("mixllm.defaults").joinpath("contracts")
@@ -257,7 +257,10 @@ def typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def validate(raw: pd.DataFrame, kind: str, *, max_prompt_chars: int | None = None,
              default_ts: datetime | None = None, prepared: pd.DataFrame | None = None) -> ValidationResult:
-    """Validate raw rows against the `kind` suite; every row ends up in exactly one of accepted / quarantined."""
+    """Validate raw rows against the `kind` suite; every row ends up in exactly one of accepted / quarantined.
+
+    A raw EXTRA_COLUMN (a file's columns beyond the contract, as JSON) is carried along unchecked with its row; it
+    takes no part in the checks or the row digest, so identical contract columns are one row whatever it holds."""
     if max_prompt_chars is None:
         from mixllm.config import get_settings
 
@@ -274,8 +277,14 @@ def validate(raw: pd.DataFrame, kind: str, *, max_prompt_chars: int | None = Non
     quarantined["reason"] = ["; ".join(f"{t}({c}): got {_short(v)}" for t, c, v in failures[i])
                              for i in quarantined.index]
     quarantined.insert(0, "row", quarantined.index)
+    accepted = typed(frame.loc[~bad], kind)
+    if EXTRA_COLUMN in raw:
+        # object dtype: pandas would infer a string dtype and turn a row without extras (None) into NaN
+        accepted[EXTRA_COLUMN] = pd.Series(raw.loc[frame.index[~bad], EXTRA_COLUMN].to_numpy(), dtype=object)
+        quarantined[EXTRA_COLUMN] = pd.Series(raw.loc[quarantined.index, EXTRA_COLUMN].to_numpy(),
+                                              index=quarantined.index, dtype=object)
     return ValidationResult(
-        accepted=typed(frame.loc[~bad], kind),
+        accepted=accepted,
         quarantined=quarantined.reset_index(drop=True),
         accepted_digests=tuple(digests[~bad]),
         quarantined_digests=tuple(digests[bad]),

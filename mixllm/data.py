@@ -8,12 +8,14 @@ can tell "missing" (null, allowed for nullable columns) from "wrong" ("abc" as a
 from __future__ import annotations
 
 import ast
+import difflib
 import gzip
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pandas as pd
 
 from mixllm.catalogue import estimate_tokens
 from mixllm.exceptions import ContractError
-from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
+from mixllm.schemas import EXTRA_COLUMN, FEEDBACK_COLUMNS, LOG_COLUMNS
 
 SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")
 _SIMPLE_LIST = re.compile(r"^\['([^'\\]*)'\]$")
@@ -31,6 +33,7 @@ COST_SUFFIX, RESPONSE_SUFFIX = "|total_cost", "|model_response"
 # RouterBench has no timestamps; load_routerbench stamps its rows with the paper's release date so the frame is
 # the same on every call (ingest stamps them with the ingest time instead, like any log without a ts column).
 ROUTERBENCH_TS = datetime(2024, 3, 18, tzinfo=timezone.utc)
+EXTRA_ATTR = "mixllm_extra_columns"  # DataFrame.attrs key: the file's columns beyond the contract, in file order
 
 
 def _suffix(path: Path) -> str:
@@ -120,18 +123,63 @@ def _read_jsonl(path: Path, gz: bool) -> pd.DataFrame:
 
 
 def _canonical(df: pd.DataFrame, columns: Sequence[str], kind: str, path: Path) -> pd.DataFrame:
+    """The contract's columns (absent optional ones as nulls) plus, when the file has more columns, EXTRA_COLUMN:
+    each row's other cells as one JSON object. Real gateway exports carry `tenant`, `user`, `metric`...: they are
+    metadata worth keeping (slicing, audits, per-tenant caps later), never a reason to refuse the file."""
     from mixllm.contracts import required_columns
 
-    unknown = [c for c in df.columns if c not in columns]
-    if unknown:
-        raise ContractError(f"{path}: unexpected columns {unknown}; a {kind} file has columns {list(columns)}"
-                            " (or is a RouterBench wide CSV)")
     missing = [c for c in required_columns(kind) if c not in df.columns]
     if missing:
-        raise ContractError(f"{path}: missing required columns {missing}; a {kind} file has {list(columns)}")
+        raise ContractError(f"{path}: missing required columns {missing}; a {kind} file has {list(columns)}"
+                            f"{near_misses([str(c) for c in df.columns if c not in columns], columns)}")
     n = len(df)
-    return pd.DataFrame({c: (df[c].astype(object) if c in df else pd.Series([None] * n, dtype=object))
-                         for c in columns}).reset_index(drop=True)
+    out = pd.DataFrame({c: (df[c].astype(object) if c in df else pd.Series([None] * n, dtype=object))
+                        for c in columns}).reset_index(drop=True)
+    extra = [c for c in df.columns if c not in columns]
+    if extra:
+        out[EXTRA_COLUMN] = _extra_json(df[extra].reset_index(drop=True))
+    out.attrs[EXTRA_ATTR] = tuple(str(c) for c in extra)
+    return out
+
+
+def near_misses(extra: Sequence[str], columns: Sequence[str]) -> str:
+    """' (did you mean ...)' for extra columns named almost like a contract column (a typo keeps the real column
+    empty), or ''."""
+    hints = [f"{c!r} -> {m[0]!r}" for c in extra if (m := difflib.get_close_matches(str(c).lower(), columns, 1, 0.8))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
+def _extra_json(extra: pd.DataFrame) -> pd.Series:
+    """Per row, the non-null extra cells as sorted JSON (ASCII-escaped, so any text survives any backend); None
+    when the row has none. Values JSON cannot hold (NaN, timestamps, bytes, numpy scalars) become text/numbers."""
+    names = [str(c) for c in extra.columns]
+    out = []
+    for values in extra.itertuples(index=False, name=None):
+        cells = {k: _jsonable(v) for k, v in zip(names, values) if not _null(v)}
+        out.append(json.dumps(cells, sort_keys=True, allow_nan=False) if cells else None)
+    return pd.Series(out, dtype=object)
+
+
+def _null(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "backslashreplace")
+    return str(v)
 
 
 def is_routerbench(columns: Iterable[str]) -> bool:
@@ -193,7 +241,8 @@ def routerbench_to_log(wide: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
-    """An interaction-log file as raw canonical rows (exactly LOG_COLUMNS, unvalidated)."""
+    """An interaction-log file as raw canonical rows (LOG_COLUMNS, plus EXTRA_COLUMN when the file has other
+    columns; their names in ``attrs[EXTRA_ATTR]``), unvalidated."""
     path = Path(path)
     df = _read_table(path)
     if is_routerbench(df.columns):
@@ -202,7 +251,7 @@ def read_log(path: str | Path) -> pd.DataFrame:
 
 
 def read_feedback(path: str | Path) -> pd.DataFrame:
-    """A feedback file as raw canonical rows (exactly FEEDBACK_COLUMNS, unvalidated)."""
+    """A feedback file as raw canonical rows (FEEDBACK_COLUMNS, plus EXTRA_COLUMN as in `read_log`), unvalidated."""
     path = Path(path)
     return _canonical(_read_table(path), FEEDBACK_COLUMNS, "feedback", path)
 
@@ -241,4 +290,4 @@ def load_training_log(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         keep = np.array([d not in seen for d in result.accepted_digests], dtype=bool)
         seen.update(result.accepted_digests)
         parts.append(result.accepted[keep] if len(keep) else result.accepted)
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).loc[:, list(LOG_COLUMNS)]  # metadata does not train

@@ -109,6 +109,7 @@ class LandingCheck(BaseModel):
     accepted: int
     quarantined: int
     reasons: dict[str, int]
+    extra_columns: tuple[str, ...] = ()  # kept as metadata, not checked (mixllm.data.read_log)
 
 
 # ----------------------------------------------------------------------------------------- data stages -------
@@ -120,14 +121,15 @@ def check_landing(path: Path, config: PipelineConfig, kind: str = "log") -> Land
     which means the file itself is broken. Nothing is ever dropped silently.
     """
     from mixllm.contracts import validate_feedback, validate_log
-    from mixllm.data import read_feedback, read_log
+    from mixllm.data import EXTRA_ATTR, read_feedback, read_log
 
     raw = read_log(path) if kind == "log" else read_feedback(path)
     result = (validate_log if kind == "log" else validate_feedback)(raw)
     bad = len(result.quarantined)
     reasons = result.quarantined["expectation"].value_counts().to_dict() if bad else {}
     check = LandingCheck(path=str(path), rows=len(raw), accepted=len(result.accepted), quarantined=bad,
-                         reasons={str(k): int(v) for k, v in reasons.items()})
+                         reasons={str(k): int(v) for k, v in reasons.items()},
+                         extra_columns=tuple(raw.attrs.get(EXTRA_ATTR, ())))
     fraction = bad / max(len(raw), 1)
     if bad and (config.on_contract_failure == "stop" or fraction > config.max_quarantine_fraction):
         example = result.quarantined["reason"].iloc[0]

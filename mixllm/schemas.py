@@ -29,6 +29,9 @@ LOG_COLUMNS: tuple[str, ...] = (
 # the snapshot digests of stores and files landed earlier do not change (mixllm.contracts' row digests skip them).
 LOG_OPTIONAL_COLUMNS: tuple[str, ...] = ("router_version", "propensity")
 FEEDBACK_COLUMNS: tuple[str, ...] = ("query_id", "model", "rating", "ts", "source")
+# A file's columns beyond the contract's (a gateway's `tenant`, `user`, `metric`, ...): kept per row as one JSON
+# object in this column, outside the contract and outside the row digest (mixllm.data.read_log).
+EXTRA_COLUMN = "extra"
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from mixllm.exceptions import ContractError, StoreError
-from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS, FeedbackRecord, LogRecord
+from mixllm.schemas import EXTRA_COLUMN, FEEDBACK_COLUMNS, LOG_COLUMNS, FeedbackRecord, LogRecord
 
 META = sa.MetaData()
 _DIGEST = sa.String(64)
@@ -44,9 +44,10 @@ INTERACTIONS = sa.Table(
     sa.Column("ts", sa.DateTime, nullable=False),  # naive UTC on every backend
     sa.Column("router_version", sa.Text),  # which router chose this model (null: no policy chose the row)
     sa.Column("propensity", sa.Float),  # with what probability, in (0, 1]
+    sa.Column(EXTRA_COLUMN, sa.Text),  # the file's columns beyond the contract, JSON (not in row_digest)
 )
 # Nullable columns added after a store may already exist: `_add_missing_columns` adds them to an older table at open.
-_ADDED_COLUMNS = {"interactions": ("router_version", "propensity")}
+_ADDED_COLUMNS = {"interactions": ("router_version", "propensity", EXTRA_COLUMN), "feedback": (EXTRA_COLUMN,)}
 FEEDBACK = sa.Table(
     "feedback", META,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -57,6 +58,7 @@ FEEDBACK = sa.Table(
     sa.Column("rating", sa.Float, nullable=False),
     sa.Column("ts", sa.DateTime, nullable=False),
     sa.Column("source", sa.Text, nullable=False),
+    sa.Column(EXTRA_COLUMN, sa.Text),
 )
 QUARANTINE = sa.Table(
     "quarantine", META,
@@ -103,6 +105,8 @@ class IngestReport:
     duplicate: int
     seconds: float
     seen_before: bool = False  # same bytes under the same contract: counted as duplicates without validating
+    extra_columns: tuple[str, ...] = ()  # the file's columns beyond the contract, kept per row as JSON metadata
+    notes: tuple[str, ...] = ()  # what the report's reader should know (extra columns kept, likely typos)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +201,7 @@ class Store:
                 continue
             known.add(digest)
             row = {c: (None if pd.isna(rec[c]) else rec[c]) for c in columns}
+            row[EXTRA_COLUMN] = rec.get(EXTRA_COLUMN) if isinstance(rec.get(EXTRA_COLUMN), str) else None
             row["ts"] = _utc_naive(rec["ts"])
             for c in ("prompt_tokens", "completion_tokens"):
                 if c in row and row[c] is not None:
@@ -208,6 +213,8 @@ class Store:
                 continue
             known_bad.add(digest)
             raw = {c: rec[c] for c in columns}
+            if isinstance(rec.get(EXTRA_COLUMN), str):
+                raw[EXTRA_COLUMN] = json.loads(rec[EXTRA_COLUMN])
             bad_rows.append({"row_digest": digest, "batch_id": batch_id, "kind": kind, "source": source,
                              "row_number": int(rec["row"]), "expectation": rec["expectation"],
                              "column_name": rec["column"], "reason": rec["reason"],
@@ -259,7 +266,7 @@ class Store:
                                     result.quarantined, result.quarantined_digests, result.duplicates, started,
                                     contract)
             reports.append(IngestReport(**{**report.as_dict(), "seconds": time.perf_counter() - t0,
-                                           "seen_before": seen}))
+                                           "seen_before": seen, **_extra_notes(raw, kind)}))
         return reports
 
     def _seen_file(self, kind: str, fdigest: str, contract: str) -> bool:
@@ -323,15 +330,17 @@ class Store:
                 df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
         return df
 
-    def logs(self, since: datetime | None = None, policy_only: bool = False) -> pd.DataFrame:
+    def logs(self, since: datetime | None = None, policy_only: bool = False, extra: bool = False) -> pd.DataFrame:
         """Accepted interaction rows, LOG_COLUMNS, in landing order; only those with ts >= `since` if given, and
-        only decisions a policy made (propensity known: what off-policy evaluation reads) if `policy_only`."""
-        q = sa.select(*[INTERACTIONS.c[c] for c in LOG_COLUMNS]).order_by(INTERACTIONS.c.id)
+        only decisions a policy made (propensity known: what off-policy evaluation reads) if `policy_only`;
+        with `extra`, also EXTRA_COLUMN (the landing file's other columns, JSON text or None)."""
+        cols = [*LOG_COLUMNS, EXTRA_COLUMN] if extra else list(LOG_COLUMNS)
+        q = sa.select(*[INTERACTIONS.c[c] for c in cols]).order_by(INTERACTIONS.c.id)
         if since is not None:
             q = q.where(INTERACTIONS.c.ts >= _utc_naive(since))
         if policy_only:
             q = q.where(INTERACTIONS.c.propensity.is_not(None))
-        return self._typed_logs(self._frame(q, LOG_COLUMNS))
+        return self._typed_logs(self._frame(q, cols))
 
     @staticmethod
     def _typed_logs(df: pd.DataFrame) -> pd.DataFrame:
@@ -341,13 +350,14 @@ class Store:
             df[c] = df[c].astype(float)
         return df
 
-    def feedback(self, since: datetime | None = None) -> pd.DataFrame:
-        """Accepted ratings, FEEDBACK_COLUMNS, in landing order; only those with ts >= `since` if given (the
-        service replays what arrived after its version's training snapshot)."""
-        q = sa.select(*[FEEDBACK.c[c] for c in FEEDBACK_COLUMNS]).order_by(FEEDBACK.c.id)
+    def feedback(self, since: datetime | None = None, extra: bool = False) -> pd.DataFrame:
+        """Accepted ratings, FEEDBACK_COLUMNS (and EXTRA_COLUMN with `extra`), in landing order; only those with
+        ts >= `since` if given (the service replays what arrived after its version's training snapshot)."""
+        cols = [*FEEDBACK_COLUMNS, EXTRA_COLUMN] if extra else list(FEEDBACK_COLUMNS)
+        q = sa.select(*[FEEDBACK.c[c] for c in cols]).order_by(FEEDBACK.c.id)
         if since is not None:
             q = q.where(FEEDBACK.c.ts >= _utc_naive(since))
-        df = self._frame(q, FEEDBACK_COLUMNS)
+        df = self._frame(q, cols)
         df["rating"] = df["rating"].astype(float)
         return df
 
@@ -391,6 +401,18 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _extra_notes(raw: pd.DataFrame, kind: str) -> dict[str, tuple[str, ...]]:
+    """IngestReport fields naming a file's columns beyond the contract (kept as metadata, not checked)."""
+    from mixllm.data import EXTRA_ATTR, near_misses
+
+    extra = tuple(raw.attrs.get(EXTRA_ATTR, ()))
+    if not extra:
+        return {}
+    note = (f"kept as metadata (column {EXTRA_COLUMN!r}, not checked, not part of a row's identity): "
+            f"{list(extra)}{near_misses(extra, LOG_COLUMNS if kind == 'log' else FEEDBACK_COLUMNS)}")
+    return {"extra_columns": extra, "notes": (note,)}
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

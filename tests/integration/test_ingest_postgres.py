@@ -77,7 +77,7 @@ def test_postgres_store_created_before_the_policy_columns_gains_them(pg_store_ur
     old = sa.Table("interactions", old_meta, *[sa.Column(c.name, c.type, primary_key=c.primary_key,
                                                          nullable=c.nullable, unique=c.unique)
                                                for c in INTERACTIONS.columns
-                                               if c.name not in ("router_version", "propensity")])
+                                               if c.name not in ("router_version", "propensity", "extra")])
     engine = sa.create_engine(pg_store_url)
     old_meta.create_all(engine)
     with engine.begin() as conn:
@@ -86,7 +86,7 @@ def test_postgres_store_created_before_the_policy_columns_gains_them(pg_store_ur
     engine.dispose()
     store, again = Store(pg_store_url), Store(pg_store_url)
     cols = {c["name"] for c in sa.inspect(store.engine).get_columns("interactions")}
-    assert {"router_version", "propensity"} <= cols
+    assert {"router_version", "propensity", "extra"} <= cols
     assert again.append_logs([LogRecord(query_id="new", prompt="p", model="m", router_version="2",
                                         propensity=0.5, ts=datetime(2026, 11, 2, tzinfo=timezone.utc))]) == 1
     logs = store.logs()

@@ -238,7 +238,7 @@ def test_a_store_created_before_the_policy_columns_gains_them_at_open(tmp_path: 
     old = sa.Table("interactions", old_meta, *[sa.Column(c.name, c.type, primary_key=c.primary_key,
                                                          nullable=c.nullable, unique=c.unique)
                                                for c in INTERACTIONS.columns
-                                               if c.name not in ("router_version", "propensity")])
+                                               if c.name not in ("router_version", "propensity", "extra")])
     engine = sa.create_engine(url)
     old_meta.create_all(engine)
     ts = datetime(2026, 11, 1)
@@ -252,7 +252,7 @@ def test_a_store_created_before_the_policy_columns_gains_them_at_open(tmp_path: 
 
     store, again = Store(url), Store(url)  # the second open finds the columns there already
     cols = {c["name"] for c in sa.inspect(store.engine).get_columns("interactions")}
-    assert {"router_version", "propensity"} <= cols
+    assert {"router_version", "propensity", "extra"} <= cols
     logs = store.logs()
     assert list(logs.query_id) == ["old"] and logs.propensity.isna().all() and logs.router_version.isna().all()
     assert store.append_logs([legacy]) == 0  # same content, same digest as the row the old store holds
@@ -320,3 +320,38 @@ def test_the_snapshot_caps_what_one_feedback_source_contributes(tmp_path: Path,
     assert [n for why, n in summary["aside"].items() if why.startswith("capped:")] == [5]
     assert digest != free_digest and snapshot(settings, PipelineConfig(
         feedback=FeedbackConfig(max_labels_per_source=3)))[1] == digest
+
+
+def test_extra_columns_land_as_metadata_with_a_note_and_leave_the_snapshot_digest_alone(tmp_path: Path) -> None:
+    """Issue 14 item 4: a gateway export with `tenant`, `user`, `metric` (and a typo) is accepted; the extras land
+    as JSON in the `extra` column (quarantined rows keep them in their raw row), the report names them, and the
+    store's rows and snapshot digest are those of the same file without the extra columns."""
+    from mixllm.schemas import EXTRA_COLUMN
+
+    rows = pd.DataFrame({"query_id": ["q1", "q2", "q3"], "prompt": ["a", "b", "c"], "model": ["m", "m", "m"],
+                         "quality": ["1", "0.5", "7"], "ts": ["2026-11-01T00:00:00Z"] * 3})
+    plain, extra = tmp_path / "plain.csv", tmp_path / "gateway.csv"
+    rows.to_csv(plain, index=False)
+    rows.assign(tenant=["acme", "beta", "acme"], user=["u1", "", "u3"], metric=["em", "em", "f1"],
+                cost_usdd=["0.1", "0.2", "0.3"]).to_csv(extra, index=False)
+    with_extra, without = Store(f"sqlite:///{tmp_path / 'a.db'}"), Store(f"sqlite:///{tmp_path / 'b.db'}")
+    (report,) = with_extra.ingest([extra])
+    assert (report.accepted, report.quarantined) == (2, 1)
+    assert report.extra_columns == ("tenant", "user", "metric", "cost_usdd")
+    assert len(report.notes) == 1 and "kept as metadata" in report.notes[0]
+    assert "'cost_usdd' -> 'cost_usd'" in report.notes[0]  # a likely typo is pointed out, not refused
+    without.ingest([plain])
+    assert with_extra.snapshot()[1] == without.snapshot()[1]
+    logs = with_extra.logs(extra=True)
+    assert [json.loads(x) for x in logs[EXTRA_COLUMN]] == [
+        {"tenant": "acme", "user": "u1", "metric": "em", "cost_usdd": "0.1"},
+        {"tenant": "beta", "metric": "em", "cost_usdd": "0.2"}]
+    assert list(with_extra.logs().columns) == list(without.logs().columns)
+    raw = json.loads(with_extra.quarantine().raw[0])
+    assert raw["quality"] == "7" and raw[EXTRA_COLUMN] == {"tenant": "acme", "user": "u3", "metric": "f1",
+                                                           "cost_usdd": "0.3"}
+    fb = tmp_path / "fb.jsonl"
+    fb.write_text(json.dumps({"query_id": "q1", "model": "m", "rating": 1, "user": {"id": 7, "plan": "pro"}}) + "\n")
+    (fb_report,) = with_extra.ingest([fb], kind="feedback")
+    assert fb_report.accepted == 1 and fb_report.extra_columns == ("user",)
+    assert json.loads(with_extra.feedback(extra=True)[EXTRA_COLUMN][0]) == {"user": {"id": 7, "plan": "pro"}}
