@@ -64,6 +64,7 @@ class Experiment:
     question: str
     variants: tuple[Variant, ...]
     common: dict = field(default_factory=dict)  # overrides shared by every variant
+    online: bool = False  # also replay each held-out fold as a stream with feedback (mixllm.replay.online_replay)
 
 
 def _knn(k: int, s: float, **extra: Any) -> dict:
@@ -120,7 +121,16 @@ EXPERIMENTS = {e.name: e for e in (
         Variant("domain+outcome 3 groups, epochs=2 lr 3e-5",
                 {"finetune_tags": "domain+outcome", "epochs": 2, "learning_rate": 3e-5}, "95.26% / 0.9648"),
     )),
+    Experiment("ridge_lambda", "LinUCB prior strength: how much feedback before corrections move decisions? "
+               "(utility = quality - cost / wtp during an online replay of each held-out fold)", (
+        Variant("lambda=1", {"ridge_lambda": 1.0}, "-> 0.7480 / 0.7810; failing LLM -> 0.714 / 0.731"),
+        Variant("lambda=10", {"ridge_lambda": 10.0}, "-> 0.7884 / 0.7966"),
+        Variant("lambda=30 (default)", {"ridge_lambda": 30.0}, "frozen 0.7916 / 0.8010 -> 0.7943 / 0.8062; "
+                "failing LLM frozen 0.089 / 0.385 -> 0.741 / 0.766"),
+        Variant("lambda=100", {"ridge_lambda": 100.0}, "-> 0.7926 / 0.7952"),
+    ), PLAIN, online=True),
 )}
+
 
 
 # ------------------------------------------------------------------------------------------- folds ------------
@@ -250,6 +260,7 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
     for label, cfg in configs.items():
         groups.setdefault(_representation_key(cfg), []).append(label)
     pooled: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    streams: dict[str, dict[str, float]] = {}  # online experiments: query-weighted utility sums over folds
 
     def pool(label: str, rows: np.ndarray, params: np.ndarray, choices: dict[str, np.ndarray]) -> None:
         _, full = pooled.setdefault(label, (params, {m: np.full((len(params), test.n), -1) for m in choices}))
@@ -267,7 +278,11 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
             emb, lengths = base.encoder.encode(held.prompts, base._cache()), {}
             for label in labels:
                 router = _with_predictors(base, prepared, configs[label], lengths)
-                pool(label, rows, *_decide(router, router._predict_emb(emb, tokens), held, wtps))
+                pred = router._predict_emb(emb, tokens)
+                params, choices = _decide(router, pred, held, wtps)
+                pool(label, rows, params, choices)
+                if experiment.online:
+                    _replay(router, pred, held, params, choices["predicted"], fold_seed, streams.setdefault(label, {}))
         prior = TaskPriorRouter().fit(fold_log)
         pred = prior.predict(held.prompts, tokens.tolist(), tasks=[str(t) for t in held.tasks])
         pool("task prior", rows, *_decide(prior, pred, held, wtps))
@@ -277,7 +292,27 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
         for mode, ch in choices.items():
             m = policy_result(test, label, "policy", "", params, ch, ref).metrics
             out.setdefault(label, {}).update({f"{k}/{mode}": float(m[k]) for k in METRICS})
+    for label, sums in streams.items():
+        out[label].update({k: v / test.n for k, v in sums.items()})
     return out
+
+
+def _replay(router: Any, pred: Any, held: Any, params: np.ndarray, choices: np.ndarray, seed: int,
+            sums: dict[str, float]) -> None:
+    """Add one held-out fold's online replay (frozen / refined / thumbs feedback, stationary and with the most
+    used LLM failing; mixllm.replay) to `sums`, weighted by its queries: utilities at the sweep points nearest 10%
+    and 25% of the reference's cost on this fold."""
+    from mixllm.evaluation import policy_result
+    from mixllm.replay import OnlineConfig, online_replay
+
+    ref = held.models.index(REFERENCE) if REFERENCE in held.models else int(np.argmax(held.cost.mean(axis=0)))
+    sweep = policy_result(held, "router", "router", "", params, choices, ref)
+    replay = online_replay(router, held, OnlineConfig(seed=seed), ref, pred=pred, sweep=sweep)
+    for scenario, levels in replay["scenarios"].items():
+        for level, row in levels.items():
+            for mode in ("frozen", "refined", "thumbs"):
+                key = f"utility/{scenario}/{level}/{mode}"
+                sums[key] = sums.get(key, 0.0) + row[mode]["utility"] * held.n
 
 
 # ------------------------------------------------------------------------------------------- results ----------
@@ -309,7 +344,8 @@ def summarise(experiment: Experiment, per_seed: dict[str, list[dict[str, float]]
         overrides = next((v.overrides for v in experiment.variants if v.label == label), None)
         rows.append({"label": label, "overrides": overrides, "docstring_record": records.get(label, ""),
                      "per_seed": seeds, "mean_std": stats})
-    return {"question": experiment.question, "common_overrides": experiment.common, **meta, "variants": rows}
+    return {"question": experiment.question, "common_overrides": experiment.common, "online": experiment.online,
+            **meta, "variants": rows}
 
 
 def _pct(pair: list[float]) -> str:
@@ -322,6 +358,14 @@ def _aiq(pair: list[float]) -> str:
     return "-" if not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
+NOT_REPRODUCED = (
+    "Not rerun here: records of RouterConfig's former docstring (git history of mixllm/router.py up to commit "
+    "9612d12) whose variants are not configuration options, so no grid of overrides can express them (all tied with "
+    "or lost to the kept defaults there): similarity-weighted kNN, kNN in a PCA space, cost from the neighbours' "
+    "completion tokens, LightGBM or logistic models stacked on kNN estimates or Winogrande-twin features, per-tag k "
+    "or s.")
+
+
 def markdown(results: dict) -> str:
     lines = ["# Cross-validation on the train split (`bench/tune.py`)", "",
              "Written by `bench/tune.py`; do not edit by hand. Pooled out-of-fold decisions of the real router, "
@@ -330,13 +374,21 @@ def markdown(results: dict) -> str:
              "own decisions; *true cost*: its predicted quality with the logged costs (only the quality model "
              "differs). *Docstring record*: what RouterConfig's docstring said before this script (means over fold "
              "seeds 0-2 unless marked), for comparison; its folds were drawn differently.", ""]
+    missing = [n for n in EXPERIMENTS if n not in results]
+    if missing:
+        lines += ["Defined but not run into this file yet: " + ", ".join(f"`{n}`" for n in missing)
+                  + " (`nice python bench/tune.py --experiment NAME`).", ""]
+    lines += [NOT_REPRODUCED, ""]
     for name, r in results.items():
         lines += [f"## {name}", "", r["question"], "",
                   f"`{r['command']}` — {r['date']}, {r['machine']}; {r['folds']} folds, fold seeds "
                   f"{r['fold_seeds']}{' (QUICK run: fewer fold seeds)' if r.get('quick') else ''}; "
                   f"{r['n_queries']} train queries; shared overrides {json.dumps(r['common_overrides'])}; "
-                  f"{r['seconds']:.0f} s.", "",
-                  "| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
+                  f"{r['seconds']:.0f} s.", ""]
+        if r.get("online"):
+            lines += _online_table(r) + [""]
+            continue
+        lines += ["| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
                   "quality@25% (true cost) | AIQ (true cost) | docstring record |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for v in r["variants"]:
@@ -347,6 +399,23 @@ def markdown(results: dict) -> str:
                          f"{_aiq(s['aiq/true'])} | {v['docstring_record'] or '-'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _online_table(r: dict) -> list[str]:
+    """Mean utility over fold seeds at the ~10% / ~25% cost points: frozen -> refined feedback (thumbs)."""
+    lines = ["Utility (quality - cost / wtp, mean over the replayed stream) at the sweep points nearest 10% / 25% "
+             "relative cost: frozen router -> learning from refined feedback (thumbs only).", "",
+             "| variant | stationary ~10% | stationary ~25% | most-used LLM fails ~10% | ~25% | docstring record |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for v in r["variants"]:
+        s = v["mean_std"]
+        if "utility/stationary/10pct/frozen" not in s:
+            continue
+        cells = [f"{s[f'utility/{sc}/{lvl}/frozen'][0]:.4f} -> {s[f'utility/{sc}/{lvl}/refined'][0]:.4f} "
+                 f"({s[f'utility/{sc}/{lvl}/thumbs'][0]:.4f})" for sc in ("stationary", "drift")
+                 for lvl in ("10pct", "25pct")]
+        lines.append(f"| {v['label']} | {' | '.join(cells)} | {v['docstring_record'] or '-'} |")
+    return lines
 
 
 def _clean(x: Any) -> Any:
@@ -390,9 +459,9 @@ def run(experiment: Experiment, log: pd.DataFrame, fold_seeds: list[int], n_fold
                 "machine": _machine(), "folds": n_folds, "fold_seeds": fold_seeds[: i + 1], "quick": quick,
                 "n_queries": test.n, "seconds": time.perf_counter() - t0}
         summary = summarise(experiment, per_seed, meta)
-        best = max(summary["variants"], key=lambda v: v["per_seed"][-1]["aiq/predicted"])
-        print(f"{experiment.name} fold seed {seed}: best AIQ {best['label']} "
-              f"{best['per_seed'][-1]['aiq/predicted']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"{experiment.name} fold seed {seed}: " + ", ".join(
+            f"{v['label']} AIQ {v['per_seed'][-1]['aiq/predicted']:.4f}" for v in summary["variants"])
+            + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         if out is not None:
             write_results(out, experiment.name, summary)
     return summary

@@ -33,17 +33,22 @@ def log(tune, routerbench_dir):
 
 def test_tiny_experiment_writes_pooled_out_of_fold_figures(tune, log, tmp_path):
     exp = tune.Experiment("tiny", "Does the harness run?", (
-        tune.Variant("k=3 s=1", tune._knn(3, 1.0), "n/a"), tune.Variant("prior", tune._knn(3, 1e9))), tune.PLAIN)
+        tune.Variant("k=3 s=1", tune._knn(3, 1.0), "n/a"), tune.Variant("prior", tune._knn(3, 1e9))), tune.PLAIN,
+        online=True)
     summary = tune.run(exp, log, [0], 2, tmp_path / "home", tmp_path / "out", "pytest", quick=True)
     assert [v["label"] for v in summary["variants"]] == ["k=3 s=1", "prior", "task prior"]
     assert summary["n_queries"] == 24
     for v in summary["variants"]:
         aiq = v["per_seed"][0]["aiq/predicted"]
         assert 0 < aiq <= 1.5 and math.isfinite(v["per_seed"][0]["quality_at_25pct_cost/predicted"])
+    for v in summary["variants"][:2]:  # the online replay of each held-out fold (the ridge_lambda experiment's)
+        utility = v["per_seed"][0]
+        assert -1 < utility["utility/stationary/25pct/frozen"] <= 1
+        assert utility["utility/drift/25pct/frozen"] <= utility["utility/stationary/25pct/frozen"]
     saved = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert saved["tiny"]["fold_seeds"] == [0] and saved["tiny"]["variants"][0]["docstring_record"] == "n/a"
     table = (tmp_path / "out" / "tune.md").read_text()
-    assert "## tiny" in table and "| k=3 s=1 |" in table and "`pytest`" in table
+    assert "## tiny" in table and "| k=3 s=1 |" in table and "`pytest`" in table and "Utility" in table
     assert (tmp_path / "home" / "embeddings" / "cache.sqlite").is_file()  # base embeddings cached for reuse
 
 
