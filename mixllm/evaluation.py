@@ -400,6 +400,17 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
         if cls.kind == "single":
             add(single_mix(sweeps), "baseline")
         report.timings_s[b] = time.perf_counter() - t0
+    _stream_replays(report, router, test, ref, pred, latency, online)
+    return report
+
+
+def _stream_replays(report: EvaluationReport, router: Any, test: TestSet, ref: int, pred: Any, latency: Any,
+                    online: Any) -> None:
+    """The latency-constrained and online-feedback replays of the main router, when asked for (True: defaults)."""
+    import time
+
+    from mixllm import replay
+
     if latency is not None and latency is not False:
         if router is None:
             report.skipped["latency"] = "needs a router"
@@ -407,7 +418,7 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
             t0 = time.perf_counter()
             cfg = replay.LatencyConfig() if latency is True else latency
             report.latency = replay.latency_replay(router, test, cfg, ref, pred=pred,
-                                                   sweep=report.policies[name])
+                                                   sweep=report.policies[report.main])
             report.timings_s["latency"] = time.perf_counter() - t0
     if online is not None and online is not False:
         if router is None or not hasattr(router, "learn"):
@@ -415,9 +426,9 @@ def evaluate(router: Any, test_log: pd.DataFrame, *, wtps: Sequence[float] | Non
         else:
             t0 = time.perf_counter()
             cfg = replay.OnlineConfig() if online is True else online
-            report.online = replay.online_replay(router, test, cfg, ref, pred=pred, sweep=report.policies[name])
+            report.online = replay.online_replay(router, test, cfg, ref, pred=pred,
+                                                 sweep=report.policies[report.main])
             report.timings_s["online"] = time.perf_counter() - t0
-    return report
 
 
 def single_mix(singles: Sequence[Any]) -> Any:

@@ -1,9 +1,11 @@
-"""Per-LLM predictors: a LightGBM quality model and a LightGBM response-length (or cost) model for each LLM.
+"""Per-LLM predictors: a quality model (`QualityModel`: kNN memory, LightGBM or a constant) and a LightGBM
+response-length (or cost) model for each LLM.
 
 Why per LLM: adding an LLM to the catalogue trains only its two models; removing one drops them; the others are
 untouched (same objects). Predicted cost = prompt tokens x input price + predicted completion tokens x output price,
 which uses the catalogue's prices (a price change needs no retrain). When a log has no token counts for an LLM, a
 cost model is learned from `cost_usd` instead. Rows with a null quality are skipped for that LLM's quality model.
+Rows a logging policy chose (a `propensity`) weigh 1 / max(propensity, clip) everywhere (`row_weights`).
 
 Quality = local evidence shrunk to the tag prior (default, `quality_model="knn"`): an LLM's predicted quality on a
 query is the mean of its observed quality over the k most similar training queries of the same (predicted) tag,
