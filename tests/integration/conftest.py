@@ -103,6 +103,23 @@ def servers() -> Servers:
     return s
 
 
+@dataclass
+class Prometheus:
+    url: str
+    targets: Path  # file_sd folder the server re-reads: a test adds <name>.json to have its service scraped
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Prometheus:
+    """The Prometheus started by `infra/services.sh up` (rules from infra/prometheus/), health-checked."""
+    p = Prometheus(url=_require("MIXLLM_TEST_PROMETHEUS_URL").rstrip("/"),
+                   targets=Path(_require("MIXLLM_TEST_PROMETHEUS_TARGETS")))
+    _check(f"{p.url}/-/ready", "Prometheus")
+    if not p.targets.is_dir():
+        pytest.fail(f"Prometheus targets folder {p.targets} does not exist: {START_HINT}", pytrace=False)
+    return p
+
+
 def run_cmd(cmd: list[str], env: dict[str, str], timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run a command from the repository root; on failure the assertion shows its output's tail."""
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
