@@ -88,12 +88,18 @@ def scraped_service(servers, first_run, prometheus, tmp_path_factory):
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps([{"targets": [instance], "labels": {"mixllm_test": label}}]), encoding="utf-8")
         tmp.rename(target)  # whole file at once: file_sd never reads half of it
+        # Two rounds of traffic with a scrape between them: a counter's first sample shows no increase, so rates
+        # (and the ratios recorded from them) only have data once a later scrape sees the counters grow.
         with httpx.Client(base_url=url, timeout=60) as c:
-            ids = [c.post("/route", json={"prompt": p}).raise_for_status().json()["request_id"] for p in PROMPTS]
-            c.post("/route/batch", json={"prompts": PROMPTS}).raise_for_status()
-            for rid in ids:
-                c.post("/feedback", json={"request_id": rid, "rating": 1.0, "quality": 0.9,
-                                          "cost_usd": 0.0025}).raise_for_status()
+            for n in range(2):
+                ids = [c.post("/route", json={"prompt": p}).raise_for_status().json()["request_id"] for p in PROMPTS]
+                c.post("/route/batch", json={"prompts": PROMPTS}).raise_for_status()
+                for rid in ids:
+                    c.post("/feedback", json={"request_id": rid, "rating": 1.0, "quality": 0.9,
+                                              "cost_usd": 0.0025}).raise_for_status()
+                if n == 0:
+                    _wait_for("a scrape of the first round", lambda: _query(
+                        prometheus, f'sum(mixllm_decisions_total{{mixllm_test="{label}"}}) >= 6'), 90)
         yield {"instance": instance, "label": label, "url": url, "champion": first_run.version}
     finally:
         target.unlink(missing_ok=True)
@@ -112,20 +118,23 @@ def test_prometheus_scrapes_the_service_and_has_its_series(prometheus, scraped_s
                    lambda: _query(prometheus, f'up{{job="mixllm",{sel}}} == 1'), 90)
     assert up[0]["metric"]["instance"] == scraped_service["instance"]
     decisions = _wait_for("the decisions counter after the traffic",
-                          lambda: _query(prometheus, f"sum(mixllm_decisions_total{{{sel}}}) >= 6"), 60)
-    assert float(decisions[0]["value"][1]) == 6.0  # 3 single routes + a batch of 3
+                          lambda: _query(prometheus, f"sum(mixllm_decisions_total{{{sel}}}) >= 12"), 60)
+    assert float(decisions[0]["value"][1]) == 12.0  # twice: 3 single routes + a batch of 3
     info = _query(prometheus, f"mixllm_router_info{{{sel}}} == 1")
     assert [s["metric"]["source_version"] for s in info] == [scraped_service["champion"]]
-    spend = _wait_for("the spend counter", lambda: _query(prometheus, f"sum(mixllm_spend_usd_total{{{sel}}})"), 60)
-    assert float(spend[0]["value"][1]) == pytest.approx(3 * 0.0025)
+    # scrapes run during the traffic: wait for the last one to be counted
+    spend = _wait_for("the spend counter", lambda: _query(prometheus, f"sum(mixllm_spend_usd_total{{{sel}}}) > 0.0149"),
+                      60)
+    assert float(spend[0]["value"][1]) == pytest.approx(6 * 0.0025)
+    _wait_for("the feedback counter", lambda: _query(prometheus, f"sum(mixllm_feedback_total{{{sel}}}) >= 12"), 60)
     feedback = {s["metric"]["kind"]: float(s["value"][1])
                 for s in _query(prometheus, f"sum by (kind) (mixllm_feedback_total{{{sel}}})")}
-    assert feedback == {"feedback": 3.0, "log": 3.0}
+    assert feedback == {"feedback": 6.0, "log": 6.0}
 
 
 def test_the_rules_are_loaded_and_evaluate_without_error(prometheus, scraped_service) -> None:
     errors = f'instance:mixllm_route_errors:ratio_rate5m{{instance="{scraped_service["instance"]}"}}'
-    ratio = _wait_for("a rule evaluation after the traffic", lambda: _query(prometheus, errors), 90)
+    ratio = _wait_for("a rule evaluation over the traffic", lambda: _query(prometheus, f"{errors} >= 0"), 90)
     groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=30).json()["data"]["groups"]
     rules = {r["name"]: r for g in groups if g["file"].endswith("mixllm.rules.yml") for r in g["rules"]}
     assert {"MixLLMRouteErrorRateHigh", "MixLLMOutboxBacklog", "instance:mixllm_route_errors:ratio_rate5m"} \
