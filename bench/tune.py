@@ -17,7 +17,7 @@ experiments and runs). Fine-tuning variants re-encode every fold with their own 
 
 Writes bench/results/tune.json (every experiment run so far, per fold seed; rewritten after each fold seed, so an
 interrupted run keeps what it finished) and bench/results/tune.md (the tables, mean +- std over fold seeds).
-Usage: nice python bench/tune.py --experiment knn_grid [--quick] | --all | --list
+Usage: nice python bench/tune.py --experiment knn_grid [--quick] | --all | --list | --render
 """
 
 from __future__ import annotations
@@ -473,6 +473,7 @@ def main() -> int:
     pick.add_argument("--experiment", action="append", choices=sorted(EXPERIMENTS), help="repeatable")
     pick.add_argument("--all", action="store_true")
     pick.add_argument("--list", action="store_true")
+    pick.add_argument("--render", action="store_true", help="only rewrite tune.md from tune.json")
     ap.add_argument("--quick", action="store_true", help="one fold seed instead of --fold-seeds (smoke run)")
     ap.add_argument("--fold-seeds", type=int, default=3, help="fold seeds 0..N-1 (default 3)")
     ap.add_argument("--folds", type=int, default=3)
@@ -484,6 +485,10 @@ def main() -> int:
     if args.list:
         for e in EXPERIMENTS.values():
             print(f"{e.name:14s} {len(e.variants)} variants: {e.question}")
+        return 0
+    if args.render:
+        results = json.loads((args.out / "tune.json").read_text(encoding="utf-8"))
+        (args.out / "tune.md").write_text(markdown(_nan(results)), encoding="utf-8")
         return 0
     os.environ["MIXLLM_HOME"] = str(args.home.resolve())
     from mixllm.data import load_routerbench

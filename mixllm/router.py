@@ -47,81 +47,25 @@ _REQUIRED = ("query_id", "prompt", "model", "quality", "cost_usd", "prompt_token
 class RouterConfig(BaseModel):
     """Every hyper-parameter of the router (validated at construction; stored in the artifact).
 
-    Defaults chosen by cross-validation on the RouterBench TRAIN split only (3 folds grouped by query_id, pooled
-    out-of-fold predictions, the evaluation module's hull / AIQ / quality-at-cost, relative to gpt-4-1106-preview;
-    quality@25% cost / AIQ). Encoder not fine-tuned in CV (epochs=0) except in the last record below.
-
-    Where the headroom is (fold seed 0, head truncation): predicted quality + TRUE cost 94.87% / 0.9624 vs predicted
-    cost 94.87% / 0.9620, and tag-prior quality + true cost 95.03% / 0.9643 vs predicted cost 94.96% / 0.9636:
-    cost prediction is not the lever (ARC / Winogrande answers are one token, so cost is the known prompt cost).
-    Quality is: LightGBM trees boosted from the tag prior scored BELOW the prior itself (0.9620 vs 0.9636; MBPP
-    0.943 vs 0.965), also with leave-one-out kNN features stacked in (5 trees 0.9637, 10: 0.9629, 30: ~0.952) or a
-    logistic stack with the prior as offset (0.9577). A per-query shift shared by all LLMs ("difficulty") cannot
-    change an argmax; blending it in changed nothing. What beats the task prior on every fold seed: each LLM's mean
-    quality over its k nearest train queries of the same predicted tag, shrunk to its tag prior with s pseudo-rows
-    (predictors.KNNQuality), on TAIL-truncated embeddings (the question itself; the head of a few-shot prompt is
-    the same shared examples for every ARC / Winogrande query). Mean over fold seeds 0-2 (task prior 94.78% /
-    0.9619; tag prior + LightGBM cost model 94.84% / 0.9625):
-      kNN tail 128 tokens  k=30 s=60  95.00% / 0.9622   k=100 s=20 95.17% / 0.9633   k=100 s=60 95.06% / 0.9640
-                           k=150 s=60 95.12% / 0.9646   k=200 s=40 95.16% / 0.9644   k=200 s=60 95.16% / 0.9644
-                           k=300 s=60 94.99% / 0.9634   k=400 s=60 94.99% / 0.9637   k=100 s=150 95.01% / 0.9641
-      kNN head 128 tokens  k=100 s=60 94.95% / 0.9626   tail 256 tokens k=200 s=60 95.14% / 0.9633
-      similarity-weighted (exp((cos-1)/T), T 0.05-0.1) 94.84-94.98% / 0.9625-0.9627; PCA-32/64 space 0.9640/0.9645
-      cost from neighbours' completion tokens instead of LightGBM: 0.9645-0.9646 (same); true cost: 0.9650
-    Chosen: tail, k=150, s=60 (best AIQ; ahead of the task prior on each fold seed by >= +0.0017 AIQ, +0.28 pt).
-    The library router end to end (epochs=0) on the same folds, seeds 0 / 1 / 2: 95.36 / 95.26 / 94.70% and
-    0.9651 / 0.9652 / 0.9633 vs task prior 94.95 / 94.95 / 94.43% and 0.9633 / 0.9631 / 0.9593; the previous
-    default (head, LightGBM 10 trees from the prior): 94.96 / 94.73 / 94.81% and 0.9636 / 0.9610 / 0.9620.
-
-    Earlier record (fold seed 0, task prior 94.93% / 0.9633), LightGBM quality models on head embeddings:
-      from scratch, 200 trees, head 128 tokens  93.29% / 0.9586   tail 128 tokens  92.72% / 0.9426
-      same, tag-centroid + length features only 93.41% / 0.9578   PCA 8 instead of 32  93.01% / 0.9528
-      boosted from the tag prior, quality trees: 200 93.62% / 0.9585   60  94.70% / 0.9632   30  94.65% / 0.9622
-                                                 10  94.95% / 0.9633    1  94.93% / 0.9635 (= the prior)
-    ridge_lambda (online replay on the held-out folds, mean utility = quality - cost / wtp at the sweep
-    points nearest 10% / 25% relative cost; frozen router 0.7916 / 0.8010): refined feedback with lambda 1:
-    0.7480 / 0.7810 (learning hurt: the chosen arm's failures over-correct it), 10: 0.7884 / 0.7966,
-    30: 0.7943 / 0.8062, 100: 0.7926 / 0.7952; with a failing LLM (frozen 0.089 / 0.385) lambda 30 recovers to
-    0.741 / 0.766 (lambda 1: 0.714 / 0.731).
-
-    Tag-enhanced fine-tuning, the library router end to end on the same folds (kNN k=150 s=60, tail; encoder
-    fine-tuned on each training fold), fold seeds 0 / 1 / 2 and mean, quality@25% cost / AIQ:
-      task prior                94.95 94.95 94.43 -> 94.78% | 0.9633 0.9631 0.9593 -> 0.9619
-      epochs=0 (plain)          95.36 95.26 94.70 -> 95.11% | 0.9651 0.9652 0.9633 -> 0.9646
-      epochs=2 lr 3e-5 T 0.1    95.14 95.02 94.94 -> 95.03% | 0.9652 0.9639 0.9630 -> 0.9640  (former default)
-      epochs=2 lr 1e-5 T 0.1    95.19 95.18 94.77 -> 95.04% | 0.9653 0.9649 0.9629 -> 0.9644
-      epochs=1 lr 1e-5 T 0.1    95.17 95.20 94.92 -> 95.09% | 0.9653 0.9653 0.9633 -> 0.9646  (the default)
-      fold seed 0 only: epochs=1 lr 3e-5 95.22% / 0.9652; epochs=2 T 0.5 95.14% / 0.9646
-    No variant beats the plain encoder beyond fold-to-fold noise (best: +0.0001 AIQ, -0.02 pt quality@25%); the
-    gentler the fine-tuning, the closer to epochs=0. Likely why (not measured): the kNN quality models live on
-    within-tag neighbourhoods, which a pull toward the tag centroid can only blur. The default is the tag-enhanced
-    variant CV supports (the issue prescribes the fine-tuning): 1 epoch at lr 1e-5 ties the plain encoder, beats
-    the former default (2 epochs, 3e-5) on every fold seed's AIQ, and fine-tunes in ~2/3 of its time.
-
-    Fine-tuning toward domain + OUTCOME tags (tagging.outcome_tags: each domain split into 3 k-means groups of the
-    training queries' per-LLM quality vectors, fitted on the training fold only; routing still groups by domain):
-      3 groups, epochs=2 lr 3e-5   95.67 95.27 94.84 -> 95.26% | 0.9660 0.9647 0.9637 -> 0.9648
-      3 groups, epochs=1 lr 1e-5   fold seed 0: 95.30% / 0.9652
-      3 difficulty terciles (mean quality over LLMs) instead, fold seed 0: epochs=1 95.23% / 0.9645, epochs=2 lr
-      3e-5 95.34% / 0.9645
-    Fold seed 0, neighbour count k / smoothing s re-tuned on each encoder: plain k=100 s=60 95.26% / 0.9656 (best
-    AIQ), k=150 s=60 95.36% / 0.9651; outcome-tuned k=150 s=60 95.67% / 0.9660 (best), k=100 s=30 95.69% / 0.9655;
-    k <= 60 loses on both (0.9600-0.9653). The outcome-tuned encoder has the best mean over the three fold seeds
-    (+0.15 pt quality@25%, +0.0002 AIQ over the plain encoder), but by less than the fold-seed spread (0.3 pt,
-    0.001): CV cannot tell any fine-tuning variant from another or from the plain encoder. Among ties the default
-    is the cheapest tag-enhanced one (domain tags, 1 epoch at 1e-5: half the fine-tuning time of 2 epochs);
-    `finetune_tags="domain+outcome"` is there for logs with one domain, where domain tags leave nothing to learn.
-
-    Later record (2026-12-01; plain tail-128 embeddings, TRUE costs so only quality differs, 3-fold CV on train,
-    fold seeds 0-4, mean quality@25% / AIQ): kNN k=150 s=60 (the default) 95.10% / 0.9642; task prior (seeds 0-2)
-    94.97% / 0.9636. Winogrande twins (nearest train query, cosine > 0.97) carry a real but signed signal: several
-    LLMs are LESS often right when they got the twin right (gpt-3.5 0.53 vs 0.76, mistral-7b 0.47 vs 0.70; claude-v2
-    the other way, 0.62 vs 0.33), as a surface-cue answer is right on one twin of a pair only. Using it: LightGBM
-    per LLM boosted from logit(leave-one-out kNN estimate) on (top-1 similarity, top-1 label, twin mean, tag), 5 / 10
-    / 20 trees 95.04-95.06% / 0.9642-0.9646; a logistic offset model per (LLM, tag) on the twin label 94.65-94.97% /
-    0.9607-0.9635; LightGBM boosted from the kNN estimate on the router's features (PCA-32 + tag similarities)
-    3 / 10 / 20 trees 0.9631 / 0.9627 / 0.9616; per-tag k or s (30-1000, 0-200) all within +-0.0005 AIQ. None beats
-    the default beyond the fold-seed spread (~0.002 AIQ, ~0.3 pt), so the default stays.
+    Defaults chosen by grouped cross-validation on the RouterBench TRAIN split only, never on the test split:
+    `bench/tune.py` (3 folds grouped by query, fold seeds, pooled out-of-fold decisions of this router scored by
+    mixllm.evaluation against gpt-4-1106-preview; `--experiment NAME` reruns one table). The tables, with the
+    command, date and machine of each run, are in bench/results/tune.md. Why each default [experiment]:
+    - predictor.quality_model="knn" [quality_model]: LightGBM quality trees score below the tag prior they boost
+      from (the more trees, the lower); the neighbour average shrunk to the prior is the one model not below it.
+    - predictor.knn_k=150, knn_smoothing=60 [knn_grid]: k 150-400 at s=60 tie within the fold-seed spread; fewer
+      neighbours with less shrinkage (k <= 100, s <= 60) lose.
+    - truncation="tail", max_seq_length=128 [truncation]: the end of a few-shot prompt is the question, its head
+      the examples every ARC / Winogrande query shares; tail >= head at each k, 256 tokens tie with 128 (2x encoding).
+    - epochs=1, learning_rate=1e-5, finetune_tags="domain" [finetune, outcome_tags]: no fine-tuning variant is told
+      apart from the plain encoder; one gentle epoch is the cheapest tag-enhanced one (the issue prescribes it).
+    - ridge_lambda=30 [ridge_lambda]: enough prior strength that one failure of the chosen LLM does not
+      over-correct it, little enough that a failing LLM is routed around within the replayed stream.
+    - Cost prediction is not the lever: true costs in place of predicted ones move AIQ by < 0.001 (every table).
+    Honestly: on this sample no default beats its runner-up, nor the kNN default the per-task prior, by more than
+    the fold-seed spread (~0.002 AIQ); see tune.md for the figures and how they compare with the former records.
+    Variants that are not options (similarity-weighted kNN, stacked models, Winogrande-twin features, per-tag k or s)
+    tied or lost in those records (this docstring's git history before bench/tune.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
