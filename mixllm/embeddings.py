@@ -146,13 +146,15 @@ class QueryEncoder:
         Why not `encode`: for one query its per-call bookkeeping (switching every module to eval mode, device
         look-ups) costs ~1 ms of Python on top of a ~6.5 ms forward pass, and the service pays it on every route.
         Same modules, same tokeniser settings (max_seq_length, truncation side), same output (max |diff| 0 on
-        single queries); longest texts first so each batch pads little, as `encode` does."""
+        single queries); longest texts first so each batch pads little, as `encode` does, ties by the text itself:
+        a text's vector depends (in the last float bits) on its batch mates' padding and the batch's shape, so the
+        batches are a function of the SET of texts, never of the order they came in (reproducible retraining)."""
         import torch
         from tqdm.auto import tqdm
 
         if self.model.training:  # fine_tune leaves eval mode on; a caller's model.train() must not add dropout
             self.model.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        order = np.array(sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i])), dtype=np.int64)
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode():

@@ -167,7 +167,8 @@ def subsample(df: pd.DataFrame, per_task: int | None, seed: int) -> pd.DataFrame
     if per_task is None or df.empty:
         return df.reset_index(drop=True)
     task = df["task"].fillna("(none)")
-    queries = df.assign(_task=task)[["_task", "query_id"]].drop_duplicates()
+    # sorted first: which queries a seed picks must not depend on the order the store returned the rows in
+    queries = df.assign(_task=task)[["_task", "query_id"]].drop_duplicates().sort_values(["_task", "query_id"])
     chosen = (queries.groupby("_task", group_keys=False)
               .apply(lambda g: g.sample(n=min(per_task, len(g)), random_state=seed)))
     keep = df.set_index(["query_id"]).index.isin(chosen["query_id"])

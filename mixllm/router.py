@@ -140,6 +140,16 @@ def data_digest(log: pd.DataFrame) -> str:
     return hashlib.sha256(np.sort(hashed).tobytes()).hexdigest()[:16]
 
 
+def canonical_rows(log: pd.DataFrame) -> pd.DataFrame:
+    """The rows in an order fixed by their content alone (sorted by a hash of every cell), so the same rows in any
+    order train the same router: the query order drives the fine-tuning's seeded epoch order, the encoder's
+    batches, k-means starts and which of two equally similar neighbours the kNN memory keeps. Identical rows are
+    interchangeable, so their relative order does not matter."""
+    cells = log[sorted(log.columns, key=str)].astype(str)
+    key = pd.util.hash_pandas_object(cells, index=False).to_numpy()
+    return log.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+
+
 class MixLLMRouter(Router):
     """The MixLLM router (see module docstring). Not thread-safe for `update`; `route` only reads state."""
 
@@ -251,7 +261,7 @@ class MixLLMRouter(Router):
     def fit_representation(self, log: pd.DataFrame) -> "TrainingSet":
         """Stage 1: tags, (tag-enhanced) encoder, centroids, PCA and the bandit's context projection; returns the
         per-query features every LLM's predictors train on. The router has no predictors until `finish`."""
-        log = log.reset_index(drop=True).copy()
+        log = canonical_rows(log)  # the same snapshot in any row order gives the same router
         self._check_log(log)
         self.catalogue.check_known(log["model"].dropna().unique())
         cfg = self.config
