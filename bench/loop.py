@@ -443,12 +443,13 @@ def full_information_router(args: argparse.Namespace, world: World) -> Any:
     import hashlib
 
     from mixllm.router import MixLLMRouter, RouterConfig
+    from mixllm.routers.registry import load_router
 
     key = hashlib.sha256(json.dumps([sorted(world.query_ids.tolist()), args.router], sort_keys=True)
                          .encode()).hexdigest()[:12]
     path = args.work / f"full-router-{key}"
     if (path / "manifest.json").is_file():
-        return MixLLMRouter.load(path)
+        return load_router(path)
     router = MixLLMRouter(RouterConfig(**args.router)).fit(world.log)
     router.save(path)
     return router

@@ -129,11 +129,11 @@ def _router_step(router_dir: Path, prompts: list[str], reps: int) -> dict[str, f
     BLAS thread, as in the service."""
     import threading
 
-    from mixllm.router import MixLLMRouter
+    from mixllm.routers.registry import load_router
     from mixllm.serving.batcher import limit_blas_threads
 
     limit_blas_threads()
-    router = MixLLMRouter.load(router_dir)
+    router = load_router(router_dir)
     pred_t, dec_t = [], []
 
     def timed() -> None:

@@ -201,7 +201,7 @@ def route(
     import json
 
     from mixllm.exceptions import RoutingError
-    from mixllm.router import MixLLMRouter
+    from mixllm.routers.registry import load_router
     from mixllm.serving.engine import Routed, ServingEngine
     from mixllm.serving.schemas import RouteRequest, constraints_of
 
@@ -213,8 +213,9 @@ def route(
         raise RoutingError(f"--wtp needs positive numbers, got {wtp!r}")
     names = tuple(m.strip() for m in allowed_models.split(",")) if allowed_models else None
     constraints = constraints_of(names, max_cost)
-    router = MixLLMRouter.load(router_dir)
-    router.catalogue.check_known(names or ())
+    router = load_router(router_dir)
+    if router.catalogue is not None:  # a baseline without one checks names against its models when routing
+        router.catalogue.check_known(names or ())
     engine = ServingEngine.for_router(router)  # the service's decisions, without its state (no log, no learning)
     failed = False
 

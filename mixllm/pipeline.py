@@ -249,9 +249,9 @@ def evaluate_router(router_dir: Path, test: pd.DataFrame, config: PipelineConfig
     cost when routing at the default willingness to pay (``default_wtp/*``), the "quality at the default budget".
     """
     from mixllm.evaluation import evaluate
-    from mixllm.router import MixLLMRouter
+    from mixllm.routers.registry import load_router
 
-    router = MixLLMRouter.load(router_dir)
+    router = load_router(router_dir)
     report = evaluate(router, test, baselines=config.baselines, train_log=train, seed=config.seed)
     point = operating_point(router, test, settings.default_willingness_to_pay)
     return report, {**report.summary, **point}
@@ -262,8 +262,8 @@ def operating_point(router: Any, test: pd.DataFrame, willingness_to_pay: float) 
     model (the reference of every other figure)."""
     import numpy as np
 
-    from mixllm.baselines import router_sweep
     from mixllm.evaluation import TestSet
+    from mixllm.replay import router_sweep
 
     ts = TestSet.from_log(test)
     choices = router_sweep("default_wtp", router, ts, [willingness_to_pay]).choices[0]

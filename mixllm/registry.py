@@ -6,7 +6,7 @@ Aliases (never the deprecated stages) are moved by `promote` / `rollback`, which
 version tags, so the UI shows the history. The service polls `version_for("champion")` and reloads when it changes.
 
 The router is logged as an ``mlflow.pyfunc`` model "from code" (`mixllm/pyfunc_model.py`, no pickle) whose only
-artifact is the router directory and whose ``load_context`` calls `MixLLMRouter.load`: the registry, the pipeline
+artifact is the router directory and whose ``load_context`` calls `load_router`: the registry, the pipeline
 and the service load through one loader. It carries a signature and an input example, which MLflow serves once at
 log time (so a version that cannot answer is caught before it is registered). Each version's description
 (`mixllm.model_card`) holds the gate verdict, the headline figures, the per-task table and links to the frontier.
@@ -71,9 +71,9 @@ class RouterPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):  # noqa: ANN001 - MLflow inspects these signatures; keep them bare
-        from mixllm.router import MixLLMRouter
+        from mixllm.routers.registry import load_router
 
-        self.router = MixLLMRouter.load(Path(context.artifacts[ARTIFACT_KEY]))
+        self.router = load_router(Path(context.artifacts[ARTIFACT_KEY]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # noqa: ANN001
         # (DataFrame is one of the hints MLflow leaves alone: no hint-based validation on top of `_signature`)
@@ -291,10 +291,11 @@ class Registry:
         return dst.parent
 
     def load_router(self, ref: str | int = CHAMPION) -> Any:
-        """The router of a version, loaded with `MixLLMRouter.load` (the same loader training and serving use)."""
-        from mixllm.router import MixLLMRouter
+        """The router of a version, loaded with `mixllm.routers.registry.load_router` (the loader the evaluation and
+        the service use, whatever the router class)."""
+        from mixllm.routers.registry import load_router
 
-        return MixLLMRouter.load(self.router_dir(ref))
+        return load_router(self.router_dir(ref))
 
     def versions(self) -> list[dict[str, Any]]:
         """Every registered version, oldest first: version, aliases, tags, run metrics and creation time."""

@@ -49,9 +49,9 @@ class LocalDirSource(RouterSource):
         return hashlib.sha256(repr(stamps).encode()).hexdigest()[:12]
 
     def load(self, ref: str) -> Any:
-        from mixllm.router import MixLLMRouter
+        from mixllm.routers.registry import load_router
 
-        return MixLLMRouter.load(self.path)
+        return load_router(self.path)
 
 
 class RegistrySource(RouterSource):

@@ -249,14 +249,28 @@ def test_tfidf_lgbm_learns_a_separable_split():
     assert (sweep.choices[-2] == expected).mean() > 0.9
 
 
-def test_the_old_baselines_module_still_serves_its_callers():
-    """`mixllm.baselines` is a shim while pipeline / tune / loop move to the routers: same task-prior sweep."""
-    from mixllm import baselines as old
+def test_a_saved_baseline_loads_wherever_a_router_is_loaded(tmp_path):
+    """The service's directory source, the pipeline's evaluation and `mixllm route` load through `load_router`, so
+    a baseline artifact is served, evaluated and routed as what it is (`MixLLMRouter.load` would refuse it)."""
+    import json
 
-    train_log = make_log({"a": [1, 1, 0], "b": [0, 1, 1]}, {"a": [2] * 3, "b": [1] * 3}, ["x", "x", "y"])
-    test = TestSet.from_log(make_log({"a": [1, 0], "b": [0, 1]}, {"a": [2, 2], "b": [1, 1]}, ["x", "y"]))
-    sweep = old.task_prior(TestSet.from_log(train_log, unknown_quality="keep"), test)
-    assert sweep.choices[-2].tolist() == [0, 1]
+    from typer.testing import CliRunner
+
+    from mixllm import pipeline
+    from mixllm.cli import app
+    from mixllm.config import Settings
+    from mixllm.serving.holder import LocalDirSource
+
+    log = make_log({"a": [1, 1, 0], "b": [0, 1, 1]}, {"a": [2] * 3, "b": [1] * 3}, ["x", "x", "y"])
+    saved = rb.SingleModelRouter("b").fit(log).save(tmp_path / "single")
+    assert type(LocalDirSource(saved).load("any")) is rb.SingleModelRouter
+    report, metrics = pipeline.evaluate_router(saved, log, pipeline.PipelineConfig(baselines=("random",)),
+                                               Settings())
+    assert metrics["default_wtp/cost_usd"] == pytest.approx(1.0) and "random" in report.policies
+    out = CliRunner().invoke(app, ["route", "--router", str(saved), "--wtp", "1"],
+                             input=json.dumps({"id": 1, "prompt": "p"}) + "\n")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["model"] == "b"
 
 
 def test_decide_explores_with_the_routers_own_seeded_generator_and_records_propensities():
