@@ -172,7 +172,14 @@ class ScoreRouter(Router):
 
 
 # ------------------------------------------------------------------------------------------- no learning --------
-class SingleModelRouter(ScoreRouter):
+class _OnePointSweep:
+    """For the routers whose choice does not depend on the willingness to pay: their sweep is one point."""
+
+    def sweep(self, pred: Predictions, wtps: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([np.nan]), np.asarray(self.choose(pred, 1.0), dtype=int)[None, :]
+
+
+class SingleModelRouter(_OnePointSweep, ScoreRouter):
     """Always the same LLM (the others are ineligible, with the reason in the trace). `fit` learns the log's LLMs
     and their mean quality and cost, shown in the trace; they do not change the choice."""
 
@@ -205,10 +212,6 @@ class SingleModelRouter(ScoreRouter):
             r.update({j: f"the single-model router always uses {self.model}" for j in np.nonzero(~only)[0]})
         return ok & only, reasons
 
-    def sweep(self, pred, wtps):
-        """One point: the choice does not depend on the willingness to pay."""
-        return np.array([np.nan]), np.asarray(self.choose(pred, 1.0), dtype=int)[None, :]
-
     @property
     def note(self) -> str:
         return f"always {self.model}"
@@ -225,7 +228,7 @@ class SingleModelRouter(ScoreRouter):
         return {f"single:{m}": cls(m, seed=seed).fit(test_log) for m in TestSet.from_log(test_log).models}
 
 
-class RandomRouter(ScoreRouter):
+class RandomRouter(_OnePointSweep, ScoreRouter):
     """A uniform random LLM per prompt, drawn from the router's generator (seeded; `predict` advances it). The
     predicted quality is 1 for the drawn LLM and 0 for the others: the trace says what was drawn, not a forecast."""
 
@@ -241,9 +244,6 @@ class RandomRouter(ScoreRouter):
         q = np.zeros((n, m))
         q[np.arange(n), self.rng.integers(0, m, size=n)] = 1.0
         return q, np.zeros((n, m))
-
-    def sweep(self, pred, wtps):
-        return np.array([np.nan]), np.asarray(self.choose(pred, 1.0), dtype=int)[None, :]
 
     @property
     def note(self) -> str:
