@@ -330,14 +330,18 @@ class Store:
                 df[col] = pd.to_datetime(df[col]).dt.tz_localize("UTC")
         return df
 
+    @staticmethod
+    def _landed(table: sa.Table, columns: Sequence[str], since: datetime | None) -> sa.Select:
+        """`columns` of `table` in landing order; only rows with ts >= `since` if given."""
+        q = sa.select(*[table.c[c] for c in columns]).order_by(table.c.id)
+        return q if since is None else q.where(table.c.ts >= _utc_naive(since))
+
     def logs(self, since: datetime | None = None, policy_only: bool = False, extra: bool = False) -> pd.DataFrame:
         """Accepted interaction rows, LOG_COLUMNS, in landing order; only those with ts >= `since` if given, and
         only decisions a policy made (propensity known: what off-policy evaluation reads) if `policy_only`;
         with `extra`, also EXTRA_COLUMN (the landing file's other columns, JSON text or None)."""
         cols = [*LOG_COLUMNS, EXTRA_COLUMN] if extra else list(LOG_COLUMNS)
-        q = sa.select(*[INTERACTIONS.c[c] for c in cols]).order_by(INTERACTIONS.c.id)
-        if since is not None:
-            q = q.where(INTERACTIONS.c.ts >= _utc_naive(since))
+        q = self._landed(INTERACTIONS, cols, since)
         if policy_only:
             q = q.where(INTERACTIONS.c.propensity.is_not(None))
         return self._typed_logs(self._frame(q, cols))
@@ -354,10 +358,7 @@ class Store:
         """Accepted ratings, FEEDBACK_COLUMNS (and EXTRA_COLUMN with `extra`), in landing order; only those with
         ts >= `since` if given (the service replays what arrived after its version's training snapshot)."""
         cols = [*FEEDBACK_COLUMNS, EXTRA_COLUMN] if extra else list(FEEDBACK_COLUMNS)
-        q = sa.select(*[FEEDBACK.c[c] for c in cols]).order_by(FEEDBACK.c.id)
-        if since is not None:
-            q = q.where(FEEDBACK.c.ts >= _utc_naive(since))
-        df = self._frame(q, cols)
+        df = self._frame(self._landed(FEEDBACK, cols, since), cols)
         df["rating"] = df["rating"].astype(float)
         return df
 
