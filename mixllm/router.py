@@ -54,11 +54,11 @@ class RouterConfig(BaseModel):
     - predictor.quality_model="knn" [quality_model]: LightGBM quality trees score below the tag prior they boost
       from (the more trees, the lower); the neighbour average shrunk to the prior is the one model not below it.
     - predictor.knn_k=150, knn_smoothing=60 [knn_grid]: k 150-400 at s=60 tie within the fold-seed spread; fewer
-      neighbours with less shrinkage (k <= 100, s <= 60) lose.
+      neighbours with less shrinkage (k <= 100, s <= 60) score lower on each fold seed.
     - truncation="tail", max_seq_length=128 [truncation]: the end of a few-shot prompt is the question, its head
       the examples every ARC / Winogrande query shares; tail >= head at each k, 256 tokens tie with 128 (2x encoding).
-    - epochs=1, learning_rate=1e-5, finetune_tags="domain" [finetune, outcome_tags]: no fine-tuning variant is told
-      apart from the plain encoder; one gentle epoch is the cheapest tag-enhanced one (the issue prescribes it).
+    - epochs=1, learning_rate=1e-5, finetune_tags="domain" [finetune, outcome_tags]: no fine-tuning variant was told
+      apart from the plain encoder (former record; not yet rerun here); one gentle epoch is the cheapest.
     - ridge_lambda=30 [ridge_lambda]: enough prior strength that one failure of the chosen LLM does not
       over-correct it, little enough that a failing LLM is routed around within the replayed stream.
     - Cost prediction is not the lever: true costs in place of predicted ones move AIQ by < 0.001 (every table).
