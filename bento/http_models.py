@@ -16,7 +16,8 @@ from mixllm.schemas import CandidateScore
 from mixllm.serving.schemas import RequestRejected
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
-Prompt = Annotated[str, Field(min_length=1, description="The user's query (at most MIXLLM_MAX_PROMPT_CHARS chars).")]
+Prompt = Annotated[str, Field(min_length=1, description="The user's query: not blank, at most "
+                                                       "MIXLLM_MAX_PROMPT_CHARS characters.")]
 # ge=1e-9 rather than gt=0: BentoML serves OpenAPI 3.0, where pydantic's numeric `exclusiveMinimum` is invalid.
 Wtp = Annotated[float, Field(ge=1e-9, le=1e12, allow_inf_nan=False,
                              description="Quality points per dollar (> 0): higher pays more for quality.")]
@@ -39,7 +40,7 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=10_000)]
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=1_000)]
 
 
 class RouteResult(BaseModel):
@@ -90,6 +91,31 @@ def http_error(status: int, field: str | None, msg: str, kind: str = "value_erro
                         status_code=status)
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: `include_usage` adds a last chunk with the token counts."""
+
+    include_usage: bool = False
+
+
+def openai_error(status: int, message: str, code: str, type_: str | None = None,
+                 param: str | None = None) -> JSONResponse:
+    """An error body as OpenAI's API writes it, so its clients raise the matching exception with our message."""
+    type_ = type_ or ("invalid_request_error" if status < 500 else "api_error")
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status)
+
+
 def rejected(e: RequestRejected) -> JSONResponse:
     """The engine's refusal of a request as an HTTP error body."""
     return http_error(STATUS.get(e.kind, 400), e.field, str(e), e.kind)
+
+
+def as_openai_error(resp: JSONResponse) -> JSONResponse:
+    """One of our `http_error` bodies re-shaped as OpenAI's (for the pass-through, whose callers are its clients)."""
+    import json
+
+    body = json.loads(bytes(resp.body))
+    detail = (body.get("detail") or [{}])[0]
+    loc = detail.get("loc") or [None]
+    return openai_error(resp.status_code, body.get("error") or detail.get("msg", ""), detail.get("type", "invalid"),
+                        param=loc[0])

@@ -30,9 +30,10 @@ from mixllm.serving.settings import BUNDLED_ROUTER_DIRNAME, ServingSettings
 from mixllm.telemetry import go_offline
 
 from . import passthrough
+from .guards import ApiGuardMiddleware
 from .http_models import (AllowedModels, Budget, FeedbackResult, Messages, ModelName, NonNegative, Probability,
-                          Prompt, QueryId, ReloadResult, RouteBatchResult, RouteResult, SessionId, Tokens, Wtp,
-                          http_error, rejected)
+                          Prompt, QueryId, ReloadResult, RouteBatchResult, RouteResult, SessionId, StreamOptions,
+                          Tokens, Wtp, as_openai_error, http_error, openai_error, rejected)
 from .metrics import ServiceMetrics
 from .observability import ReadyzMiddleware, request_observability
 from .settings import HttpSettings
@@ -161,49 +162,81 @@ class RouterService:
                                temperature: Annotated[float, Field(ge=0, le=2)] | None = None,
                                max_tokens: Tokens | None = None,
                                top_p: Annotated[float, Field(ge=0, le=1)] | None = None, stream: bool = False,
+                               stream_options: StreamOptions | None = None,
                                willingness_to_pay: Wtp | None = None, allowed_models: AllowedModels | None = None,
                                max_cost_usd: Budget | None = None, session_id: SessionId | None = None) -> dict:
         """OpenAI-compatible chat: routes the conversation (``model: "auto"``; a catalogue name pins it), forwards
-        it to the model's `base_url`, answers with the upstream body plus the routed model (``model``, ``mixllm``,
-        header ``x-mixllm-model``), and records the call's cost and latency for the nightly retrain."""
-        if stream:
-            return http_error(400, "stream", "streaming is not supported by the pass-through; send stream=false",
-                              "unsupported")
+        it to the model's `base_url` (``stream: true``: its server-sent events, event by event), answers with the
+        upstream body plus the routed model (``model``, ``mixllm``, header ``x-mixllm-model``; streamed: in the
+        first chunk), and records the call's cost and latency for the nightly retrain. Errors read as OpenAI's."""
         router = self.engine.router
         if model != "auto":
             if router is not None and model not in router.models:
-                return http_error(400, "model", f"unknown model {model!r}; use \"auto\" or one of "
-                                  f"{list(router.models)}", "unknown_model")
+                return openai_error(400, f"unknown model {model!r}; use \"auto\" or one of {list(router.models)}",
+                                    "unknown_model", param="model")
             allowed_models = [model]
         text = conversation_text(messages)
         routed = await self._route([text], "messages", willingness_to_pay, allowed_models, max_cost_usd, session_id,
                                    "chat")
         if isinstance(routed, JSONResponse):
-            return routed
+            return as_openai_error(routed)
         r, chosen = routed[0], routed[0].choice.model
+        params = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
+        if stream:  # always ask for usage: what the call cost is recorded from the upstream's own count
+            params |= {"stream": True, "stream_options": {"include_usage": True}}
         try:  # the deployment catalogue (read at start), else the serving router's (a newer champion may know more)
             spec = (self._endpoints or self.engine.router.catalogue).get(chosen)
-            url, headers, body = passthrough.request_parts(spec, chosen, messages, {
-                "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p})
-            if self._http_client is None:
-                import httpx
-
-                self._http_client = httpx.AsyncClient(timeout=self.http.upstream_timeout_seconds)
-            data, latency_ms = await passthrough.call(self._http_client, url, headers, body, chosen)
+            url, headers, body = passthrough.request_parts(spec, chosen, messages, params)
+            client = self._client()
+            if stream:
+                upstream = await passthrough.open_stream(client, url, headers, body, chosen)
+            else:
+                data, latency_ms = await passthrough.call(client, url, headers, body, chosen)
         except MixLLMError as e:
-            return http_error(503, "model", str(e), "no_endpoint")
+            return openai_error(503, str(e), "no_endpoint", "api_error", "model")
         except passthrough.UpstreamError as e:
-            if e.status == 502:
-                self.metrics.upstream.labels(chosen, "error").inc()
-            return http_error(e.status, "model", str(e), e.kind)
-        self.metrics.upstream.labels(chosen, "ok").inc()
+            self.metrics.upstream.labels(chosen, "error").inc()
+            return openai_error(e.status, str(e), e.kind, e.type)
+        routing = {"request_id": r.request.request_id, "model": chosen, "router_version": r.decision.router_version}
+        headers = {"x-mixllm-model": chosen, "x-mixllm-request-id": r.request.request_id}
+        if stream:
+            tally = passthrough.StreamTally()
+            events = passthrough.relay_events(upstream, tally, {"model": chosen, "mixllm": routing},
+                                              bool(stream_options and stream_options.include_usage), chosen)
+            return passthrough.RecordedStream(events, upstream, lambda: self._record_stream(r, text, spec, tally),
+                                              headers)
+        record = await self._record(r, text, data, spec, latency_ms, "ok")
+        data["model"] = chosen
+        data["mixllm"] = {**routing, "cost_usd": record.cost_usd, "latency_ms": latency_ms}
+        return JSONResponse(data, headers=headers)
+
+    def _client(self) -> Any:
+        if self._http_client is None:
+            import httpx
+
+            self._http_client = httpx.AsyncClient(timeout=self.http.upstream_timeout_seconds)
+        return self._http_client
+
+    async def _record(self, r: Routed, text: str, data: dict, spec: Any, latency_ms: float, outcome: str) -> Any:
+        self.metrics.upstream.labels(r.choice.model, outcome).inc()
         record = await self.engine.passthrough(r, text, data, spec, latency_ms)
         self.metrics.feedback.labels("log").inc()
-        self.metrics.observe_cost(chosen, record.cost_usd, "passthrough")
-        data["model"] = chosen
-        data["mixllm"] = {"request_id": record.query_id, "model": chosen, "router_version": r.decision.router_version,
-                          "cost_usd": record.cost_usd, "latency_ms": latency_ms}
-        return JSONResponse(data, headers={"x-mixllm-model": chosen, "x-mixllm-request-id": record.query_id})
+        self.metrics.observe_cost(r.choice.model, record.cost_usd, "passthrough")
+        return record
+
+    async def _record_stream(self, r: Routed, text: str, spec: Any, tally: passthrough.StreamTally) -> None:
+        """When a stream ends (or the client left): the observation of what was delivered; tokens from the
+        upstream's usage chunk when it came, else estimated from the delivered text."""
+        try:
+            record = await self._record(r, text, tally.as_completion(), spec, tally.latency_ms,
+                                        "ok" if tally.finished else "partial")
+        except Exception:  # noqa: BLE001 - the response is gone; a failed record is logged, never raised into it
+            log.exception("streamed pass-through %s not recorded", r.request.request_id)
+            return
+        if not tally.finished:
+            log.info("stream %s ended early after %d events; recorded %d completion tokens (%s)",
+                     record.query_id, tally.events, record.completion_tokens,
+                     "upstream usage" if tally.usage else "estimated from delivered text")
 
     # ------------------------------------------------------------------------------------ feedback -----------
     @bentoml.api(route="/feedback")
@@ -250,3 +283,4 @@ class RouterService:
 
 
 RouterService.add_asgi_middleware(ReadyzMiddleware)
+RouterService.add_asgi_middleware(ApiGuardMiddleware)

@@ -88,9 +88,10 @@ def conversation_text(messages: Sequence[Any]) -> str:
     """The text the router sees for a chat: every turn, oldest first, as ``role: content`` lines.
 
     Routing on the whole conversation (not only the last turn) is what makes a follow-up like "and in Python?" land
-    on a model that suits the thread.
+    on a model that suits the thread. A conversation without any text (only tool calls or images, which OpenAI
+    allows) is routed on its turns' roles: a decision from the router's prior beats refusing a valid chat.
     """
-    parts = []
+    parts, roles = [], []
     for m in messages:
         role = getattr(m, "role", None) or (m.get("role") if isinstance(m, dict) else "user")
         content = getattr(m, "content", None) if not isinstance(m, dict) else m.get("content")
@@ -98,7 +99,8 @@ def conversation_text(messages: Sequence[Any]) -> str:
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         if content:
             parts.append(f"{role}: {content}")
-    return "\n".join(parts)
+        roles.append(f"{role}:")
+    return "\n".join(parts or roles)
 
 
 def constraints_of(allowed_models: Sequence[str] | None, max_cost_usd: float | None) -> RouteConstraints | None:

@@ -56,3 +56,11 @@ def test_conversation_text_keeps_every_turn_in_order() -> None:
                               {"role": "assistant", "content": "Use sorted()."},
                               {"role": "user", "content": [{"type": "text", "text": "And in Rust?"}]}])
     assert text.splitlines() == ["user: Sort a list in Python", "assistant: Use sorted().", "user: And in Rust?"]
+
+
+def test_a_conversation_without_text_is_routed_on_its_roles() -> None:
+    """Tool-call turns (content null) and image-only parts are valid OpenAI chats: never a blank prompt."""
+    text = conversation_text([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                              {"role": "assistant", "content": None}])
+    assert text.splitlines() == ["user:", "assistant:"] and text.strip()
+    assert conversation_text([{"role": "user", "content": "hi"}, {"role": "tool"}]) == "user: hi"
