@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mixllm itself comes from the environment
 
 from loop_report import bars, publish, rounded  # noqa: E402 - bench/ is not a package
 from loop_world import (REFERENCE, ROOT, SCENARIOS, Scenario, Service, World, choices_in, scored,  # noqa: E402
@@ -136,7 +136,7 @@ class Loop:
         t0 = time.perf_counter()
         with open(self.work / f"night-{n}.log", "wb") as out:
             code = subprocess.call([str(Path(sys.executable).with_name("mixllm")), "pipeline", "run", "--config",
-                                    str(config)], env=self.env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                    str(config)], env=self.env(), cwd=self.work, stdout=out, stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - t0
         if code != 0:
             raise RuntimeError(f"night {n}: `mixllm pipeline run` exited {code}; see {self.work}/night-{n}.log")
@@ -313,10 +313,13 @@ class Loop:
         return out
 
     # ------------------------------------------------------------------ the whole run
-    def run(self) -> dict[str, Any]:
+    def run(self, on_day: Any = None) -> dict[str, Any]:
+        """Night 0, then day / night until the last day; `on_day(partial result)` after each day, so an interrupted
+        run still leaves its figures."""
         import httpx
 
         t_all = time.perf_counter()
+        start_s = 0.0
         self.night(0)
         svc = Service(self.env(), self.work / "service.log")
         try:
@@ -326,14 +329,19 @@ class Loop:
                 start_s = time.perf_counter() - t0
                 for d in range(1, self.args.days + 1):
                     self.day(d, svc, client)
+                    if on_day is not None:
+                        on_day(self.result(start_s, t_all))
                     if d < self.args.days:
                         self.night(d)
                         svc.wait(client, self.nights[-1]["champion"], timeout=300)
         finally:
             svc.stop()
+        return self.result(start_s, t_all)
+
+    def result(self, start_s: float, t_all: float) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "work": str(self.work), "change_day": self.scenario.change_day,
                 "failing_model": self.failing, "new_model": self.scenario.new_model,
-                "nights": self.nights, "days": self.days, "service_start_s": round(start_s, 1),
+                "nights": list(self.nights), "days": list(self.days), "service_start_s": round(start_s, 1),
                 "total_s": round(time.perf_counter() - t_all, 1), "bars": bars(self)}
 
 
@@ -409,28 +417,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.days} days x {args.queries_per_day} queries need {need} unseen queries; the world "
                          f"has {len(stream)} after the seed: fewer days or queries per day")
     args.work.mkdir(parents=True, exist_ok=True)
-    full = full_information_router(args, world)
+    full = full_information_router(args, world)  # trained on ALL world queries
+    world_n = world.n
+    world = world.subset(np.concatenate([seed_rows, stream[:need]]))  # what this run routes, nothing more
+    seed_rows, stream = np.arange(n_seed), np.arange(n_seed, world.n)
     full_pred, full_test_pred = full.predict(world.prompts), full.predict(test.prompts)
     fit_s = time.perf_counter() - t0
-    print(f"world {world.n} queries ({n_seed} seed), test {test.n}; full-information router fitted and "
+    print(f"world {world_n} queries ({n_seed} seed, {world.n - n_seed} streamed), test {test.n}; full-information router fitted and "
           f"predicted in {fit_s:.0f}s", flush=True)
     new = None
     if args.scenario == "new_model":
-        new = args.new_model or _favourite(world, full, full_pred, stream[:need], args.wtp)
+        new = args.new_model or _favourite(world, full, full_pred, stream, args.wtp)
     scenario = Scenario(args.scenario, args.change_day, new)
-    loop = Loop(args, scenario, world, test, full, full_pred, full_test_pred, seed_rows, stream[:need])
-    result = loop.run()
-    result.update(finished=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-                  machine=f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-                  full_router_fit_s=round(fit_s, 1),
-                  config={"days": args.days, "queries_per_day": args.queries_per_day, "seed_share": args.seed_share,
-                          "feedback_share": args.feedback_share, "noise": args.noise, "wtp": args.wtp,
-                          "router": args.router | {"cache_dir": "<work>/embeddings"}, "world_queries": world.n,
-                          "seed_queries": int(n_seed), "test_queries": test.n, "quick": args.quick,
-                          "max_test_queries_per_task": args.max_test_queries_per_task,
-                          "exploration": args.exploration_note,
-                          "users": N_USERS, "batch": args.batch})
-    publish(result, args.out, not args.no_write)
+    loop = Loop(args, scenario, world, test, full, full_pred, full_test_pred, seed_rows, stream)
+    facts = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+             "full_router_fit_s": round(fit_s, 1),
+             "config": {"days": args.days, "queries_per_day": args.queries_per_day, "seed_share": args.seed_share,
+                        "feedback_share": args.feedback_share, "noise": args.noise, "wtp": args.wtp,
+                        "router": args.router | {"cache_dir": "<work>/embeddings"}, "world_queries": world_n,
+                        "seed_queries": int(n_seed), "test_queries": test.n, "quick": args.quick,
+                        "max_test_queries_per_task": args.max_test_queries_per_task,
+                        "exploration": args.exploration_note, "users": N_USERS, "batch": args.batch}}
+
+    def save(partial: dict[str, Any]) -> None:
+        partial.update(facts, finished=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                       complete=len(partial["days"]) == args.days)
+        publish(partial, args.out, not args.no_write)
+
+    result = loop.run(on_day=save)
+    save(result)
     for key, bar in result["bars"].items():
         verdict = "n/a" if bar.get("pass") is None else ("PASS" if bar["pass"] else "FAIL")
         print(f"BAR {args.scenario}/{key}: {verdict} {json.dumps(rounded({k: v for k, v in bar.items() if k != 'days'}))}")
@@ -445,7 +460,8 @@ def full_information_router(args: argparse.Namespace, world: World) -> Any:
     from mixllm.router import MixLLMRouter, RouterConfig
     from mixllm.routers.registry import load_router
 
-    key = hashlib.sha256(json.dumps([sorted(world.query_ids.tolist()), args.router], sort_keys=True)
+    settings = {k: v for k, v in args.router.items() if k != "cache_dir"}
+    key = hashlib.sha256(json.dumps([sorted(world.query_ids.tolist()), settings], sort_keys=True)
                          .encode()).hexdigest()[:12]
     path = args.work / f"full-router-{key}"
     if (path / "manifest.json").is_file():

@@ -121,7 +121,8 @@ def _render_scenario(s: dict[str, Any]) -> list[str]:
     c = s["config"]
     nights = [n["seconds"] for n in s["nights"]]
     lines = [f"### {s['scenario']}", "",
-             f"{c['days']} days x {c['queries_per_day']} queries, seed {c['seed_share']:.0%} of {c['world_queries']}"
+             f"{c['days']} days{'' if s.get('complete', True) else ' planned, ' + str(len(s['days'])) + ' run'}"
+             f" x {c['queries_per_day']} queries, seed {c['seed_share']:.0%} of {c['world_queries']}"
              f" world queries, feedback on {c['feedback_share']:.0%} with {c['noise']:.0%} label noise, wtp "
              f"{c['wtp']}, router {c['router']}, held-out {c['max_test_queries_per_task'] or 'all'} queries per "
              f"task; {c.get('exploration') or 'exploration: not configured'}. Night: "

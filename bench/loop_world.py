@@ -53,6 +53,12 @@ class World:
     def n(self) -> int:
         return len(self.prompts)
 
+    def subset(self, rows: np.ndarray) -> "World":
+        """Only these queries, in this order (what a run routes: its seed and its stream)."""
+        ids = self.query_ids[rows]
+        log = self.log[self.log["query_id"].isin(set(ids))].reset_index(drop=True)
+        return World(log, ids, [self.prompts[i] for i in rows], self.models, self.quality[rows], self.cost[rows])
+
     def col(self, model: str) -> int:
         return self.models.index(model)
 
@@ -132,11 +138,12 @@ class Service:
     """`mixllm serve` in its own process group (so stopping it stops BentoML's workers too)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        """Started from the log's folder: nothing of the checkout is on its path but what the environment puts."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([str(Path(sys.executable).with_name("mixllm")), "serve", "--port", str(self.port)],
-                                     env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=log_path.parent, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def status(self, client: Any) -> dict[str, Any] | None:
