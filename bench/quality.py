@@ -8,7 +8,7 @@ continual-learning replay (frozen router vs the router learning from refined / t
 also with a failing LLM), and writes:
   bench/results/quality.json, bench/results/quality.png and the `quality` section of BENCHMARKS.md.
 Nothing is tuned on the test split: every hyper-parameter is the library default, chosen by 3-fold cross-validation
-on the train split (figures in the RouterConfig docstring, mixllm/router.py).
+on the train split (`bench/tune.py`, figures in bench/results/tune.md).
 
 Usage: python bench/quality.py [--seeds 3] [--out bench/results] [--no-write]   (--seeds 1: seed 0 only)
 """

@@ -11,9 +11,9 @@ Quality = local evidence shrunk to the tag prior (default, `quality_model="knn"`
 query is the mean of its observed quality over the k most similar training queries of the same (predicted) tag,
 shrunk toward its smoothed per-tag mean with `knn_smoothing` pseudo-rows: (sum of neighbour labels + s x prior) /
 (known neighbour labels + s), an empirical-Bayes local average. Why not trees: on RouterBench the per-query signal is
-weak; 3-fold CV on train (folds by query, 3 fold seeds, table in RouterConfig's docstring) has LightGBM deviations
-from the prior LOSING to the prior itself (AIQ 0.9620 vs 0.9636, worst on MBPP), also when stacked on kNN features,
-while the shrunk kNN average beats the per-task prior on every fold seed. The memory is the LLM's own rows (its
+weak; 3-fold CV on train (folds by query, 3 fold seeds: `bench/tune.py --experiment quality_model`, table in
+`bench/results/tune.md`) has LightGBM deviations from the prior LOSING to the prior itself (AIQ 0.9612 vs 0.9636),
+while the shrunk kNN average ties the per-task prior (0.9636 vs 0.9633) and needs no task labels. The memory is the LLM's own rows (its
 embeddings, labels and tags), so adding an LLM still trains only that LLM. Neighbour search is one partial sort per
 group of LLMs with the same memory rows (LLMs trained together share one memory), over the rows of the query's tag
 only (each tag's rows kept as one contiguous block, so a query reads a fraction of the memory).
