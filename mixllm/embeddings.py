@@ -8,11 +8,12 @@ Why a cache: re-embedding thousands of prompts on 2 CPU cores costs seconds to m
 mostly old prompts. The key is (encoder weights identity, max_seq_length, truncation side, prompt), so a changed
 encoder never returns stale vectors.
 
-Truncation side: long prompts often put the shared part first (system text, few-shot examples) and the request
-last, so `truncation="tail"` embeds the question being asked. On RouterBench the first 128 tokens of a few-shot
-prompt are the same examples for every ARC or Winogrande query; with LightGBM quality models the tail did not help
-(CV on train, 94.6% vs 94.95% quality@25% cost), but the router's neighbour-average quality models need the
-question itself, and there the tail wins (`bench/tune.py --experiment truncation`: AIQ 0.9636 vs 0.9625, `bench/results/tune.md`), so the router keeps "tail".
+Truncation side: long prompts often put the shared part first (system text, few-shot examples) and the request last,
+so `truncation="tail"` embeds the question being asked. On RouterBench the first 128 tokens of a few-shot prompt are
+the same examples for every ARC or Winogrande query; with LightGBM quality models the tail did not help (CV on
+train, 94.6% vs 94.95% quality@25% cost), but the router's neighbour-average quality models need the question
+itself, and there the tail wins (`bench/tune.py --experiment truncation`: AIQ 0.9636 vs 0.9625,
+`bench/results/tune.md`), so the router keeps "tail".
 """
 
 from __future__ import annotations

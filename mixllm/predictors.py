@@ -10,13 +10,13 @@ Rows a logging policy chose (a `propensity`) weigh 1 / max(propensity, clip) eve
 Quality = local evidence shrunk to the tag prior (default, `quality_model="knn"`): an LLM's predicted quality on a
 query is the mean of its observed quality over the k most similar training queries of the same (predicted) tag,
 shrunk toward its smoothed per-tag mean with `knn_smoothing` pseudo-rows: (sum of neighbour labels + s x prior) /
-(known neighbour labels + s), an empirical-Bayes local average. Why not trees: on RouterBench the per-query signal is
-weak; 3-fold CV on train (folds by query, 3 fold seeds: `bench/tune.py --experiment quality_model`, table in
+(known neighbour labels + s), an empirical-Bayes local average. Why not trees: on RouterBench the per-query signal
+is weak; 3-fold CV on train (folds by query, 3 fold seeds: `bench/tune.py --experiment quality_model`, table in
 `bench/results/tune.md`) has LightGBM deviations from the prior LOSING to the prior itself (AIQ 0.9612 vs 0.9636),
-while the shrunk kNN average ties the per-task prior (0.9636 vs 0.9633) and needs no task labels. The memory is the LLM's own rows (its
-embeddings, labels and tags), so adding an LLM still trains only that LLM. Neighbour search is one partial sort per
-group of LLMs with the same memory rows (LLMs trained together share one memory), over the rows of the query's tag
-only (each tag's rows kept as one contiguous block, so a query reads a fraction of the memory).
+while the shrunk kNN average ties the per-task prior (0.9636 vs 0.9633) and needs no task labels. The memory is the
+LLM's own rows (its embeddings, labels and tags), so adding an LLM still trains only that LLM. Neighbour search is
+one partial sort per group of LLMs with the same memory rows (LLMs trained together share one memory), over the rows
+of the query's tag only (each tag's rows kept as one contiguous block, so a query reads a fraction of the memory).
 
 Boosting from the tag prior (`quality_model="lgbm"`): each quality model starts from the LLM's (smoothed) mean quality on the query's tag
 (LightGBM `init_score`, in logit space for 0/1 labels) and its trees only learn deviations from it. Why: on

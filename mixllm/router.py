@@ -7,10 +7,10 @@ the bandit state at once; save()/load() is the one artifact that is both evaluat
 through `mixllm.routers.registry.load_router`).
 
 Quality: each LLM's mean quality over its nearest train queries of the same predicted tag, shrunk to its per-tag
-mean (see predictors; CV record: `bench/tune.py`, `bench/results/tune.md`). Features of the per-LLM LightGBM length (and optional quality)
-models: a PCA of the query embedding (LightGBM splits one axis at a time, so a
-compact rotated basis beats 384 raw axes on ~2k rows), the cosine similarity to every tag centroid (which tells the
-trees "which domain is this" in one feature per domain) and log prompt tokens (length drives cost and difficulty).
+mean (see predictors; CV record: `bench/tune.py`, `bench/results/tune.md`). Features of the per-LLM LightGBM length
+(and optional quality) models: a PCA of the query embedding (LightGBM splits one axis at a time, so a compact
+rotated basis beats 384 raw axes on ~2k rows), the cosine similarity to every tag centroid (which tells the trees
+"which domain is this" in one feature per domain) and log prompt tokens (length drives cost and difficulty).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class RouterConfig(BaseModel):
     predictor: PredictorConfig = PredictorConfig()
     bandit_dim: int = Field(default=16, ge=1, description="Projected context size of the LinUCB state.")
     ridge_lambda: float = Field(default=30.0, gt=0, description="LinUCB prior strength: feedback needed before "
-                                "corrections move decisions (CV on train, online replay: bench/tune.py --experiment ridge_lambda).")
+                                "corrections move decisions (CV on train, online replay: bench/tune.py "
+                                "--experiment ridge_lambda).")
     alpha: float = Field(default=0.05, ge=0, description="Weight of the exploration bonus (non-greedy only).")
     beta: float = Field(default=0.1, ge=0, description="Weight of the waiting-time penalty.")
     waiting_growth: float = Field(default=1.0, gt=0)
