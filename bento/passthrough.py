@@ -1,21 +1,32 @@
 """The OpenAI-compatible pass-through's HTTP side: the routed model's endpoint, its key, the upstream call (whole or
 streamed as server-sent events) and how an upstream failure reads to an OpenAI client. What a call cost is accounted
-by the engine (`ServingEngine.passthrough`), from the upstream's `usage` or from the text actually delivered.
+by the engine (`ServingEngine.passthrough`), from the upstream's `usage` or from the text actually delivered;
+`PassThrough` ties these together for one routed chat so the service stays a thin HTTP adapter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
-from .http_models import Messages
+from mixllm.exceptions import MixLLMError
+
+from .http_models import Messages, openai_error
+
+if TYPE_CHECKING:
+    from mixllm.serving.engine import Routed, ServingEngine
+
+    from .metrics import ServiceMetrics
+
+log = logging.getLogger("mixllm.service")  # the service's logger: its pass-through messages read as before
 
 # Upstream statuses that are the caller's own doing (passed on); anything else is the upstream's or ours (502).
 CALLER_STATUSES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
@@ -203,3 +214,75 @@ class RecordedStream(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
                 await self._upstream.aclose()
                 await self._on_close()
+
+
+class PassThrough:
+    """Forwards one routed chat to its model's endpoint and records what it cost (engine record, metrics), so the
+    service only routes and answers. `endpoints` is the deployment catalogue read at start (None: the serving
+    router's own catalogue, as a newer champion may know more models); one httpx client, opened on first use."""
+
+    def __init__(self, engine: ServingEngine, metrics: ServiceMetrics, endpoints: Any, timeout: float) -> None:
+        self.engine, self.metrics, self.endpoints, self.timeout = engine, metrics, endpoints, timeout
+        self._http_client: Any = None
+
+    async def aclose(self) -> None:
+        if self._http_client is not None:
+            await self._http_client.aclose()
+
+    async def handle(self, r: Routed, text: str, messages: Messages, params: dict[str, Any], stream: bool,
+                     include_usage: bool) -> JSONResponse | StreamingResponse:
+        """The upstream's answer (or its SSE stream) with the routed model added; errors as OpenAI's."""
+        chosen = r.choice.model
+        if stream:  # always ask for usage: what the call cost is recorded from the upstream's own count
+            params |= {"stream": True, "stream_options": {"include_usage": True}}
+        try:  # the deployment catalogue (read at start), else the serving router's (a newer champion may know more)
+            spec = (self.endpoints or self.engine.router.catalogue).get(chosen)
+            url, headers, body = request_parts(spec, chosen, messages, params)
+            client = self._client()
+            if stream:
+                upstream = await open_stream(client, url, headers, body, chosen)
+            else:
+                data, latency_ms = await call(client, url, headers, body, chosen)
+        except MixLLMError as e:
+            return openai_error(503, str(e), "no_endpoint", "api_error", "model")
+        except UpstreamError as e:
+            self.metrics.upstream.labels(chosen, "error").inc()
+            return openai_error(e.status, str(e), e.kind, e.type)
+        routing = {"request_id": r.request.request_id, "model": chosen, "router_version": r.decision.router_version}
+        headers = {"x-mixllm-model": chosen, "x-mixllm-request-id": r.request.request_id}
+        if stream:
+            tally = StreamTally()
+            events = relay_events(upstream, tally, {"model": chosen, "mixllm": routing}, include_usage, chosen)
+            return RecordedStream(events, upstream, lambda: self._record_stream(r, text, spec, tally), headers)
+        record = await self._record(r, text, data, spec, latency_ms, "ok")
+        data["model"] = chosen
+        data["mixllm"] = {**routing, "cost_usd": record.cost_usd, "latency_ms": latency_ms}
+        return JSONResponse(data, headers=headers)
+
+    def _client(self) -> Any:
+        if self._http_client is None:
+            import httpx
+
+            self._http_client = httpx.AsyncClient(timeout=self.timeout)
+        return self._http_client
+
+    async def _record(self, r: Routed, text: str, data: dict, spec: Any, latency_ms: float, outcome: str) -> Any:
+        self.metrics.upstream.labels(r.choice.model, outcome).inc()
+        record = await self.engine.passthrough(r, text, data, spec, latency_ms)
+        self.metrics.feedback.labels("log").inc()
+        self.metrics.observe_cost(r.choice.model, record.cost_usd, "passthrough")
+        return record
+
+    async def _record_stream(self, r: Routed, text: str, spec: Any, tally: StreamTally) -> None:
+        """When a stream ends (or the client left): the observation of what was delivered; tokens from the
+        upstream's usage chunk when it came, else estimated from the delivered text."""
+        try:
+            record = await self._record(r, text, tally.as_completion(), spec, tally.latency_ms,
+                                        "ok" if tally.finished else "partial")
+        except Exception:  # noqa: BLE001 - the response is gone; a failed record is logged, never raised into it
+            log.exception("streamed pass-through %s not recorded", r.request.request_id)
+            return
+        if not tally.finished:
+            log.info("stream %s ended early after %d events; recorded %d completion tokens (%s)",
+                     record.query_id, tally.events, record.completion_tokens,
+                     "upstream usage" if tally.usage else "estimated from delivered text")

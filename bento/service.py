@@ -21,7 +21,6 @@ import bentoml
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from mixllm.exceptions import MixLLMError
 from mixllm.serving.engine import Routed, ServingEngine
 from mixllm.serving.holder import LocalDirSource, RegistrySource
 from mixllm.serving.outbox import Outbox
@@ -29,13 +28,13 @@ from mixllm.serving.schemas import FeedbackRequest, RequestRejected, conversatio
 from mixllm.serving.settings import BUNDLED_ROUTER_DIRNAME, ServingSettings
 from mixllm.telemetry import go_offline
 
-from . import passthrough
 from .guards import ApiGuardMiddleware
 from .http_models import (AllowedModels, Budget, FeedbackResult, Messages, ModelName, NonNegative, Probability,
                           Prompt, QueryId, ReloadResult, RouteBatchResult, RouteResult, SessionId, StreamOptions,
                           Tokens, Wtp, as_openai_error, http_error, openai_error, rejected)
 from .metrics import ServiceMetrics
 from .observability import ReadyzMiddleware, request_observability
+from .passthrough import PassThrough
 from .settings import HttpSettings
 
 log = logging.getLogger("mixllm.service")
@@ -62,10 +61,11 @@ class RouterService:
                                     self.settings.default_willingness_to_pay, self.metrics.batch_size.observe,
                                     self._on_swap)
         self.engine.start()
-        self._http_client = self._endpoints = None
+        endpoints = None
         if self.settings.catalogue_path is not None:  # a bad deployment catalogue fails the start, not a request
             from mixllm.catalogue import load_catalogue
-            self._endpoints = load_catalogue(self.settings.catalogue_path)
+            endpoints = load_catalogue(self.settings.catalogue_path)
+        self.passthrough = PassThrough(self.engine, self.metrics, endpoints, self.http.upstream_timeout_seconds)
 
     def _source(self) -> Any:
         if self.cfg.router_dir is not None:
@@ -89,8 +89,7 @@ class RouterService:
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
         """Stop polling, finish queued routes, deliver the outbox to the store (what is left waits in the spool)."""
-        if self._http_client is not None:
-            await self._http_client.aclose()
+        await self.passthrough.aclose()
         log.info("service stopped; %d events left in the outbox for the next start",
                  await asyncio.to_thread(self.engine.close))
 
@@ -180,63 +179,9 @@ class RouterService:
                                    "chat")
         if isinstance(routed, JSONResponse):
             return as_openai_error(routed)
-        r, chosen = routed[0], routed[0].choice.model
         params = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
-        if stream:  # always ask for usage: what the call cost is recorded from the upstream's own count
-            params |= {"stream": True, "stream_options": {"include_usage": True}}
-        try:  # the deployment catalogue (read at start), else the serving router's (a newer champion may know more)
-            spec = (self._endpoints or self.engine.router.catalogue).get(chosen)
-            url, headers, body = passthrough.request_parts(spec, chosen, messages, params)
-            client = self._client()
-            if stream:
-                upstream = await passthrough.open_stream(client, url, headers, body, chosen)
-            else:
-                data, latency_ms = await passthrough.call(client, url, headers, body, chosen)
-        except MixLLMError as e:
-            return openai_error(503, str(e), "no_endpoint", "api_error", "model")
-        except passthrough.UpstreamError as e:
-            self.metrics.upstream.labels(chosen, "error").inc()
-            return openai_error(e.status, str(e), e.kind, e.type)
-        routing = {"request_id": r.request.request_id, "model": chosen, "router_version": r.decision.router_version}
-        headers = {"x-mixllm-model": chosen, "x-mixllm-request-id": r.request.request_id}
-        if stream:
-            tally = passthrough.StreamTally()
-            events = passthrough.relay_events(upstream, tally, {"model": chosen, "mixllm": routing},
-                                              bool(stream_options and stream_options.include_usage), chosen)
-            return passthrough.RecordedStream(events, upstream, lambda: self._record_stream(r, text, spec, tally),
-                                              headers)
-        record = await self._record(r, text, data, spec, latency_ms, "ok")
-        data["model"] = chosen
-        data["mixllm"] = {**routing, "cost_usd": record.cost_usd, "latency_ms": latency_ms}
-        return JSONResponse(data, headers=headers)
-
-    def _client(self) -> Any:
-        if self._http_client is None:
-            import httpx
-
-            self._http_client = httpx.AsyncClient(timeout=self.http.upstream_timeout_seconds)
-        return self._http_client
-
-    async def _record(self, r: Routed, text: str, data: dict, spec: Any, latency_ms: float, outcome: str) -> Any:
-        self.metrics.upstream.labels(r.choice.model, outcome).inc()
-        record = await self.engine.passthrough(r, text, data, spec, latency_ms)
-        self.metrics.feedback.labels("log").inc()
-        self.metrics.observe_cost(r.choice.model, record.cost_usd, "passthrough")
-        return record
-
-    async def _record_stream(self, r: Routed, text: str, spec: Any, tally: passthrough.StreamTally) -> None:
-        """When a stream ends (or the client left): the observation of what was delivered; tokens from the
-        upstream's usage chunk when it came, else estimated from the delivered text."""
-        try:
-            record = await self._record(r, text, tally.as_completion(), spec, tally.latency_ms,
-                                        "ok" if tally.finished else "partial")
-        except Exception:  # noqa: BLE001 - the response is gone; a failed record is logged, never raised into it
-            log.exception("streamed pass-through %s not recorded", r.request.request_id)
-            return
-        if not tally.finished:
-            log.info("stream %s ended early after %d events; recorded %d completion tokens (%s)",
-                     record.query_id, tally.events, record.completion_tokens,
-                     "upstream usage" if tally.usage else "estimated from delivered text")
+        return await self.passthrough.handle(routed[0], text, messages, params, stream,
+                                             bool(stream_options and stream_options.include_usage))
 
     # ------------------------------------------------------------------------------------ feedback -----------
     @bentoml.api(route="/feedback")
