@@ -100,7 +100,10 @@ def scraped_service(servers, first_run, prometheus, tmp_path_factory):
                 if n == 0:
                     _wait_for("a scrape of the first round", lambda: _query(
                         prometheus, f'sum(mixllm_decisions_total{{mixllm_test="{label}"}}) >= 6'), 90)
-        yield {"instance": instance, "label": label, "url": url, "champion": first_run.version}
+        # The version the service itself says it serves: earlier servers-tier tests may have promoted a newer one
+        # than the session's first run, and the service follows the champion alias.
+        served = httpx.get(f"{url}/readyz", timeout=5).json()["source_version"]
+        yield {"instance": instance, "label": label, "url": url, "champion": served}
     finally:
         target.unlink(missing_ok=True)
         if proc.poll() is None:
