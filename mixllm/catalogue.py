@@ -111,12 +111,19 @@ class Catalogue(BaseModel):
         return path
 
 
+BUNDLED_CATALOGUES = ("routerbench", "llmrouter")
+
+
 def load_catalogue(path: Path | str | None = None) -> Catalogue:
-    """Load a catalogue YAML; `None` loads the bundled RouterBench catalogue."""
+    """Load a catalogue YAML; `None` loads the bundled RouterBench catalogue, a bundled name (`llmrouter`) its file.
+
+    Bundled names resolve inside the installed package, so `--catalogue llmrouter` works from any folder.
+    """
     try:
-        if path is None:
-            text = resources.files("mixllm.catalogues").joinpath(DEFAULT_CATALOGUE).read_text(encoding="utf-8")
-            source = f"bundled {DEFAULT_CATALOGUE}"
+        if path is None or str(path) in BUNDLED_CATALOGUES:
+            name = DEFAULT_CATALOGUE if path is None else f"{path}.yaml"
+            text = resources.files("mixllm.catalogues").joinpath(name).read_text(encoding="utf-8")
+            source = f"bundled {name}"
         else:
             text = Path(path).read_text(encoding="utf-8")
             source = str(path)

@@ -158,7 +158,7 @@ def train(
     tag_enhanced: bool | None = typer.Option(None, "--tag-enhanced/--no-tag-enhanced",
                                              help="Fine-tune the encoder with the tag losses (mixllm; default on)."),
     max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Encoder max tokens per prompt."),
-    catalogue: str | None = typer.Option(None, "--catalogue", help="LLM catalogue YAML (default: bundled)."),
+    catalogue: str | None = typer.Option(None, "--catalogue", help="LLM catalogue YAML, or a bundled name: routerbench (default), llmrouter."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a registered router from interaction logs (validated; bad rows are skipped) and save it to --out."""
