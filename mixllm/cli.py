@@ -320,6 +320,66 @@ def evaluate(
     typer.echo(json.dumps({"json": json_out, **{k: round(v, 4) for k, v in headline.items()}}))
 
 
+# ---------------------------------------------------------------- spend: calibrate (calibrate.py) ----------
+
+@app.command()
+def calibrate(
+    cost_per_1k: float | None = typer.Option(None, "--target-cost-per-1k-requests", min=0,
+                                             help="Hold the expected spend per 1,000 requests (USD) at most this."),
+    share: str | None = typer.Option(None, "--target-share", help="Or hold MODEL's share of traffic at most "
+                                     "SHARE, written MODEL=SHARE (e.g. gpt-4-1106-preview=0.2)."),
+    router_dir: str | None = typer.Option(None, "--router", help="Saved router directory (default: the champion)."),
+    data: list[str] | None = typer.Option(None, "--data", help="Log files to calibrate on instead of the store."),
+    days: float | None = typer.Option(7.0, "--days", help="Only requests logged in the last DAYS days (store)."),
+    conservative: bool = typer.Option(False, "--conservative", help="Hold the target at the interval's upper end."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Level of the bootstrap intervals."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the whole curve (JSON) here."),
+    store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
+) -> None:
+    """Pick the willingness to pay that meets a spend target on recent logged traffic (expected spend and quality,
+    with intervals); prints one JSON line, exits 1 when no willingness to pay meets the target."""
+    import json
+    from pathlib import Path
+
+    from mixllm import calibrate as cal
+    from mixllm.routers.registry import load_router
+
+    model, max_share = None, None
+    if share is not None:
+        model, _, value = share.rpartition("=")
+        try:
+            max_share = float(value)
+        except ValueError as e:
+            raise typer.BadParameter(f"--target-share must be MODEL=SHARE, got {share!r}") from e
+    try:
+        target = cal.SpendTarget(cost_per_1k_requests=cost_per_1k, model=model or None, max_share=max_share,
+                                 confidence=confidence, conservative=conservative)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    if data:
+        from mixllm.data import load_training_log
+
+        logs, days = load_training_log(data), None
+    else:
+        logs = _store(store_url).logs()
+    if router_dir is None:
+        from mixllm.config import get_settings
+        from mixllm.pipeline import champion_dir
+
+        found = champion_dir(get_settings())
+        if found is None:
+            raise typer.BadParameter("no champion is registered yet: pass --router DIR")
+        router_dir = str(found)
+    router = load_router(router_dir)
+    result = cal.calibrate(router, cal.recent_traffic(logs, days), target, logs=logs)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result.as_dict(), indent=2, default=float), encoding="utf-8")
+    typer.echo(json.dumps(result.as_dict(curve=False), default=float))
+    if not result.feasible:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- registry: pipeline, promote, rollback ------
 
 def _registry():
