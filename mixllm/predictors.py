@@ -15,8 +15,9 @@ is weak; 3-fold CV on train (folds by query, 3 fold seeds: `bench/tune.py --expe
 `bench/results/tune.md`) has LightGBM deviations from the prior LOSING to the prior itself (AIQ 0.9612 vs 0.9636),
 while the shrunk kNN average ties the per-task prior (0.9636 vs 0.9633) and needs no task labels. The memory is the
 LLM's own rows (its embeddings, labels and tags), so adding an LLM still trains only that LLM. Neighbour search is
-one partial sort per group of LLMs with the same memory rows (LLMs trained together share one memory), over the rows
-of the query's tag only (each tag's rows kept as one contiguous block, so a query reads a fraction of the memory).
+one product and one partial sort per bank for all LLMs trained together (each LLM's k nearest among its own rows:
+`_KNNGroup`), over the rows of the query's tag only (each tag's rows kept as one contiguous block, so a query reads
+a fraction of the memory).
 
 Boosting from the tag prior (`quality_model="lgbm"`): each quality model starts from the LLM's (smoothed) mean quality on the query's tag
 (LightGBM `init_score`, in logit space for 0/1 labels) and its trees only learn deviations from it. Why: on
@@ -419,13 +420,17 @@ def _finish(q: np.ndarray, raw: np.ndarray, prompt_tokens: np.ndarray, tokens: n
 
 @dataclass(frozen=True)
 class _KNNGroup:
-    """LLMs whose kNN memories have the same rows (same bank columns, tags and k): one neighbour search and one
-    vectorised estimate serve them all (per-LLM numpy calls on one query cost more than the arithmetic)."""
+    """LLMs whose kNN memories live in one bank with the same k and tag per bank row: one similarity product, one
+    partial sort and one vectorised estimate serve them all (per-LLM numpy calls on one query cost more than the
+    arithmetic). The group's memory is the union of the LLMs' rows, in bank order; `present[row, j]` says whether
+    LLM j has that row (an LLM not logged on a query, or a second log row of a query, has a row the others lack).
+    Each LLM's neighbours are its k nearest present rows: the search keeps k + (most rows any LLM lacks in that
+    tag) candidates, so every LLM finds its own k among them (same neighbours as its own memory's search)."""
 
-    cols: np.ndarray
+    cols: np.ndarray  # [memory rows] bank row of each memory row (sorted)
     tags: np.ndarray | None
     names: list[str]
-    labels: np.ndarray  # [memory rows, LLMs]
+    labels: np.ndarray  # [memory rows, LLMs] (NaN: unknown label or absent row)
     smoothing: np.ndarray  # [LLMs]
     priors: dict[str, np.ndarray]  # tag -> [LLMs] smoothed tag means
     glob: np.ndarray  # [LLMs] prior of a tag an LLM has no prior for
@@ -433,42 +438,74 @@ class _KNNGroup:
     k: int = 1
     by_tag: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # tag -> (memory rows, their bank rows copied)
     weights: np.ndarray | None = None  # [memory rows, LLMs] training weights (bandit logs); None: unweighted
+    present: np.ndarray | None = None  # [memory rows, LLMs]; None: every LLM has every row
+    spare: dict[str | None, int] = field(default_factory=dict)  # tag (None: all) -> most rows an LLM lacks there
 
     @classmethod
-    def of(cls, cols: np.ndarray, tags: np.ndarray | None, llms: list["LLMPredictor"],
-           bank: np.ndarray | None = None) -> "_KNNGroup":
+    def of(cls, llms: list["LLMPredictor"], bank: np.ndarray) -> "_KNNGroup":
         p = [m.meta.get("tag_prior") or {"tags": {}, "global": m.meta.get("global_quality", 0.5)} for m in llms]
         glob = np.array([x["global"] for x in p], float)
         names = sorted({t for x in p for t in x["tags"]})
         priors = {t: np.array([x["tags"].get(t, x["global"]) for x in p], float) for t in names}
-        rows = -1 if bank is None else len(bank)
-        whole = len(cols) == rows and bool((cols == np.arange(rows)).all())
-        by_tag = None
-        if tags is not None and bank is not None:
-            labels = tags.astype(str)
+        slots = [_slots(m.quality.cols) for m in llms]
+        union = np.unique(np.concatenate(slots))
+        cols = union >> _OCC_BITS
+        labels, present = np.full((len(union), len(llms)), np.nan), np.zeros((len(union), len(llms)), bool)
+        weighted = llms[0].quality.w is not None
+        weights = np.zeros(labels.shape) if weighted else None
+        tags = None if llms[0].quality.tags is None else np.empty(len(union), dtype=object)
+        for j, (m, s) in enumerate(zip(llms, slots)):
+            at = np.searchsorted(union, s)
+            labels[at, j], present[at, j] = m.quality.y, True
+            if weighted:
+                weights[at, j] = m.quality.w
+            if tags is not None:
+                tags[at] = m.quality.tags
+        whole = len(cols) == len(bank) and bool((cols == np.arange(len(bank))).all())
+        by_tag, spare = None, {None: int((~present).sum(0).max())}
+        if tags is not None:
+            labels_str = tags.astype(str)
             by_tag = {t: (pos, np.ascontiguousarray(bank[cols[pos]]))
-                      for t in np.unique(labels) for pos in [np.nonzero(labels == t)[0]]}
-        return cls(cols, tags, [m.name for m in llms], np.column_stack([m.quality.y for m in llms]),
-                   np.array([m.quality.smoothing for m in llms], float), priors, glob, whole,
-                   llms[0].quality.k, by_tag,
-                   None if llms[0].quality.w is None else np.column_stack([m.quality.w for m in llms]))
+                      for t in np.unique(labels_str) for pos in [np.nonzero(labels_str == t)[0]]}
+            spare.update({t: int((~present[pos]).sum(0).max()) for t, (pos, _) in by_tag.items()})
+        return cls(cols, tags, [m.name for m in llms], labels, np.array([m.quality.smoothing for m in llms], float),
+                   priors, glob, whole, llms[0].quality.k, by_tag, weights,
+                   None if present.all() else present, spare)
+
+    def _select(self, sims: np.ndarray, pos: np.ndarray, spare: int) -> tuple[np.ndarray, np.ndarray]:
+        """(memory rows, valid) of each query's neighbours among memory rows `pos` (`sims`: queries x pos; -inf:
+        excluded). valid is [queries, width] when every LLM has every row, else [queries, width, LLMs]."""
+        width = min(self.k + (spare if self.present is not None else 0), sims.shape[1])
+        top = np.argpartition(-sims, width - 1, axis=1)[:, :width] if width < sims.shape[1] else \
+            np.broadcast_to(np.arange(width), (len(sims), width))
+        found = np.take_along_axis(sims, top, 1)
+        if self.present is None:
+            return pos[top], np.isfinite(found)
+        order = np.argsort(-found, axis=1, kind="stable")  # nearest first: each LLM keeps its first k present rows
+        top, found = np.take_along_axis(top, order, 1), np.take_along_axis(found, order, 1)
+        ok = self.present[pos[top]] & np.isfinite(found)[:, :, None]
+        return pos[top], ok & (np.cumsum(ok, axis=1) <= self.k)
+
+    def neighbours(self, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours over the whole memory (`sims`: queries x memory rows; used when the memory has no tags)."""
+        return self._select(sims, np.arange(sims.shape[1]), self.spare[None])
 
     def search(self, query: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """KNNQuality.neighbours for tagged memories, searching each query's tag rows only (one contiguous copy
         per tag): same neighbours, a fraction of the memory read per query. Why: the service's predictor step
         reads the whole memory (~3-5 MB) from RAM on every request, and on 2 shared cores the matmul over rows
         that the tag mask then discards was a third of the step."""
-        width = min(self.k, len(self.cols))
-        idx, valid = np.zeros((len(query), width), np.int64), np.zeros((len(query), width), bool)
+        width = min(self.k + (self.spare[None] if self.present is not None else 0), len(self.cols))
+        shape = (len(query), width) if self.present is None else (len(query), width, len(self.names))
+        idx, valid = np.zeros((len(query), width), np.int64), np.zeros(shape, bool)
         labels = np.array([str(t) for t in tags])
         for t in (labels[:1] if len(labels) == 1 else np.unique(labels)):
             if t not in self.by_tag:
                 continue  # a tag the memory has not seen: no neighbour, the estimate is the prior
             pos, sub = self.by_tag[t]
             sel = np.nonzero(labels == t)[0]
-            sims, k = query[sel] @ sub.T, min(width, len(pos))
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(pos) else np.arange(k)
-            idx[sel, :k], valid[sel, :k] = pos[top], True
+            got, ok = self._select(query[sel] @ sub.T, pos, self.spare[t])
+            idx[sel, : got.shape[1]], valid[sel, : got.shape[1]] = got, ok
         return idx, valid
 
     def estimate(self, idx: np.ndarray, valid: np.ndarray, tags: np.ndarray | None) -> np.ndarray:
@@ -476,13 +513,29 @@ class _KNNGroup:
         n = len(idx)
         prior = np.tile(self.glob, (n, 1)) if tags is None else \
             np.stack([self.priors.get(str(t), self.glob) for t in tags])
-        y = self.labels[idx]  # [queries, k, LLMs]
+        y = self.labels[idx]  # [queries, width, LLMs]
+        valid = valid[:, :, None] if valid.ndim == 2 else valid
         if self.weights is not None:
-            return shrunk_mean(np.where(valid[:, :, None], y, np.nan), self.weights[idx], self.smoothing, prior)
-        known = valid[:, :, None] & ~np.isnan(y)
+            return shrunk_mean(np.where(valid, y, np.nan), self.weights[idx], self.smoothing, prior)
+        known = valid & ~np.isnan(y)
         total = np.where(known, y, 0.0).sum(1) + self.smoothing * prior
         count = known.sum(1) + self.smoothing
         return np.divide(total, count, out=prior.copy(), where=count > 0)
+
+
+_OCC_BITS = 20  # a memory slot = bank row << 20 | occurrence (the n-th log row of that query for the LLM)
+
+
+def _slots(cols: np.ndarray) -> np.ndarray:
+    """Each memory row's slot key: its bank row and how many earlier rows of the memory have the same bank row,
+    so two LLMs' memories line up row for row even when a query appears twice in one of them."""
+    order = np.argsort(cols, kind="stable")
+    ordered = cols[order]
+    start = np.r_[0, np.nonzero(np.diff(ordered))[0] + 1]
+    occ = np.arange(len(cols)) - np.repeat(start, np.diff(np.r_[start, len(cols)]))
+    out = np.empty(len(cols), np.int64)
+    out[order] = (ordered.astype(np.int64) << _OCC_BITS) | occ
+    return out
 
 
 def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
@@ -570,24 +623,34 @@ class PredictorBank:
         self.llms.pop(name)
 
     def _knn_groups(self) -> list[tuple[np.ndarray, list[_KNNGroup]]]:
-        """[(bank, [groups])]: equal banks (by content) searched once, LLMs with the same memory rows share one
-        partial sort and one estimate. Cached while the set of quality models (and their priors) is the same."""
+        """[(bank, [groups])]: equal banks (by content) searched once; LLMs of one bank with the same k, the same
+        tag on every bank row they share and the same weighting share one search and one estimate, whatever rows
+        each one has (see `_KNNGroup`). Why not group by identical rows: the canonical row order of training
+        (router.canonical_rows) puts each LLM's rows in a different order, and an LLM missing a few queries would
+        get a search of its own: 11 searches per query instead of one. Cached while the quality models are the same."""
         state = tuple((n, id(p.quality), id(p.meta)) for n, p in self.llms.items())
         if self._groups is not None and self._groups[0] == state:
             return self._groups[1]
-        banks: dict[str, tuple[np.ndarray, dict]] = {}
+        banks: dict[str, tuple[np.ndarray, list]] = {}
         for name, p in self.llms.items():
             if not isinstance(p.quality, KNNQuality):
                 continue
             m = p.quality
-            bank, members = banks.setdefault(_digest(m.bank), (m.bank, {}))
+            bank, members = banks.setdefault(_digest(m.bank), (m.bank, []))
             m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
-            rows = f"{m.k}|{_digest(m.cols)}|" + ("" if m.tags is None else _digest(m.tags.astype(str))) + \
-                ("" if m.w is None else "|weighted")  # weighted and unweighted memories estimate apart
-            members.setdefault(rows, (m.cols, m.tags, []))[2].append(name)
-        self._groups = (state, [(bank, [_KNNGroup.of(cols, tags, [self.llms[n] for n in names], bank)
-                                        for cols, tags, names in members.values()])
-                                for bank, members in banks.values()])
+            key = (m.k, m.tags is None, m.w is None)  # weighted and unweighted memories estimate apart
+            tags = None if m.tags is None else m.tags.astype(str)
+            for g_key, tag_of, names in members:
+                if g_key == key and (tags is None or _tags_agree(tag_of, m.cols, tags)):
+                    break
+            else:
+                g_key, tag_of, names = key, None if tags is None else np.full(len(bank), None, object), []
+                members.append((g_key, tag_of, names))
+            if tag_of is not None:
+                tag_of[m.cols] = tags
+            names.append(name)
+        self._groups = (state, [(bank, [_KNNGroup.of([self.llms[n] for n in names], bank)
+                                        for _, _, names in members]) for bank, members in banks.values()])
         return self._groups[1]
 
     @property
@@ -597,7 +660,7 @@ class PredictorBank:
     def predict(self, x: np.ndarray, prompt_tokens: np.ndarray, specs: dict[str, LLMSpec],
                 tags: np.ndarray | None = None, emb: np.ndarray | None = None):
         """quality, completion tokens, cost: arrays [n, m] in `names` order (one batched call per model; kNN
-        quality: per group of LLMs with the same memory rows, one search over each query tag's rows (the whole
+        quality: per group of LLMs sharing a bank (`_KNNGroup`), one search over each query tag's rows (the whole
         memory when there are no tags), one partial sort and one estimate)."""
         found: dict[str, np.ndarray] = {}
         query = None
@@ -609,7 +672,7 @@ class PredictorBank:
                     found_rows = g.search(query, tags)
                 else:
                     sims = query @ bank.T if sims is None else sims
-                    found_rows = self.llms[g.names[0]].quality.neighbours(sims if g.whole else sims[:, g.cols], tags)
+                    found_rows = g.neighbours(sims if g.whole else sims[:, g.cols])
                 est = g.estimate(*found_rows, tags)
                 found.update({n: est[:, j] for j, n in enumerate(g.names)})
         q = np.empty((len(x), len(self.llms)))
@@ -659,6 +722,13 @@ class PredictorBank:
         except (KeyError, ValueError, lgb.basic.LightGBMError, OSError) as err:
             raise ArtifactError(f"{path}: predictor files are missing or corrupt ({err}); retrain the router") from err
         return bank
+
+
+def _tags_agree(tag_of: np.ndarray, cols: np.ndarray, tags: np.ndarray) -> bool:
+    """Whether a memory's tags (per row at bank rows `cols`) agree with a group's tag per bank row (None: unset)."""
+    seen = tag_of[cols]
+    known = seen != None  # noqa: E711 - elementwise on an object array
+    return bool((seen[known] == tags[known]).all())
 
 
 def _digest(a: np.ndarray) -> str:

@@ -212,21 +212,56 @@ def test_the_grouped_knn_estimate_equals_each_llms_own_estimate():
         np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
 
 
-def test_llms_with_their_own_memory_rows_are_searched_apart_from_the_whole_bank():
-    """An LLM logged on only some queries keeps its own memory rows (a column subset of the shared bank); LLMs
-    whose rows are the whole bank skip the column selection. Both must equal each LLM's own estimate."""
+def test_llms_with_their_own_memory_rows_share_one_search_with_the_whole_bank():
+    """An LLM logged on only some queries keeps its own memory rows (a column subset of the shared bank); it is
+    searched with the LLMs whose rows are the whole bank (one group, each LLM's k nearest among its own rows).
+    Both must equal each LLM's own estimate, one query or many."""
     x, log, idx = _log(n=120, models=("a", "b", "c"))
     log = log[~((log["model"] == "c") & (log["query_id"].str[1:].astype(int) % 3 == 0))]
     idx = np.array([int(q[1:]) for q in log["query_id"]])
     emb = _unit_rows(x)
     bank = PredictorBank(KNN).fit(x, log.reset_index(drop=True), idx, ["a", "b", "c"], emb=emb)
     groups = [g for _, gs in bank._knn_groups() for g in gs]
-    assert sorted((g.names, g.whole) for g in groups) == [(["a", "b"], True), (["c"], False)]
+    assert [(g.names, g.whole) for g in groups] == [(["a", "b", "c"], True)]
     for rows in (slice(0, 1), slice(0, len(x))):
         q = bank.predict(x[rows], np.full(len(x), 10.0)[rows], SPECS, emb=emb[rows])[0]
         for j, name in enumerate(bank.names):
             own = bank.llms[name].predict(x[rows], np.full(len(x), 10.0)[rows], SPECS[name], None, emb[rows])[0]
             np.testing.assert_allclose(q[:, j], own, rtol=1e-12, atol=1e-12)
+
+
+def test_one_search_per_bank_equals_each_llms_own_search_with_missing_cells_shuffled_and_repeated_rows():
+    """The hot path of the service: LLMs trained from one snapshot share one search although their memories differ
+    (each LLM's rows in its own order, as canonical_rows leaves them; rows missing for some LLMs; a query logged
+    twice for one LLM; unknown labels; tags, one of them unseen). Predictions must equal each LLM's own KNNQuality
+    search over its own memory, for one query (the service) and for many."""
+    rng = np.random.default_rng(3)
+    x, log, idx = _log(n=300, models=("a", "b", "c", "d"))
+    log = log.assign(idx=idx).sample(frac=1.0, random_state=4)  # each LLM's rows in another order
+    drop = (log["model"] == "b") & (rng.random(len(log)) < 0.1) | (log["model"] == "d") & (log["idx"] < 40)
+    log.loc[rng.random(len(log)) < 0.05, "quality"] = np.nan
+    # a repeated row has its twin's label: twins tie, and which twin fills the k-th slot is arbitrary in both paths
+    log = pd.concat([log[~drop], log[(log["model"] == "c") & (log["idx"] % 9 == 0)]]).reset_index(drop=True)
+    emb = _unit_rows(x)
+    tags = np.where(x[:, 1] > 0.3, "t1", np.where(x[:, 2] > 0, "t2", "t3"))
+    bank = PredictorBank(KNN.model_copy(update={"knn_k": 25})).fit(x, log, log["idx"].to_numpy(), list("abcd"),
+                                                                  tags=tags, emb=emb)
+    (bank_groups,) = [gs for _, gs in bank._knn_groups()]
+    assert [g.names for g in bank_groups] == [list("abcd")] and bank_groups[0].present is not None
+    query_tags = np.where(x[:, 3] > 1.5, "unseen", tags)
+    for rows in [slice(i, i + 1) for i in range(0, 300, 37)] + [slice(0, 300)]:
+        q = bank.predict(x[rows], np.full(300, 10.0)[rows], SPECS | {"d": SPECS["a"]}, tags=query_tags[rows],
+                         emb=emb[rows])[0]
+        for j, name in enumerate(bank.names):
+            own = bank.llms[name].quality_output(x[rows], query_tags[rows], emb[rows])
+            np.testing.assert_allclose(q[:, j], np.clip(own, 0, 1), rtol=1e-12, atol=1e-12)
+    untagged = PredictorBank(KNN.model_copy(update={"knn_k": 25})).fit(x, log, log["idx"].to_numpy(),
+                                                                      list("abcd"), emb=emb)
+    assert len([g for _, gs in untagged._knn_groups() for g in gs]) == 1
+    q = untagged.predict(x, np.full(300, 10.0), SPECS | {"d": SPECS["a"]}, emb=emb)[0]
+    for j, name in enumerate(untagged.names):
+        np.testing.assert_allclose(q[:, j], np.clip(untagged.llms[name].quality_output(x, None, emb), 0, 1),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_several_models_on_one_row_share_its_conversion_and_match_booster_predict():
