@@ -110,6 +110,8 @@ class Loop:
                "baselines": list(self.args.baselines), "router": self.args.router, "seed": self.args.seed}
         if self.args.max_test_queries_per_task:
             cfg["max_test_queries_per_task"] = self.args.max_test_queries_per_task
+        if self.args.known_noise:  # the rating mapping knows the users' noise rate (a graded sample measures it)
+            cfg["feedback"] = {"mapping": {"noise": self.args.noise}}
         cfg.update(self.args.pipeline_extra)
         path = self.work / "pipeline.yaml"
         import yaml
@@ -238,7 +240,7 @@ class Loop:
             return {}
         store = Store(f"sqlite:///{self.work / 'home' / 'store.db'}")
         try:
-            logged = ope.logged_decisions(label_decisions(store.logs(), store.feedback()).rows)
+            logged = ope.logged_decisions(label_decisions(store.logs(), store.feedback(), self.feedback_config()).rows)
         finally:
             store.dispose()
         day = logged[logged["query_id"].isin({x["request_id"] for x in decided})]
@@ -248,6 +250,12 @@ class Loop:
         if len(labelled) >= 2:
             out["ope"] = self.ope_estimate(labelled, rows, q)
         return out
+
+    def feedback_config(self) -> Any:
+        """The snapshot's FeedbackConfig (the same labels as the nightly flow's training and OPE)."""
+        from mixllm.feedback import FeedbackConfig, RatingMapping
+
+        return FeedbackConfig(mapping=RatingMapping(noise=self.args.noise if self.args.known_noise else None))
 
     def ope_estimate(self, d: pd.DataFrame, rows: np.ndarray, q: np.ndarray) -> dict[str, Any]:
         """DR (reward model: the champion's own predictions) on the labelled decisions `d`; realised: the utility of
@@ -362,6 +370,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed-share", type=float, default=0.05)
     ap.add_argument("--feedback-share", type=float, default=0.3)
     ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--unknown-noise", dest="known_noise", action="store_false", help="Do not tell the rating "
+                    "mapping the users' noise rate (plain 0/1 labels, biased toward 1/2).")
     ap.add_argument("--wtp", type=float, default=0.05, help="Quality points per dollar the service routes at.")
     ap.add_argument("--change-day", type=int, default=4, help="drift / new_model: first day of the change.")
     ap.add_argument("--new-model", default=None, help="new_model: the LLM withheld (default: the one the "
@@ -433,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     facts = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
              "full_router_fit_s": round(fit_s, 1),
              "config": {"days": args.days, "queries_per_day": args.queries_per_day, "seed_share": args.seed_share,
-                        "feedback_share": args.feedback_share, "noise": args.noise, "wtp": args.wtp,
+                        "feedback_share": args.feedback_share, "noise": args.noise,
+                        "noise_known_to_mapping": args.known_noise, "wtp": args.wtp,
                         "router": args.router | {"cache_dir": "<work>/embeddings"}, "world_queries": world_n,
                         "seed_queries": int(n_seed), "test_queries": test.n, "quick": args.quick,
                         "max_test_queries_per_task": args.max_test_queries_per_task,

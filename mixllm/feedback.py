@@ -35,7 +35,14 @@ ASIDE_COLUMNS = (*FEEDBACK_COLUMNS, "reason")
 
 class RatingMapping(BaseModel):
     """rating -> quality label. `down`/`up` are the labels of a thumbs-down (0) and a thumbs-up (1); a graded
-    rating in between is mapped linearly, or to `down`/`up` by a threshold (for a binary quality target)."""
+    rating in between is mapped linearly, or to `down`/`up` by a threshold (for a binary quality target).
+
+    `noise`: the share of ratings that contradict the answer (a thumbs-down on a right answer or the reverse),
+    e.g. measured by grading a sample of rated answers. With noise e a thumbs-up has expectation e + (1 - 2e) q,
+    pulled toward 1/2: LLMs the service uses often (hence rated often) would look worse than LLMs known from clean
+    benchmark rows, and the next router would drift away from them. The label is therefore the unbiased
+    (r - e) / (1 - 2e) (Natarajan et al., 2013), which lies outside [0, 1] (e = 0.1: -0.125 and 1.125); averages
+    of such labels estimate the true quality, and predictions are clipped to [0, 1]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,6 +50,8 @@ class RatingMapping(BaseModel):
     up: float = Field(default=1.0, ge=0.0, le=1.0)
     graded: Literal["linear", "threshold"] = "linear"
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    noise: float | None = Field(default=None, ge=0.0, lt=0.5, description="share of contradicting ratings; "
+                                "None: 0 (left out of snapshot digests, so earlier digests stay valid)")
 
     @model_validator(mode="after")
     def _up_is_better(self) -> "RatingMapping":
@@ -53,7 +62,9 @@ class RatingMapping(BaseModel):
     def quality(self, rating: np.ndarray | pd.Series) -> np.ndarray:
         r = np.asarray(rating, float)
         if self.graded == "threshold":
-            return np.where(r >= self.threshold, self.up, self.down)
+            r = np.where(r >= self.threshold, 1.0, 0.0)
+        e = self.noise or 0.0
+        r = (r - e) / (1.0 - 2.0 * e)
         return self.down + (self.up - self.down) * r
 
 

@@ -66,17 +66,40 @@ class TaxonomyTagger:
 
 
 def query_tags(queries: pd.DataFrame, embeddings: np.ndarray, tagger: Tagger | None) -> list[str]:
-    """One tag per query row: its `task` when set, else the tagger's (only the untagged rows are sent to it)."""
+    """One tag per query row: its `task` when set; else, when other rows have a task, the task whose centroid is
+    nearest (`nearest_task`); else the tagger's (only the untagged rows are sent to it).
+
+    Why the centroid before the tagger: the service logs decisions without a task, and a training snapshot mixes
+    them with task-labelled benchmark rows. Tagged by the taxonomy they would form tags of their own ("math" beside
+    "gsm8k") that hold only the service's one-model-per-query rows: every other LLM's estimate in such a tag falls
+    back to its global mean, and at inference the router sends new queries to those tags (measured in the closed
+    loop: candidates trained on seed + rated decisions scored below the seed alone). The router tags a new query by
+    its nearest tag centroid, so untagged training rows take the same rule."""
     task = queries["task"] if "task" in queries else pd.Series([None] * len(queries))
     tags = [t if isinstance(t, str) and t.strip() else None for t in task]
     missing = [i for i, t in enumerate(tags) if t is None]
-    if missing:
+    if missing and len(missing) < len(tags):
+        for i, t in zip(missing, nearest_task(tags, np.asarray(embeddings, np.float32), missing)):
+            tags[i] = t
+    elif missing:
         if tagger is None:
             raise ValueError("queries without a task need a tagger")
         guessed = tagger.tag([queries["prompt"].iloc[i] for i in missing], embeddings[missing])
         for i, g in zip(missing, guessed):
             tags[i] = g
     return [str(t) for t in tags]
+
+
+def nearest_task(tags: Sequence[str | None], embeddings: np.ndarray, rows: Sequence[int]) -> list[str]:
+    """For each of `rows`, the task (among the rows whose tag is set) whose unit-norm mean embedding is most
+    similar to the row's embedding: the router's inference rule (`MixLLMRouter._nearest_tags`)."""
+    known = np.array([t is not None for t in tags])
+    names, label = np.unique(np.array([t for t in tags if t is not None], dtype=object).astype(str),
+                             return_inverse=True)
+    emb = np.asarray(embeddings, np.float32)
+    cent = np.stack([emb[known][label == k].mean(0) for k in range(len(names))])
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    return [str(names[k]) for k in np.argmax(emb[list(rows)] @ cent.T, axis=1)]
 
 
 def outcome_tags(tags: Sequence[str], quality: np.ndarray, clusters: int, seed: int = 0) -> list[str]:

@@ -123,6 +123,21 @@ def test_mapping() -> None:
     assert mapped.rows.set_index("query_id").loc["a", "quality"] == pytest.approx(0.1)
 
 
+def test_noisy_thumbs_average_to_the_true_quality() -> None:
+    """Thumbs flipped with probability e: the plain 0/1 labels average to e + (1 - 2e) q (an LLM right 90% of the
+    time looks right 82% of the time at e = 0.1); the mapping with `noise=e` gives labels whose mean is q."""
+    rng = np.random.default_rng(0)
+    for q, e in ((0.9, 0.1), (0.3, 0.2), (0.75, 0.0)):
+        right = rng.random(200_000) < q
+        thumbs = np.where(rng.random(len(right)) < e, ~right, right).astype(float)
+        assert RatingMapping().quality(thumbs).mean() == pytest.approx(e + (1 - 2 * e) * q, abs=0.005)
+        assert RatingMapping(noise=e).quality(thumbs).mean() == pytest.approx(q, abs=0.005)
+    assert RatingMapping(noise=0.1).quality(np.array([0.0, 1.0])).tolist() == pytest.approx([-0.125, 1.125])
+    with pytest.raises(ValidationError):
+        RatingMapping(noise=0.5)
+    assert "noise" not in FeedbackConfig().model_dump(exclude_none=True)["mapping"]  # old digests stay valid
+
+
 def test_no_feedback_leaves_the_log_and_its_digest_alone() -> None:
     out = label_decisions(LOG, _fb([]), now=NOW)
     assert out.rows["quality"].isna().sum() == 4 and out.per_model == {} and out.aside.empty

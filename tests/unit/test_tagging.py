@@ -23,13 +23,25 @@ class FirstWordTagger:
 
 
 def test_task_column_wins_and_tagger_sees_only_untagged_rows():
-    q = pd.DataFrame({"prompt": ["Math: 2+2", "Code: fib", "Poem about rain"], "task": ["gsm8k", None, " "]})
+    q = pd.DataFrame({"prompt": ["Math: 2+2", "Code: fib", "Poem about rain"], "task": [None, None, " "]})
     tagger = FirstWordTagger()
-    assert query_tags(q, np.zeros((3, 4)), tagger) == ["gsm8k", "code:", "poem"]
-    assert tagger.seen == ["Code: fib", "Poem about rain"]
+    assert query_tags(q, np.zeros((3, 4)), tagger) == ["math:", "code:", "poem"]
+    tagger = FirstWordTagger()
+    assert query_tags(q.assign(task=["a", None, None]), np.zeros((3, 4)), tagger)[0] == "a"
+    assert tagger.seen == []  # other rows have a task: the untagged ones take the nearest task (next test)
     assert query_tags(q.assign(task=["a", "b", "c"]), np.zeros((3, 4)), None) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="need a tagger"):
         query_tags(q, np.zeros((3, 4)), None)
+
+
+def test_untagged_rows_beside_tagged_ones_take_the_nearest_task_centroid():
+    """Service decisions (no task) mixed with benchmark rows (task) join the benchmark's tags, the rule the router
+    uses at inference, instead of forming taxonomy tags of their own."""
+    emb = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2], [0.2, 0.9, 0], [0.95, 0, 0.05]])
+    q = pd.DataFrame({"prompt": list("abcdef"), "task": ["gsm8k", "gsm8k", "mbpp", "mbpp", None, None]})
+    tagger = FirstWordTagger()
+    assert query_tags(q, emb, tagger) == ["gsm8k", "gsm8k", "mbpp", "mbpp", "mbpp", "gsm8k"]
+    assert tagger.seen == []
 
 
 def test_taxonomy_tagger_picks_most_similar_domain_description():
