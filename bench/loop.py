@@ -216,7 +216,7 @@ class Loop:
                                   "full": utility(q[rows, full_cols], self.world.cost[rows, full_cols], wtp).tolist(),
                                   "seed": utility(q[rows, seed_cols], self.world.cost[rows, seed_cols], wtp).tolist()}}
         rec["regret"] = rec["full"]["utility"] - served["utility"]
-        rec.update(self._watch(d, rows, decided, q))
+        rec.update(self._watch(d, rows, decided, q, full_cols))
         svc.wait(client, None, timeout=120)  # the day's events are in the store
         rec.update(self.from_store(rows, decided, q))
         self.days.append(rec)
@@ -300,8 +300,11 @@ class Loop:
         counts = pd.Series([x["model"] for x in getattr(self, "decisions", [])]).value_counts()
         return str(counts.index[0]) if len(counts) else self.world.models[0]
 
-    def _watch(self, d: int, rows: np.ndarray, decided: list[dict[str, Any]], q: np.ndarray) -> dict[str, Any]:
-        """Scenario figures: the failing model's share within the day, the new model's share where it is best."""
+    def _watch(self, d: int, rows: np.ndarray, decided: list[dict[str, Any]], q: np.ndarray,
+               full_cols: np.ndarray) -> dict[str, Any]:
+        """Scenario figures: the failing model's share within the day; the new model's share where it is best:
+        where its world utility is the highest (a handful of queries a day: ties at quality 1 go to cheaper
+        models) and where the full-information router (which knows its answers on all world queries) sends it."""
         out: dict[str, Any] = {}
         models = [x["model"] for x in decided]
         if self.scenario.name == "drift" and self.failing:
@@ -314,8 +317,12 @@ class Loop:
             u = utility(q[rows], self.world.cost[rows], self.args.wtp)
             best = u.argmax(1) == self.world.col(new)
             picked = np.array([m == new for m in models])
+            home = full_cols == self.world.col(new)
             out["new_model"] = {"model": new, "queries_where_best": int(best.sum()),
                                 "share_where_best": float(picked[best].mean()) if best.any() else None,
+                                "queries_where_full_router_picks_it": int(home.sum()),
+                                "share_where_full_router_picks_it": float(picked[home].mean()) if home.any()
+                                else None,
                                 "share_elsewhere": float(picked[~best].mean()) if (~best).any() else None,
                                 "share": float(picked.mean())}
         return out

@@ -88,7 +88,10 @@ def new_model_bar(loop: Any) -> dict[str, Any]:
     if not seen:
         return {"pass": None, "why": f"needs days {k + 1}..{k + 2}, ran {len(loop.days)}"}
     shares = {d["day"]: d["new_model"] for d in seen}
-    ok = any((s["share_where_best"] or 0) >= NEW_MODEL_MIN_SHARE for s in shares.values())
+    # Where it is best: the queries the full-information router sends it to (tens a day); the queries where its
+    # world utility is strictly the highest are reported too, but are a handful a day (1-2 of 150 in a run).
+    ok = any(max(s.get("share_where_full_router_picks_it") or 0, s["share_where_best"] or 0) >= NEW_MODEL_MIN_SHARE
+             for s in shares.values())
     return {"pass": bool(ok), "model": loop.scenario.new_model, "by_day": shares, "min_share": NEW_MODEL_MIN_SHARE}
 
 
