@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from mixllm import pipeline as P
 from mixllm.config import get_settings
 from mixllm.exceptions import MixLLMError
 from mixllm.ope import production_metrics
+from mixllm.timing import StageClock
 
-from .common import COMPUTE, IO_RETRY
+from .common import COMPUTE, IO_RETRY, task_runner
 from .delivery import champion_version, deliver
+from .train import train_and_evaluate
 
 
 def _run_name() -> str:
@@ -47,21 +50,12 @@ check_landing = task(P.check_landing, name="check-landing-contract", task_run_na
 ingest = task(P.ingest, name="ingest", **IO_RETRY)
 snapshot = task(P.snapshot, name="snapshot", **IO_RETRY)
 held_out = task(P.held_out, name="held-out-slice", **IO_RETRY)
-prepare_candidate = task(P.prepare_candidate, name="embeddings-and-tags", **COMPUTE)
-fit_llm = task(P.fit_candidate_llm, name="fit-llm-predictors", task_run_name="fit-{name}", **COMPUTE)
-save_candidate = task(P.save_candidate, name="assemble-candidate", **COMPUTE)
 champion_dir = task(P.champion_dir, name="fetch-champion", **IO_RETRY)
 gate = task(P.gate, name="gate", **COMPUTE)
 register = task(P.register, name="register", **IO_RETRY)
 promote = task(P.promote, name="promote", **IO_RETRY)
+log_timings = task(P.log_timings, name="log-stage-timings", **IO_RETRY)
 production_ope = task(production_metrics, name="off-policy-evaluation", **COMPUTE)
-
-
-def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any, train: Any) -> Any:
-    return P.evaluate_router(router_dir, test, config, settings, train)
-
-
-evaluate_router = task(_evaluate, name="evaluate", task_run_name="evaluate-{role}", **COMPUTE)
 
 
 def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
@@ -79,52 +73,68 @@ def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
     return ingested
 
 
-def _train(train: Any, config: P.PipelineConfig, settings: Any, out_dir: Path) -> Path:
-    """Embeddings once, then one task per LLM (thread pool: LightGBM is single-threaded per model)."""
-    router, prepared = prepare_candidate(train, config, settings)
-    per_llm = fit_llm.map(list(prepared.names), router=unmapped(router), prepared=unmapped(prepared))
-    return save_candidate(router, prepared, per_llm.result(), out_dir)
-
-
 @flow(name="mixllm-nightly", flow_run_name=_run_name, log_prints=True)
 def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ingest -> validate -> snapshot -> train -> evaluate vs champion -> gate -> register -> promote -> deliver."""
+    """Ingest -> validate -> snapshot -> train -> evaluate vs champion -> gate -> register -> promote -> deliver.
+
+    The result's ``timings`` maps each stage (ingest, snapshot, encode, representation, predictors, evaluation,
+    registry, package, and total) to wall seconds; they are also logged on the version's MLflow run."""
     log = get_run_logger()
+    clock, started = StageClock(), time.perf_counter()
     settings = get_settings()
     config = P.load_pipeline_config(config_path, **(overrides or {}))
-    out: dict[str, Any] = {"promoted": False, "ingested": _land(config, settings)}
-    train, digest = snapshot(settings, config)
+    out: dict[str, Any] = {"promoted": False}
+    with clock.time("ingest"):
+        out["ingested"] = _land(config, settings)
+    with clock.time("snapshot"):
+        train, digest = snapshot(settings, config)
+        test = held_out(config)
     run_name = f"nightly-{datetime.now(timezone.utc):%Y%m%d-%H%M}-{digest[:10]}"
     _rename_run(run_name)
     out["snapshot_digest"] = digest
-    log.info(f"snapshot {digest[:12]}: {len(train)} rows, {train['query_id'].nunique()} queries")
-    test = held_out(config)
-    champ_version = champion_version(settings)
-    with tempfile.TemporaryDirectory(prefix="mixllm-candidate-") as work:
-        cand_dir = _train(train, config, settings, Path(work) / "candidate")
-        champ_dir = champion_dir(settings, champ_version) if champ_version else None
-        # Same held-out slice for both, so the gate compares like with like.
-        cand_future = evaluate_router.submit("candidate", cand_dir, test, config, settings, train)
-        champ_future = evaluate_router.submit("champion", champ_dir, test, config, settings, train) if champ_dir \
-            else None
-        cand_report, cand_metrics = cand_future.result()
-        champ_metrics = champ_future.result()[1] if champ_future else None
-        # Both routers on the service's own labelled logged decisions too (ope/* metrics: production gate, MLflow).
-        cand_metrics = {**cand_metrics, **production_ope(settings, cand_dir, champ_dir, config.ope, config.feedback)}
-        verdict = gate(cand_metrics, champ_metrics, config)
-        version = register(cand_dir, cand_report, cand_metrics, digest, train, config, settings, verdict,
-                           champ_version, run_name, champ_metrics)
+    out["snapshot_read"] = read = train.attrs.get(P.SNAPSHOT_READ_ATTR, {})
+    log.info(f"snapshot {digest[:12]}: {len(train)} rows, {train['query_id'].nunique()} queries; log rows: "
+             f"{read.get('reused', 0)} from the previous snapshot, {read.get('read', '?')} read "
+             f"({read.get('reason')})")
+    with clock.time("registry"):
+        champ_version = champion_version(settings)
+    # A cluster at an address sees this machine's files only through a shared folder: build in the mixllm home.
+    with tempfile.TemporaryDirectory(prefix="mixllm-candidate-",
+                                     dir=settings.ensure_home() if config.dask_address else None) as work:
+        with clock.time("registry"):
+            champ_dir = champion_dir(settings, champ_version) if champ_version else None
+        trained = train_and_evaluate.with_options(task_runner=task_runner(config))(
+            train, test, config, settings, champ_dir, Path(work) / "candidate")
+        clock.merge(trained["timings"])
+        with clock.time("evaluation"):
+            # Both routers on the service's own labelled logged decisions too (ope/* metrics: gate, MLflow).
+            cand_metrics = {**trained["metrics"], **production_ope(settings, trained["candidate_dir"], champ_dir,
+                                                                   config.ope, config.feedback)}
+            verdict = gate(cand_metrics, trained["champion_metrics"], config)
+        with clock.time("registry"):
+            version = register(trained["candidate_dir"], trained["report"], cand_metrics, digest, train, config,
+                               settings, verdict, champ_version, run_name, trained["champion_metrics"])
     out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason, champion_before=champ_version)
     for c in verdict.checks:
         log.info(f"gate {'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     if not verdict.passed:
         out.update(message=f"version {version} registered, not promoted: {verdict.reason}", champion=champ_version)
         log.warning(out["message"])
-        return out
-    out["message"] = promote(version, verdict, settings)
+        return _with_timings(out, clock, started, settings)
+    with clock.time("registry"):
+        out["message"] = promote(version, verdict, settings)
     log.info(out["message"])
-    shipped = deliver(version, config)
+    with clock.time("package"):
+        shipped = deliver(version, config)
     out.update(shipped, promoted=shipped["delivered"])
+    return _with_timings(out, clock, started, settings)
+
+
+def _with_timings(out: dict[str, Any], clock: StageClock, started: float, settings: Any) -> dict[str, Any]:
+    """The run's stage seconds (plus ``total``) in the result and on the version's MLflow run."""
+    out["timings"] = {**clock.seconds, "total": time.perf_counter() - started}
+    get_run_logger().info("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))
+    log_timings(out["version"], out["timings"], settings)
     return out
 
 

@@ -13,6 +13,7 @@ wheel runs from an empty folder; a checkout's quickstart passes the full `data/r
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mixllm.config import Settings
@@ -29,6 +30,8 @@ from mixllm.feedback import FeedbackConfig
 from mixllm.ope import OPEConfig
 
 SMOKE_PROMPT = "Which planet in the solar system is known as the Red Planet?"
+SNAPSHOT_READ_ATTR = "mixllm_snapshot_read"  # DataFrame.attrs key: rows reused / read by the snapshot
+_DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 
 
 class PipelineConfig(BaseSettings):
@@ -60,6 +63,28 @@ class PipelineConfig(BaseSettings):
     deploy_timeout_seconds: float = Field(default=60.0, gt=0)
     smoke_prompt: str = SMOKE_PROMPT
     seed: int = 0
+    runner: Literal["thread", "dask"] = Field(default="thread", description=(
+        "where the per-LLM training and the two evaluations run: 'thread' (Prefect's thread pool in the flow's "
+        "process) or 'dask' (a Dask cluster through prefect-dask; same results)"))
+    dask_address: str | None = Field(default=None, description=(
+        "runner 'dask': scheduler of a running cluster (e.g. tcp://10.0.0.5:8786); unset: a LocalCluster of "
+        "`dask_workers` processes for the run"))
+    incremental_snapshot: bool = Field(default=True, description=(
+        "read only the log rows landed since the previous snapshot (kept under <home>/snapshots/); same rows "
+        "and digest as a full read"))
+    dask_workers: int = Field(default=2, ge=1, le=64, description="runner 'dask' without an address: worker "
+                              "processes of the run's LocalCluster (1 thread each)")
+
+    @model_validator(mode="after")
+    def _dask_settings_need_dask(self) -> "PipelineConfig":
+        if self.dask_address is not None:
+            if self.runner != "dask":
+                raise ValueError(f"dask_address={self.dask_address!r} is set but runner={self.runner!r}; set "
+                                 "runner: dask (MIXLLM_PIPELINE_RUNNER=dask) or remove the address")
+            if not _DASK_ADDRESS.fullmatch(self.dask_address):
+                raise ValueError(f"dask_address={self.dask_address!r} is not a scheduler address; expected "
+                                 "[tcp|tls|ws|wss|ucx]://host:port, e.g. tcp://10.0.0.5:8786")
+        return self
 
     def resolved_landing(self) -> list[Path]:
         return self.landing or sorted(sample_data().glob("*_train.csv*"))
@@ -185,7 +210,7 @@ def snapshot(settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, 
 
     store = Store(settings.store_url)
     try:
-        df, digest = store.snapshot()
+        df, digest, read = _log_rows(store, settings, config)
         feedback, feedback_digest = store.feedback_snapshot()
     finally:
         store.dispose()
@@ -199,7 +224,22 @@ def snapshot(settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, 
                        ignore_index=True)
         digest = _digest(df)
     df.attrs[FEEDBACK_ATTR] = {**labelled.summary(), "feedback_digest": feedback_digest}
+    df.attrs[SNAPSHOT_READ_ATTR] = read
     return df, snapshot_digest(digest, feedback_digest, config.feedback)
+
+
+def _log_rows(store: Any, settings: Settings, config: PipelineConfig) -> tuple[pd.DataFrame, str, dict[str, Any]]:
+    """The store's log rows and their digest: only the rows since the previous snapshot read when
+    `config.incremental_snapshot` (same rows, order and digest as a full read: `mixllm.snapshots`)."""
+    from dataclasses import asdict
+
+    from mixllm.snapshots import cache_folder, incremental_snapshot
+
+    if not config.incremental_snapshot:
+        df, digest = store.snapshot()
+        return df, digest, {"reused": 0, "read": len(df), "full": True, "reason": "incremental_snapshot off"}
+    df, digest, read = incremental_snapshot(store, cache_folder(settings.ensure_home(), store.url))
+    return df, digest, asdict(read)
 
 
 def held_out(config: PipelineConfig) -> pd.DataFrame:
@@ -214,23 +254,59 @@ def held_out(config: PipelineConfig) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- model stages ------
-def prepare_candidate(train: pd.DataFrame, config: PipelineConfig, settings: Settings) -> tuple[Any, Any]:
-    """Tags and (re)trained embeddings (cached base embeddings are reused): the router without predictors, and the
-    training set whose `names` the flow fans out over."""
+def prepare_candidate(train: pd.DataFrame, config: PipelineConfig,
+                      settings: Settings) -> tuple[Any, Any, dict[str, float]]:
+    """Tags and (re)trained embeddings (cached base embeddings are reused): the router without predictors, the
+    training set whose `names` the flow fans out over, and the wall seconds of ``encode`` and ``representation``.
+
+    ``encode`` is the base encoder over the snapshot's prompts, run first on its own so a night reports what new
+    prompts cost (cached prompts are only read back); `fit_representation` then finds every base vector in the
+    cache (the same vectors: the encoder's batches depend on the set of texts only), so ``representation`` is
+    tags, fine-tuning (or adapter) and re-encoding. Without the cache both are in ``representation``."""
     from mixllm.catalogue import load_catalogue
+    from mixllm.embeddings import QueryEncoder
     from mixllm.router import MixLLMRouter, RouterConfig
+    from mixllm.timing import StageClock
 
     try:
         rcfg = RouterConfig(**config.router)
     except ValidationError as e:
         raise ConfigError(f"invalid router settings in the pipeline config: {e}") from e
     router = MixLLMRouter(config=rcfg, catalogue=load_catalogue(settings.catalogue_path))
-    return router, router.fit_representation(train)
+    clock = StageClock()
+    cache = router._cache()
+    if cache is not None:
+        with clock.time("encode"):
+            prompts = train["prompt"].astype(str).drop_duplicates().tolist()
+            QueryEncoder.base(rcfg.max_seq_length, rcfg.truncation).encode(prompts, cache)
+    with clock.time("representation"):
+        prepared = router.fit_representation(train)
+    return router, prepared, clock.seconds
 
 
-def fit_candidate_llm(name: str, router: Any, prepared: Any) -> Any:
-    """One LLM's quality and length models (independent of every other LLM: the flow maps this over LLMs)."""
-    return router.fit_llm(name, prepared)
+def llm_slices(prepared: Any) -> list[Any]:
+    """One training set per LLM: only that LLM's log rows, without the prompts (the per-query features and
+    embeddings stay whole). Why: a Dask worker receives its task's arguments by value, so each task ships what its
+    LLM needs, not the whole log; `fit_llm` on a slice trains exactly what it trains on the whole set."""
+    from dataclasses import replace
+
+    log = prepared.log.drop(columns=["prompt"], errors="ignore")
+    out = []
+    for name in prepared.names:
+        mask = (log["model"] == name).to_numpy()
+        out.append(replace(prepared, log=log[mask].reset_index(drop=True), codes=prepared.codes[mask],
+                           names=(name,)))
+    return out
+
+
+def fit_candidate_llm(name: str, router_config: Any, prepared: Any) -> Any:
+    """One LLM's quality and length models (independent of every other LLM: the flow maps this over LLMs).
+
+    Takes the router's config, not the router: `fit_llm` reads only the config and the training set, and the
+    router holds the fine-tuned encoder (~90 MB) that a Dask task would otherwise carry to its worker."""
+    from mixllm.router import MixLLMRouter
+
+    return MixLLMRouter(config=router_config).fit_llm(name, prepared)
 
 
 def save_candidate(router: Any, prepared: Any, predictors: list[Any], out_dir: Path) -> Path:
@@ -326,6 +402,25 @@ def promote(version: str, verdict: Any, settings: Settings) -> str:
 
     Registry(settings).promote(version, reason=f"gates passed: {verdict.reason}", who="pipeline")
     return f"promoted version {version} to champion ({verdict.reason})"
+
+
+def log_timings(version: str, timings: dict[str, float], settings: Settings) -> None:
+    """Log a night's stage seconds (``timing/<stage>_s``) on the registered version's MLflow run, after the fact:
+    registry and delivery are themselves stages, so the full set is known only once they are done."""
+    from mixllm.registry import Registry
+
+    reg = Registry(settings)
+    run_id = reg.client.get_model_version(reg.name, str(version)).run_id
+    reg.client.log_batch(run_id, metrics=[_metric(f"timing/{stage}_s", seconds)
+                                          for stage, seconds in timings.items()])
+
+
+def _metric(key: str, value: float) -> Any:
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
 # ----------------------------------------------------------------------------------------- registry views ----

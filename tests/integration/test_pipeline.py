@@ -77,6 +77,13 @@ def test_first_run_registers_and_promotes_version_1(state: dict[str, Any], home:
     assert row["tags"]["snapshot_digest"] == out["snapshot_digest"]
     for metric in ("aiq", "quality_at_25pct_cost", "default_wtp/quality", "baseline/random/aiq"):
         assert metric in row["metrics"], metric
+    # per-stage wall seconds, in the result (bench/scale.py reads them) and on the version's MLflow run
+    stages = ("ingest", "snapshot", "encode", "representation", "predictors", "evaluation", "registry", "package")
+    assert set(out["timings"]) == {*stages, "total"}, out["timings"]
+    assert all(s > 0 for s in out["timings"].values()) and sum(out["timings"][s] for s in stages) <= \
+        out["timings"]["total"]
+    logged = reg.client.get_run(row["run_id"]).data.metrics
+    assert {f"timing/{s}_s" for s in stages} <= set(logged), logged
     assert any(k.startswith("task/") for k in row["metrics"])
     run = reg.client.get_run(row["run_id"])
     assert out["snapshot_digest"][:10] in run.info.run_name
