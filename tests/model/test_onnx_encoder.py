@@ -1,0 +1,134 @@
+"""The encoder on ONNX Runtime: same token ids and (within tolerance) the same embeddings as torch on real prompts,
+int8 close enough to route alike, a saved router that routes identically on either backend, and older router
+folders without an export still loading. The first run exports the bundled MiniLM (~20-30 s, then cached per
+machine by weights digest); the trained router's own export is made once when the session fixture saves it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from mixllm.data import load_routerbench
+from mixllm.embeddings import EmbeddingCache, QueryEncoder
+from mixllm.exceptions import ConfigError
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def prompts(routerbench_dir) -> list[str]:
+    """Real test prompts, long few-shot ones (truncated at 128 tokens) and short ones."""
+    unique = list(dict.fromkeys(load_routerbench(routerbench_dir, "test").drop_duplicates("task")["prompt"]))
+    log = load_routerbench(routerbench_dir, "test")
+    by_task = log.drop_duplicates("query_id").groupby("task").head(4)["prompt"].tolist()
+    return list(dict.fromkeys(unique + by_task + ["What is 2 + 2?", "Translate 'merci' into English."]))
+
+
+@pytest.fixture(scope="module")
+def torch_encoder() -> QueryEncoder:
+    return QueryEncoder.base(128, "tail", backend="torch")
+
+
+@pytest.mark.parametrize("side", ["head", "tail"])
+def test_onnx_matches_torch_token_ids_and_embeddings(torch_encoder, prompts, side):
+    torch_encoder.truncation = side
+    onnx = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="fp32")
+    onnx.truncation = side
+    assert max(len(torch_encoder.model.tokenizer(p)["input_ids"]) for p in prompts) > 128  # some are truncated
+    session = onnx.onnx_session()
+    expected = [torch_encoder.model.preprocess([p])["input_ids"][0].tolist() for p in prompts]
+    assert session.token_ids(prompts, 128, side) == expected
+    ref, got = torch_encoder.encode(prompts), onnx.encode(prompts)
+    assert np.abs(ref - got).max() < 1e-4
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    torch_encoder.truncation = "tail"
+
+
+def test_int8_is_close_and_smaller(torch_encoder, prompts):
+    int8 = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="int8")
+    int8.truncation = "tail"
+    cos = (torch_encoder.encode(prompts) * int8.encode(prompts)).sum(1)
+    assert cos.min() > 0.97 and cos.mean() > 0.99
+    fp32 = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="fp32")
+    assert int8.onnx_session().path.stat().st_size < 0.8 * fp32.onnx_session().path.stat().st_size
+
+
+def test_cache_key_includes_backend_and_precision(torch_encoder, tmp_path):
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    encoders = [torch_encoder] + [QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx",
+                                               precision=p) for p in ("fp32", "int8")]
+    for enc in encoders:
+        enc.truncation = "tail"
+        enc.encode(["alpha beta"], cache)
+    assert len({enc._key("alpha beta") for enc in encoders}) == 3 and len(cache) == 3
+
+
+def test_backend_resolution_and_bad_values(monkeypatch, torch_encoder):
+    monkeypatch.setenv("MIXLLM_ENCODER_BACKEND", "onnx")
+    assert QueryEncoder(torch_encoder.model, torch_encoder.weights_id).backend == "onnx"
+    assert QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="torch").backend == "torch"
+    monkeypatch.setenv("MIXLLM_ENCODER_BACKEND", "tensorflow")
+    with pytest.raises(ConfigError, match="backend"):
+        QueryEncoder(torch_encoder.model, torch_encoder.weights_id)
+    monkeypatch.delenv("MIXLLM_ENCODER_BACKEND")
+    with pytest.raises(ConfigError, match="precision"):
+        QueryEncoder(torch_encoder.model, torch_encoder.weights_id, precision="int4")
+
+
+def _decisions(router, prompts):
+    return [d.model for d in router.route(prompts, willingness_to_pay=1000.0)]
+
+
+def test_saved_router_routes_alike_on_either_backend(trained_router_dir, prompts):
+    from mixllm.router import MixLLMRouter
+
+    folder = trained_router_dir / "encoder"
+    precision = next(iter(__import__("json").loads((folder / "onnx.json").read_text())["files"]))
+    on_torch = MixLLMRouter.load(trained_router_dir, backend="torch")
+    on_onnx = MixLLMRouter.load(trained_router_dir, backend="onnx")
+    assert on_torch.encoder.backend == "torch" and on_onnx.encoder.backend == "onnx"
+    assert on_onnx.encoder._model is None  # served from the saved export: no torch weights loaded
+    assert on_onnx.encoder.truncation == on_torch.encoder.truncation == on_torch.config.truncation
+    a, b = on_torch.encoder.encode(prompts), on_onnx.encoder.encode(prompts)
+    assert (a * b).sum(1).min() > (0.9999 if precision == "fp32" else 0.97)
+    assert _decisions(on_torch, prompts) == _decisions(on_onnx, prompts)
+
+
+def test_router_folder_without_onnx_export_still_loads(trained_router_dir, prompts, tmp_path, monkeypatch):
+    from mixllm.router import MixLLMRouter
+
+    old = shutil.copytree(trained_router_dir, tmp_path / "old")
+    for f in (old / "encoder").glob("*.onnx"):
+        f.unlink()
+    (old / "encoder" / "onnx.json").unlink()
+    monkeypatch.delenv("MIXLLM_ENCODER_BACKEND", raising=False)
+    import mixllm.embeddings as emb
+
+    monkeypatch.setattr(emb, "DEFAULT_BACKEND", "onnx")  # ONNX only by default: an old folder loads on torch
+    assert MixLLMRouter.load(old).encoder.backend == "torch"
+    asked = MixLLMRouter.load(old, backend="onnx")  # asked for: exported (or taken from the per-machine cache)
+    assert asked.encoder.backend == "onnx"
+    assert _decisions(asked, prompts) == _decisions(MixLLMRouter.load(trained_router_dir, backend="torch"), prompts)
+
+
+def test_onnx_loaded_encoder_fetches_torch_weights_only_when_needed(trained_router_dir, prompts):
+    enc = QueryEncoder.load(trained_router_dir / "encoder", backend="onnx")
+    before = enc.encode(prompts[:3])
+    assert enc._model is None
+    enc.backend = "torch"  # e.g. fine-tuning further: the torch model is loaded from the same folder
+    np.testing.assert_allclose(enc.encode(prompts[:3]), before, atol=0.05)
+    assert enc._model is not None and enc.model.max_seq_length == enc.max_seq_length
+
+
+def test_onnx_serving_path_does_not_import_torch(trained_router_dir):
+    import subprocess
+
+    code = ("import sys; from mixllm.embeddings import QueryEncoder; "
+            "e = QueryEncoder.load(sys.argv[1], backend='onnx'); e.encode(['hello there']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(trained_router_dir / "encoder")], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"
