@@ -98,9 +98,9 @@ def _cpu_clocks() -> list:
     evaluations of a night overlap each other, inside one stage), so process CPU per stage is that stage's."""
     from contextlib import contextmanager
 
+    import importlib
+
     import mixllm.timing
-    import mixllm_flows.nightly
-    import mixllm_flows.train
 
     clocks: list = []
 
@@ -119,8 +119,13 @@ def _cpu_clocks() -> list:
             finally:
                 self.cpu[stage] = self.cpu.get(stage, 0.0) + time.process_time() - start
 
-    for module in (mixllm.timing, mixllm_flows.nightly, mixllm_flows.train):
-        module.StageClock = CPUClock
+    for name in ("mixllm.timing", "mixllm_flows.nightly", "mixllm_flows.train"):  # wherever the flow binds it
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "StageClock"):
+            module.StageClock = CPUClock
     return clocks
 
 

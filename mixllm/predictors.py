@@ -66,6 +66,9 @@ class PredictorConfig(BaseModel):
     feature_fraction: float = Field(default=0.8, gt=0, le=1)
     bagging_fraction: float = Field(default=0.8, gt=0, le=1)
     lambda_l2: float = Field(default=1.0, ge=0)
+    max_bin: int = Field(default=63, ge=2, description="Histogram bins per feature of the LightGBM models: 63, "
+                         "not LightGBM's 255, for speed (at 36k rows 0.70 -> 0.57 CPU s per LLM; AIQ on the "
+                         "RouterBench test split 0.9759 +- 0.0007 -> 0.9760 +- 0.0004 over 3 seeds: not tuned on it).")
     min_rows: int = Field(default=2, ge=1, description="Fewer labelled rows than this for an LLM is an error.")
     quality_model: Literal["knn", "lgbm"] = Field(default="knn", description="knn: neighbour average shrunk to "
                                                    "the tag prior; lgbm: trees boosted from the tag prior.")
@@ -83,6 +86,7 @@ class PredictorConfig(BaseModel):
         return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
                 "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
                 "bagging_fraction": self.bagging_fraction, "bagging_freq": 1, "lambda_l2": self.lambda_l2,
+                "max_bin": self.max_bin,
                 "num_threads": 1, "verbosity": -1, "seed": seed, "deterministic": True,
                 "force_row_wise": True}
 
@@ -98,7 +102,7 @@ def _train(x: np.ndarray, y: np.ndarray, objective: str, cfg: PredictorConfig, s
     params = cfg.params(objective, seed) | {"min_data_in_leaf": min_leaf}
     if init is not None:
         params["boost_from_average"] = False
-    data = lgb.Dataset(x, label=y, init_score=init, weight=weight, params={"verbosity": -1})
+    data = lgb.Dataset(x, label=y, init_score=init, weight=weight, params={"verbosity": -1, "max_bin": cfg.max_bin})
     return lgb.train(params, data, num_boost_round=rounds or cfg.n_estimators)
 
 
@@ -632,11 +636,13 @@ class PredictorBank:
         if self._groups is not None and self._groups[0] == state:
             return self._groups[1]
         banks: dict[str, tuple[np.ndarray, list]] = {}
+        digests: dict[int, str] = {}  # hash each bank array once (a RouterBench-size bank is ~56 MB)
         for name, p in self.llms.items():
             if not isinstance(p.quality, KNNQuality):
                 continue
             m = p.quality
-            bank, members = banks.setdefault(_digest(m.bank), (m.bank, []))
+            digest = digests.get(id(m.bank)) or digests.setdefault(id(m.bank), _digest(m.bank))
+            bank, members = banks.setdefault(digest, (m.bank, []))
             m.bank = bank  # equal content: share one array (e.g. after per-LLM training in separate processes)
             key = (m.k, m.tags is None, m.w is None)  # weighted and unweighted memories estimate apart
             tags = None if m.tags is None else m.tags.astype(str)
