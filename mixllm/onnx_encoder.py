@@ -128,6 +128,7 @@ def cached_export(model: "SentenceTransformer", weights_id: str, precision: str,
     folder = Path(cache_dir) if cache_dir is not None else export_cache_dir()
     path = folder / f"{weights_id}-{onnx_filename(precision)}"
     if path.is_file():
+        path.touch()  # recently used: pruning keeps it (the base encoder's export stays while nights use it)
         return path, None
     seconds = 0.0
     fp32 = folder / f"{weights_id}-{onnx_filename('fp32')}"
@@ -135,7 +136,17 @@ def cached_export(model: "SentenceTransformer", weights_id: str, precision: str,
         seconds += export(model, fp32, "fp32")
     if precision != "fp32":
         seconds += export(model, path, precision, fp32_source=fp32)
+    prune_cache(folder)
     return path, seconds
+
+
+def prune_cache(folder: Path, keep: int = 8) -> None:
+    """Keep the `keep` most recently written exports: every fine-tuned encoder adds ~90 MB, and only the base
+    encoder's and the latest nights' are worth keeping (a pruned export is re-made, or copied from a router folder)."""
+    files = sorted((f for f in Path(folder).glob("*.onnx") if not f.name.startswith(".")),
+                   key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files[keep:]:
+        f.unlink(missing_ok=True)
 
 
 def write_meta(folder: Path, weights_id: str, precision: str, max_seq_length: int, truncation: str,

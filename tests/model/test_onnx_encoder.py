@@ -132,3 +132,19 @@ def test_onnx_serving_path_does_not_import_torch(trained_router_dir):
     out = subprocess.run([sys.executable, "-c", code, str(trained_router_dir / "encoder")], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_export_cache_keeps_the_most_recently_used(tmp_path):
+    import os
+
+    from mixllm.onnx_encoder import prune_cache
+
+    for i in range(5):
+        f = tmp_path / f"w{i}-model.onnx"
+        f.write_bytes(b"graph")
+        os.utime(f, (1000 + i, 1000 + i))
+    os.utime(tmp_path / "w0-model.onnx", (2000, 2000))  # used again (a cache hit touches it)
+    (tmp_path / ".w9-model.onnx.123.tmp.fp32.onnx").write_bytes(b"in progress")
+    prune_cache(tmp_path, keep=2)
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".w9-model.onnx.123.tmp.fp32.onnx", "w0-model.onnx",
+                                                          "w4-model.onnx"]
