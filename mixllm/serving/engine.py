@@ -135,6 +135,8 @@ class ServingEngine:
 
     def status(self) -> dict[str, Any]:
         status = self.holder.status()
+        encoder = getattr(self.router, "encoder", None)  # which forward pass serves ("torch" | "onnx"; None: none)
+        status["encoder_backend"] = getattr(encoder, "backend", "torch") if encoder is not None else None
         if self.outbox is not None:
             status["outbox_pending"] = self.outbox.pending()
             status["outbox_last_error"] = self.outbox.last_error

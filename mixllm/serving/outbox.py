@@ -151,14 +151,23 @@ class Outbox:
         self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def _watch(self) -> None:
-        while not self._stop.wait(max(self.forward_interval, 1.0)):
+        """Restart the forwarder process whenever it dies. Blocks in `wait()` rather than polling: a thread that
+        wakes on a timer takes the GIL from the routing thread mid forward pass; this one wakes only when the
+        child exits (at most one restart a second if it keeps dying)."""
+        while not self._stop.is_set():
             proc = self._proc
-            if proc is not None and proc.poll() is not None and not self._stop.is_set():
-                log.warning("outbox forwarder process exited with %s; restarting it", proc.returncode)
-                self._absorb_child_counts()  # the next child starts its counters at 0
-                with self._lock:
-                    self._db.execute("DELETE FROM forwarder_status")
-                self._spawn()
+            if proc is None:
+                return
+            code = proc.wait()
+            if self._stop.is_set():
+                return
+            log.warning("outbox forwarder process exited with %s; restarting it", code)
+            self._absorb_child_counts()  # the next child starts its counters at 0
+            with self._lock:
+                self._db.execute("DELETE FROM forwarder_status")
+            if self._stop.wait(1.0):
+                return
+            self._spawn()
 
     def _cycle(self) -> bool:
         """One forwarding round: everything pending (batch by batch), decision pruning, a WAL checkpoint.
@@ -322,12 +331,23 @@ class Outbox:
         return left
 
     def _stop_child(self, timeout: float) -> None:
-        if self._watchdog is not None:
+        if self._proc is not None:
+            self._terminate(self._proc, timeout)
+        if self._watchdog is not None:  # after the child: the watchdog blocks on it, then sees _stop set
             self._watchdog.join(timeout=5)
-        proc = self._proc
+        proc = self._proc  # a child the watchdog started just before _stop was set is stopped too
         if proc is None:
             return
-        proc.terminate()  # the child finishes its round (rows are deleted only after the store took them)
+        self._terminate(proc, timeout)
+        child_error = self._absorb_child_counts()  # always: the child's counts must not be lost
+        self._last_error = self._last_error or child_error
+        self._proc = None
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+        """SIGTERM: the child finishes its round (rows are deleted only after the store took them); killed if it
+        does not stop within `timeout` (its rows stay in the spool). Nothing happens to a child already gone."""
+        proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -335,9 +355,6 @@ class Outbox:
                         timeout)
             proc.kill()
             proc.wait()
-        child_error = self._absorb_child_counts()  # always: the child's counts must not be lost
-        self._last_error = self._last_error or child_error
-        self._proc = None
 
     def _absorb_child_counts(self) -> str | None:
         """Add the (stopped) child's delivered counts to ours; returns its last error."""
