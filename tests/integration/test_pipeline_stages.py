@@ -94,3 +94,15 @@ def test_bento_requirements_pin_the_installed_closure() -> None:
     for name in ("bentoml", "torch", "lightgbm", "sentence-transformers", "psycopg-binary", "huggingface-hub"):
         assert pins[name] == metadata.version(name), name  # direct, extra-selected and transitive dependencies
     assert "mixllm" not in pins and "pytest" not in pins  # its own code is copied in; dev extra not followed
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"dask_address": "tcp://10.0.0.5:8786"}, "is set but runner='thread'"),
+    ({"runner": "dask", "dask_address": "http://scheduler"}, "is not a scheduler address"),
+    ({"runner": "ray"}, "runner"),
+    ({"runner": "dask", "dask_workers": 0}, "dask_workers"),
+])
+def test_runner_settings_are_validated_at_construction(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(**fields)
+    assert load_pipeline_config(runner="dask", dask_address="tcp://10.0.0.5:8786").dask_workers == 2
