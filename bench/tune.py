@@ -1,4 +1,4 @@
-"""Grouped cross-validation on the RouterBench TRAIN split: the records behind RouterConfig's defaults, rerunnable.
+"""Grouped cross-validation on TRAIN splits (RouterBench; `--dataset llmrouter` too): RouterConfig's defaults' records.
 
 Why: every default of the router was chosen by cross-validation on train (never on the test split `bench/quality.py`
 reports), and a default is only as credible as a table anyone can rerun. Each experiment is a grid of RouterConfig /
@@ -44,7 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 REFERENCE = "gpt-4-1106-preview"
+# dataset -> (catalogue name, train file(s), reference LLM). RouterBench is every experiment's default; the
+# representation experiment runs both, so its default is not tuned to one sample (issues 14, 16).
+DATASETS = {"routerbench": ("routerbench", "data/routerbench", REFERENCE),
+            "llmrouter": ("llmrouter", "data/llmrouter/llmrouter_train.csv.gz", "llama-3.1-nemotron-51b-instruct")}
 METRICS = ("quality_at_25pct_cost", "aiq")
+SECONDS = ("seconds/representation", "seconds/predictors")  # per fold: what one night of that variant costs
 COST_MODES = ("predicted", "true")
 
 
@@ -129,6 +134,16 @@ EXPERIMENTS = {e.name: e for e in (
                 "failing LLM frozen 0.089 / 0.385 -> 0.741 / 0.766"),
         Variant("lambda=100", {"ridge_lambda": 100.0}, "-> 0.7926 / 0.7952"),
     ), PLAIN, online=True),
+    Experiment("representation", "How do embeddings become tag-enhanced: fine-tuning MiniLM (each night re-encodes "
+               "every prompt), a learned adapter over frozen, cached MiniLM embeddings (a night encodes only new "
+               "prompts), or not at all (plain MiniLM)? Seconds: a fold's representation stage (tags, fine-tuning or "
+               "adapter, encoding the fold's train and held-out prompts; base embeddings already cached, as after "
+               "any earlier night) and its predictors.", (
+        Variant("plain MiniLM", {"representation": "plain"}),
+        Variant("finetune 1 epoch lr 1e-5 (former default)", {"representation": "finetune"}),
+        Variant("adapter 10 epochs", {"representation": "adapter"}),
+        Variant("adapter 3 epochs", {"representation": "adapter", "adapter_epochs": 3}),
+    )),
 )}
 
 
@@ -244,9 +259,10 @@ def _decide(router: Any, pred: Any, held: Any, wtps: np.ndarray) -> tuple[np.nda
 
 
 def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds: int, fold_seed: int,
-                  home: Path) -> dict[str, dict[str, float]]:
-    """{variant label (and "task prior"): {metric/cost mode: value}} from pooled out-of-fold decisions."""
-    from mixllm.catalogue import estimate_tokens
+                  home: Path, dataset: str = "routerbench") -> dict[str, dict[str, float]]:
+    """{variant label (and "task prior"): {metric/cost mode: value, seconds per fold}} from pooled out-of-fold
+    decisions."""
+    from mixllm.catalogue import estimate_tokens, load_catalogue
     from mixllm.evaluation import default_wtps, policy_result
     from mixllm.router import MixLLMRouter
     from mixllm.routers.baselines import TaskPriorRouter
@@ -261,6 +277,9 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
         groups.setdefault(_representation_key(cfg), []).append(label)
     pooled: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     streams: dict[str, dict[str, float]] = {}  # online experiments: query-weighted utility sums over folds
+    seconds: dict[str, dict[str, float]] = {}  # label -> stage -> seconds summed over folds
+    catalogue_name, _, reference = DATASETS[dataset]
+    catalogue = load_catalogue(catalogue_name)
 
     def pool(label: str, rows: np.ndarray, params: np.ndarray, choices: dict[str, np.ndarray]) -> None:
         _, full = pooled.setdefault(label, (params, {m: np.full((len(params), test.n), -1) for m in choices}))
@@ -273,11 +292,17 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
         tokens = np.array([t if np.isfinite(t) else estimate_tokens(p) for t, p in zip(held.prompt_tokens,
                                                                                       held.prompts)], float)
         for labels in groups.values():
-            base = MixLLMRouter(configs[labels[0]])
+            t0 = time.perf_counter()
+            base = MixLLMRouter(configs[labels[0]], catalogue)
             prepared = base.fit_representation(fold_log)
-            emb, lengths = base.encoder.encode(held.prompts, base._cache()), {}
+            emb, lengths = base.embed(held.prompts, base._cache()), {}
+            spent = time.perf_counter() - t0
             for label in labels:
+                t0 = time.perf_counter()
                 router = _with_predictors(base, prepared, configs[label], lengths)
+                took = seconds.setdefault(label, dict.fromkeys(SECONDS, 0.0))
+                took["seconds/representation"] += spent
+                took["seconds/predictors"] += time.perf_counter() - t0
                 pred = router._predict_emb(emb, tokens)
                 params, choices = _decide(router, pred, held, wtps)
                 pool(label, rows, params, choices)
@@ -286,7 +311,7 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
         prior = TaskPriorRouter().fit(fold_log)
         pred = prior.predict(held.prompts, tokens.tolist(), tasks=[str(t) for t in held.tasks])
         pool("task prior", rows, *_decide(prior, pred, held, wtps))
-    ref = test.models.index(REFERENCE) if REFERENCE in test.models else int(np.argmax(test.cost.mean(axis=0)))
+    ref = test.models.index(reference) if reference in test.models else int(np.argmax(test.cost.mean(axis=0)))
     out: dict[str, dict[str, float]] = {}
     for label, (params, choices) in pooled.items():
         for mode, ch in choices.items():
@@ -294,6 +319,8 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
             out.setdefault(label, {}).update({f"{k}/{mode}": float(m[k]) for k in METRICS})
     for label, sums in streams.items():
         out[label].update({k: v / test.n for k, v in sums.items()})
+    for label, took in seconds.items():
+        out[label].update({k: v / n_folds for k, v in took.items()})
     return out
 
 
@@ -369,12 +396,13 @@ NOT_REPRODUCED = (
 def markdown(results: dict) -> str:
     lines = ["# Cross-validation on the train split (`bench/tune.py`)", "",
              "Written by `bench/tune.py`; do not edit by hand. Pooled out-of-fold decisions of the real router, "
-             "folds grouped by query, RouterBench TRAIN split only; quality@25% cost / AIQ relative to "
-             f"`{REFERENCE}` from `mixllm.evaluation`, mean ± std over fold seeds. *Predicted cost*: the router's "
+             "folds grouped by query, TRAIN split only (RouterBench sample unless a section names another "
+             f"dataset); quality@25% cost / AIQ relative to `{REFERENCE}` (LLMRouter: `{DATASETS['llmrouter'][2]}`) "
+             "from `mixllm.evaluation`, mean ± std over fold seeds. *Predicted cost*: the router's "
              "own decisions; *true cost*: its predicted quality with the logged costs (only the quality model "
              "differs). *Docstring record*: what RouterConfig's docstring said before this script (means over fold "
              "seeds 0-2 unless marked), for comparison; its folds were drawn differently.", ""]
-    missing = [n for n in EXPERIMENTS if n not in results]
+    missing = [n for n in EXPERIMENTS if not any(k == n or k.startswith(f"{n} (") for k in results)]
     if missing:
         lines += ["Defined but not run into this file yet: " + ", ".join(f"`{n}`" for n in missing)
                   + " (`nice python bench/tune.py --experiment NAME`).", ""]
@@ -384,19 +412,29 @@ def markdown(results: dict) -> str:
                   f"`{r['command']}` — {r['date']}, {r['machine']}; {r['folds']} folds, fold seeds "
                   f"{r['fold_seeds']}{' (QUICK run: fewer fold seeds)' if r.get('quick') else ''}; "
                   f"{r['n_queries']} train queries; shared overrides {json.dumps(r['common_overrides'])}; "
-                  f"{r['seconds']:.0f} s.", ""]
+                  f"{r['seconds']:.0f} s; dataset {r.get('dataset', 'routerbench')}, reference "
+                  f"`{r.get('reference', REFERENCE)}`.", ""]
+        if r.get("adapter_latency"):
+            a = r["adapter_latency"]
+            lines += [f"Adapter at inference (numpy, `{a['command']}`, {a['date']}): {a['one_query_ms']:.3f} ms per "
+                      f"query alone, {a['batch64_ms']:.3f} ms per batch of 64 (median of {a['repeats']} calls), "
+                      f"beside {a['encoder_one_query_ms']:.1f} ms for MiniLM encoding one query in the same run "
+                      f"(load average {a.get('load_average', math.nan):.1f} on the shared machine).", ""]
         if r.get("online"):
             lines += _online_table(r) + [""]
             continue
+        timed = any(SECONDS[0] in v["mean_std"] for v in r["variants"])
         lines += ["| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
-                  "quality@25% (true cost) | AIQ (true cost) | docstring record |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "quality@25% (true cost) | AIQ (true cost) | " + ("representation s / fold | predictors s / fold | "
+                                                                     if timed else "") + "docstring record |",
+                  "| --- | --- | --- | --- | --- | --- | " + ("--- | --- | " if timed else "") + "--- |"]
         for v in r["variants"]:
             s = v["mean_std"]
             seeds = " ".join(f"{x['aiq/predicted']:.4f}" for x in v["per_seed"])
+            secs = "".join(f"{s[k][0]:.1f} | " if k in s else "- | " for k in SECONDS) if timed else ""
             lines.append(f"| {v['label']} | {_pct(s['quality_at_25pct_cost/predicted'])} | "
                          f"{_aiq(s['aiq/predicted'])} | {seeds} | {_pct(s['quality_at_25pct_cost/true'])} | "
-                         f"{_aiq(s['aiq/true'])} | {v['docstring_record'] or '-'} |")
+                         f"{_aiq(s['aiq/true'])} | {secs}{v['docstring_record'] or '-'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -445,26 +483,58 @@ def _nan(x: Any) -> Any:
 
 
 def run(experiment: Experiment, log: pd.DataFrame, fold_seeds: list[int], n_folds: int, home: Path,
-        out: Path | None, command: str, quick: bool) -> dict:
-    """Every fold seed of one experiment; results written after each seed (when `out` is given)."""
+        out: Path | None, command: str, quick: bool, dataset: str = "routerbench") -> dict:
+    """Every fold seed of one experiment; results written after each seed (when `out` is given), under the
+    experiment's name (RouterBench) or "name (dataset)"."""
     from mixllm.testset import TestSet
 
     test = TestSet.from_log(log)
     per_seed: dict[str, list[dict[str, float]]] = {}
     t0, summary = time.perf_counter(), {}
     for i, seed in enumerate(fold_seeds):
-        for label, figures in run_fold_seed(experiment, log, test, n_folds, seed, home).items():
+        for label, figures in run_fold_seed(experiment, log, test, n_folds, seed, home, dataset).items():
             per_seed.setdefault(label, []).append(figures)
         meta = {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 "machine": _machine(), "folds": n_folds, "fold_seeds": fold_seeds[: i + 1], "quick": quick,
-                "n_queries": test.n, "seconds": time.perf_counter() - t0}
+                "n_queries": test.n, "seconds": time.perf_counter() - t0, "dataset": dataset,
+                "reference": DATASETS[dataset][2]}
         summary = summarise(experiment, per_seed, meta)
         print(f"{experiment.name} fold seed {seed}: " + ", ".join(
             f"{v['label']} AIQ {v['per_seed'][-1]['aiq/predicted']:.4f}" for v in summary["variants"])
             + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         if out is not None:
-            write_results(out, experiment.name, summary)
+            write_results(out, experiment.name if dataset == "routerbench" else f"{experiment.name} ({dataset})",
+                          summary)
     return summary
+
+
+def adapter_latency(log: pd.DataFrame, home: Path, command: str, repeats: int = 1000) -> dict:
+    """Median wall ms of the tag adapter's numpy transform (one query; a batch of 64) beside one MiniLM forward
+    pass, with an adapter fitted by the router's defaults on the cached base embeddings of `log`."""
+    from mixllm.adapter import TagAdapter
+    from mixllm.embeddings import EmbeddingCache, QueryEncoder
+    from mixllm.router import RouterConfig
+
+    cfg = RouterConfig()
+    enc = QueryEncoder.base(cfg.max_seq_length, cfg.truncation)
+    queries = log.drop_duplicates("query_id")
+    emb = enc.encode(queries["prompt"].tolist(), EmbeddingCache(home / "embeddings" / "cache.sqlite"))
+    adapter = TagAdapter(hidden=cfg.adapter_hidden, epochs=cfg.adapter_epochs, lr=cfg.adapter_lr,
+                         temperature=cfg.temperature, seed=cfg.seed).fit(emb, queries["task"].astype(str).tolist())
+
+    def median_ms(fn: Any, n: int) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1000 * statistics.median(times)
+
+    prompt = queries["prompt"].iloc[0]
+    return {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "repeats": repeats,
+            "one_query_ms": median_ms(lambda: adapter.transform(emb[:1]), repeats),
+            "batch64_ms": median_ms(lambda: adapter.transform(emb[:64]), repeats),
+            "encoder_one_query_ms": median_ms(lambda: enc.encode([prompt]), 50), "load_average": os.getloadavg()[0]}
 
 
 def main() -> int:
@@ -474,10 +544,14 @@ def main() -> int:
     pick.add_argument("--all", action="store_true")
     pick.add_argument("--list", action="store_true")
     pick.add_argument("--render", action="store_true", help="only rewrite tune.md from tune.json")
+    pick.add_argument("--adapter-latency", action="store_true", help="time the tag adapter's numpy transform "
+                      "(RouterBench train embeddings) into the representation section")
     ap.add_argument("--quick", action="store_true", help="one fold seed instead of --fold-seeds (smoke run)")
     ap.add_argument("--fold-seeds", type=int, default=3, help="fold seeds 0..N-1 (default 3)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--max-queries", type=int, default=None, help="a subset of train queries (smoke runs)")
+    ap.add_argument("--dataset", action="append", choices=sorted(DATASETS), help="train split(s) to cross-validate "
+                    "on, repeatable (default routerbench)")
     ap.add_argument("--home", type=Path, default=ROOT / ".mixllm" / "tune", help="MIXLLM_HOME of the run: "
                     "holds the embedding cache shared by every experiment")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -491,15 +565,28 @@ def main() -> int:
         (args.out / "tune.md").write_text(markdown(_nan(results)), encoding="utf-8")
         return 0
     os.environ["MIXLLM_HOME"] = str(args.home.resolve())
-    from mixllm.data import load_routerbench
+    from mixllm.data import load_routerbench, load_training_log
     from mixllm.telemetry import go_offline
 
     go_offline()
-    log = _limit(load_routerbench(ROOT / "data" / "routerbench", "train"), args.max_queries)
     seeds = [0] if args.quick else list(range(args.fold_seeds))
     command = "python bench/tune.py " + " ".join(sys.argv[1:])
-    for name in (list(EXPERIMENTS) if args.all else args.experiment):
-        run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick)
+    if args.adapter_latency:
+        results = json.loads((args.out / "tune.json").read_text(encoding="utf-8"))
+        if "representation" not in results:
+            raise SystemExit("run --experiment representation first: the latency joins its section")
+        results["representation"]["adapter_latency"] = adapter_latency(
+            load_routerbench(ROOT / "data" / "routerbench", "train"), args.home.resolve(), command)
+        (args.out / "tune.json").write_text(json.dumps(_clean(results), indent=1, allow_nan=False), encoding="utf-8")
+        (args.out / "tune.md").write_text(markdown(_nan(results)), encoding="utf-8")
+        return 0
+    for dataset in args.dataset or ["routerbench"]:
+        source = ROOT / DATASETS[dataset][1]
+        log = _limit(load_routerbench(source, "train") if source.is_dir() else load_training_log(source),
+                     args.max_queries)
+        for name in (list(EXPERIMENTS) if args.all else args.experiment):
+            run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick,
+                dataset)
     print(f"wrote {args.out / 'tune.json'} and {args.out / 'tune.md'}")
     return 0
 

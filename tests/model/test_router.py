@@ -208,8 +208,8 @@ def test_outcome_tags_refine_what_the_encoder_is_fine_tuned_toward_but_not_the_r
     log = load_routerbench(routerbench_dir, "train")
     keep = log.drop_duplicates("query_id").groupby("task").head(10)["query_id"]
     log = log[log["query_id"].isin(keep)]
-    router = MixLLMRouter(RouterConfig(finetune_tags="domain+outcome", finetune_max_queries=16, batch_size=8,
-                                       progress=False, cache_dir=tmp_path))
+    router = MixLLMRouter(RouterConfig(representation="finetune", finetune_tags="domain+outcome",
+                                       finetune_max_queries=16, batch_size=8, progress=False, cache_dir=tmp_path))
     prepared = router.fit_representation(log)
     ft = router._finetune_tags
     assert len(ft) > 3 and {t.split("/")[0] for t in ft} == set(router.tags) and sum(ft.values()) == 30
