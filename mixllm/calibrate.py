@@ -106,7 +106,7 @@ def recent_traffic(logs: pd.DataFrame, days: float | None = None, now: datetime 
         now = now or datetime.now(timezone.utc)
         ts = pd.to_datetime(df["ts"], utc=True)
         df = df[ts >= pd.Timestamp(now - timedelta(days=days))]
-    df = df.dropna(subset=["prompt"]).drop_duplicates("query_id", keep="last")
+    df = df.dropna(subset=["prompt"]).drop_duplicates(["query_id", "prompt"], keep="last")  # a request: id and prompt
     if df.empty:
         raise ContractError(f"no logged requests to calibrate on{'' if days is None else f' in the last {days} days'}")
     return df.tail(limit).reset_index(drop=True)
@@ -118,12 +118,13 @@ def cost_check(router: Any, logs: pd.DataFrame, pred: Any, traffic: pd.DataFrame
     The ratio sum(observed) / sum(predicted) is the correction the spend figures get; the median absolute
     percentage error says how well single requests are predicted. Empty when no row carries a cost.
     """
-    pos = {q: i for i, q in enumerate(traffic["query_id"])}
+    pos = {k: i for i, k in enumerate(zip(traffic["query_id"], traffic["prompt"]))}
     col = {m: j for j, m in enumerate(router.models)}
-    rows = logs[logs["cost_usd"].notna() & logs["query_id"].isin(pos) & logs["model"].isin(col)]
+    at = np.array([pos.get(k, -1) for k in zip(logs["query_id"], logs["prompt"])], dtype=int)
+    keep = logs["cost_usd"].notna().to_numpy() & (at >= 0) & logs["model"].isin(col).to_numpy()
+    rows, i = logs[keep], at[keep]
     if rows.empty:
         return {"rows": 0, "ratio": 1.0, "per_model": {}}
-    i = rows["query_id"].map(pos).to_numpy()
     j = rows["model"].map(col).to_numpy()
     predicted = np.asarray(pred.cost, float)[i, j]
     observed = rows["cost_usd"].to_numpy(float)

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -229,6 +229,29 @@ class Registry:
             ds = _dataset(rated.reset_index(drop=True), f"feedback-labels-{digest[:12]}",
                           (info.get("feedback_digest") or digest)[:36])
             mlflow.log_input(ds, context="feedback", tags={"snapshot_digest": digest})
+
+    def log_monitoring_run(self, kind: str, metrics: Mapping[str, float], params: Mapping[str, Any],
+                           files: Sequence[Path], tags: Mapping[str, Any] | None = None) -> str:
+        """Log a monitoring run (drift, shadow, canary) with its figures and report files to the experiment
+        `<experiment>-monitoring`, apart from the training runs the versions point at; returns the run id."""
+        self._activate()  # tracking URIs
+        name = f"{self.settings.experiment}-monitoring"
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            location = (Path(self.settings.artifact_root).resolve().as_uri()
+                        if self.settings.tracking_uri.startswith("sqlite:") else None)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=location)
+            run_name = f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+            with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                                  tags={"mixllm.run_kind": kind, **{k: str(v)[:5000] for k, v in
+                                                                    (tags or {}).items()}}) as run:
+                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+                for f in files:
+                    mlflow.log_artifact(str(f), artifact_path=kind)
+                return run.info.run_id
+        except MlflowException as e:
+            raise RegistryError(f"cannot log the {kind} run to MLflow: {e}") from e
 
     def set_tags(self, version: str, tags: Mapping[str, Any]) -> None:
         """Record facts on a version (gate verdict, promotion reason, ...): the UI shows them next to it."""

@@ -107,11 +107,11 @@ def test_target_validation():
 
 def test_recent_traffic_counts_each_request_once_and_honours_the_window(data):
     logs = data[1]
-    assert len(cal.recent_traffic(logs)) == logs["query_id"].nunique()
+    assert len(cal.recent_traffic(logs)) == len(logs.drop_duplicates(["query_id", "prompt"]))
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     stamped = logs.assign(ts=[now - timedelta(days=1 if i % 2 else 30) for i in range(len(logs))])
     recent = cal.recent_traffic(stamped, days=7, now=now)
-    assert set(recent["query_id"]) == set(stamped[stamped["ts"] >= now - timedelta(days=7)]["query_id"])
+    assert set(recent["prompt"]) == set(stamped[stamped["ts"] >= now - timedelta(days=7)]["prompt"])
     assert len(cal.recent_traffic(logs, limit=5)) == 5
     with pytest.raises(ContractError, match="no logged requests"):
         cal.recent_traffic(stamped, days=7, now=now + timedelta(days=365))

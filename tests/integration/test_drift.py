@@ -1,0 +1,103 @@
+"""The drift monitor: real router, real store, real MLflow run, and the nightly deployment started on a real
+(ephemeral) Prefect API when the traffic moved.
+
+The champion is the session's tiny router (trained on all three bundled tasks); the store holds ARC-Challenge and
+Winogrande training rows as its training data. A window of the same tasks' test prompts must not drift; a window of
+MBPP prompts (code, a different population) must, with the embedding test as a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixllm import drift as D
+from mixllm.config import get_settings
+from mixllm.data import ROUTERBENCH_TS, load_routerbench
+from mixllm.registry import Registry
+from mixllm.routers.registry import load_router
+from mixllm.store import Store
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2030, 1, 2, 12, tzinfo=timezone.utc)
+CONFIG = D.DriftConfig(min_requests=40, max_sample=80, permutations=200)
+
+
+def _queries(df: pd.DataFrame, tasks: list[str], per_task: int) -> pd.DataFrame:
+    keep = df[df["task"].isin(tasks)].drop_duplicates("query_id").groupby("task").head(per_task)["query_id"]
+    return df[df["query_id"].isin(keep)]
+
+
+@pytest.fixture(scope="module")
+def bundled(routerbench_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return load_routerbench(routerbench_dir, "train"), load_routerbench(routerbench_dir, "test")
+
+
+def test_statistics_on_known_samples() -> None:
+    rng = np.random.default_rng(0)
+    same = D.mmd_test(rng.normal(size=(60, 5)), rng.normal(size=(60, 5)), 200, rng)
+    moved = D.mmd_test(rng.normal(size=(60, 5)), rng.normal(0.8, 1, size=(60, 5)), 200, rng)
+    assert same[1] > 0.05 and moved[1] < 0.01 and moved[0] > same[0]
+    with pytest.raises(ValueError):
+        D.DriftConfig(mmd_alpha=2)
+    bad = Path(get_settings().ensure_home()) / "drift.yaml"
+    bad.write_text("mmd_alpha: lots\n")
+    with pytest.raises(Exception, match="invalid drift file"):
+        D.load_drift_config(bad)
+    assert D.load_drift_config().mmd_alpha == 0.01
+
+
+def test_same_population_does_not_drift_and_code_does(trained_router_dir: Path, bundled, tmp_path: Path) -> None:
+    train, test = bundled
+    router = load_router(trained_router_dir)
+    reference = _queries(train, ["arc-challenge", "winogrande"], 60)
+    calm = _queries(test, ["arc-challenge", "winogrande"], 30)
+    code = _queries(test, ["mbpp"], 60)
+    quiet = D.monitor(router, reference, calm, CONFIG, 1000.0)
+    moved = D.monitor(router, reference, code, CONFIG, 1000.0)
+    assert quiet.decided and not quiet.drifted, quiet.reasons
+    assert moved.drifted and any(r.startswith("embedding_mmd") for r in moved.reasons)
+    files = D.write_report(moved, tmp_path / "report")
+    assert files["png"].stat().st_size > 10_000 and "DRIFT" in files["html"].read_text()
+    assert json.loads(files["json"].read_text())["drifted"] is True
+    few = D.monitor(router, reference, code[code["query_id"].isin(code["query_id"].unique()[:5])], CONFIG, 1000.0)
+    assert not few.decided and not few.drifted and "too few requests" in few.note
+
+
+def test_flow_logs_the_report_and_starts_the_nightly_deployment(trained_router_dir: Path, bundled,
+                                                               tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from mixllm_flows.drift import drift_monitor
+    from mixllm_flows.nightly import nightly
+
+    train, test = bundled
+    settings = get_settings()
+    reg = Registry(settings)
+    version = reg.log_candidate(trained_router_dir, None, "d" * 64)
+    reg.promote(version, reason="drift test", who="test")
+    store = Store(settings.store_url)
+    reference = _queries(train, ["arc-challenge", "winogrande"], 60).assign(ts=ROUTERBENCH_TS)
+    window = _queries(test, ["mbpp"], 60).assign(ts=NOW - timedelta(hours=1))
+    rows = pd.concat([reference, window])
+    store.append_logs(rows.astype(object).where(rows.notna(), None).to_dict("records"))
+    store.dispose()
+    config = tmp_path / "drift.yaml"
+    config.write_text("\n".join(f"{k}: {v}" for k, v in CONFIG.model_dump().items()))
+    deployment_id = nightly.to_deployment(name="it-drift").apply()
+    out = drift_monitor(str(config), "mixllm-nightly/it-drift", str(tmp_path / "out"), NOW.isoformat())
+    assert out["drifted"] and out["triggered"], out
+    assert any(r.startswith("embedding_mmd") for r in out["reasons"])
+    run = reg.client.get_run(out["run_id"])
+    assert run.data.tags["mixllm.run_kind"] == "drift" and run.data.metrics["drifted"] == 1.0
+    assert {a.path for a in reg.client.list_artifacts(out["run_id"], "drift")} >= {
+        "drift/drift.html", "drift/drift.png", "drift/drift.json"}
+    with get_client(sync_client=True) as client:
+        started = client.read_flow_run(out["triggered"])
+    assert str(started.deployment_id) == str(deployment_id) and "drift-triggered" in started.tags
