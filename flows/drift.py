@@ -62,13 +62,13 @@ def checks(router: Any, logs: Any, feedback: Any, config: D.DriftConfig, wtp: fl
 def log_report(report: D.DriftReport, settings: Any, out_dir: Path | None) -> dict[str, Any]:
     from mixllm.registry import Registry
 
-    folder = out_dir or Path(tempfile.mkdtemp(prefix="mixllm-drift-"))
-    files = D.write_report(report, folder)
-    run_id = Registry(settings).log_monitoring_run(
-        "drift", report.metrics(), {"router_version": report.router_version, "window_start": report.window_start,
-                                    "window_end": report.window_end},
-        list(files.values()), {"drifted": report.drifted, "reasons": "; ".join(report.reasons) or "none"})
-    return {"run_id": run_id, **{k: str(v) for k, v in files.items()}}
+    with tempfile.TemporaryDirectory(prefix="mixllm-drift-") as tmp:  # MLflow keeps the copies; nothing left behind
+        files = D.write_report(report, out_dir or Path(tmp))
+        run_id = Registry(settings).log_monitoring_run(
+            "drift", report.metrics(), {"router_version": report.router_version,
+                                        "window_start": report.window_start, "window_end": report.window_end},
+            list(files.values()), {"drifted": report.drifted, "reasons": "; ".join(report.reasons) or "none"})
+    return {"run_id": run_id, **({k: str(v) for k, v in files.items()} if out_dir else {})}
 
 
 @task(name="trigger-nightly", **IO_RETRY)
