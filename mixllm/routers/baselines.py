@@ -13,7 +13,8 @@ cheapest; cheapest), since only the resulting points matter to the frontier.
   without task labels does not have);
 - knn: mean quality and cost over the k most similar train prompts (plain MiniLM embeddings, ties included);
 - lgbm: one LightGBM success classifier per LLM on plain MiniLM embeddings; tfidf_lgbm: the same on TF-IDF features;
-  both with a per-LLM linear cost model on prompt tokens.
+  both with a per-LLM linear cost model on prompt tokens;
+- mlp: RouterBench's MLP quality predictor on plain MiniLM (one network for every LLM), linear cost model.
 The plain-embedding ablation of the MixLLM router (`plain_router`) is `mixllm.router.PlainMixLLMRouter`.
 """
 
@@ -499,3 +500,59 @@ class TfidfLGBMRouter(_LGBMRouter):
         params = {k: v for k, v in self._VECTORIZER.items() if k not in ("max_features", "min_df")}
         self._vec = TfidfVectorizer(**params, vocabulary={t: i for i, t in enumerate(facts["vocabulary"])})
         self._vec.idf_ = arrays["idf"]
+
+
+class MLPRouter(ScoreRouter):
+    """RouterBench's MLP quality predictor, re-implemented on our features: one multi-output MLP (sklearn
+    `MLPRegressor`, ReLU hidden layer, early stopping on a seeded 10% split) from plain MiniLM embeddings to every
+    LLM's quality at once (an unknown cell takes the LLM's mean), clipped to [0, 1]; cost = a + b x prompt tokens
+    per LLM (least squares). The stronger published router of the evaluation: unlike kNN it learns which directions
+    of the embedding matter, unlike per-LLM trees it shares one representation across LLMs. Inference is a numpy
+    forward pass over the saved weights (no sklearn object in the artifact)."""
+
+    name: ClassVar[str] = "mlp"
+    params: ClassVar[tuple[str, ...]] = ("hidden", "alpha", "seed")
+
+    def __init__(self, hidden: int = 128, alpha: float = 1e-3, seed: int = 0, catalogue: Catalogue | None = None,
+                 embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> None:
+        super().__init__(seed, catalogue)
+        self.hidden, self.alpha = hidden, alpha
+        self.embed = embed or plain_embeddings
+
+    def fit(self, log: pd.DataFrame) -> "MLPRouter":
+        from sklearn.neural_network import MLPRegressor
+
+        train = self._learned(log)
+        x = np.asarray(self.embed(train.prompts), np.float64)
+        mean = np.nan_to_num(np.nanmean(np.where(np.isfinite(train.quality), train.quality, np.nan), axis=0))
+        y = np.where(np.isfinite(train.quality), train.quality, mean)
+        mlp = MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, early_stopping=True,
+                           validation_fraction=0.1, n_iter_no_change=10, max_iter=300, random_state=self.seed)
+        mlp.fit(x, y)
+        self._weights = [np.asarray(w) for w in mlp.coefs_]
+        self._biases = [np.asarray(b) for b in mlp.intercepts_]
+        tokens = np.column_stack([np.ones(train.n), np.nan_to_num(train.prompt_tokens)])
+        self._cost_coef, *_ = np.linalg.lstsq(tokens, train.cost, rcond=None)
+        return self
+
+    def _estimates(self, prompts, tokens, tasks):
+        h = np.asarray(self.embed(prompts), np.float64)
+        for i, (w, b) in enumerate(zip(self._weights, self._biases)):
+            h = h @ w + b
+            if i < len(self._weights) - 1:
+                h = np.maximum(h, 0.0)
+        q = np.clip(h.reshape(len(prompts), -1), 0.0, 1.0)
+        return q, np.column_stack([np.ones(len(tokens)), np.nan_to_num(tokens)]) @ self._cost_coef
+
+    @property
+    def note(self) -> str:
+        return f"MLP ({self.hidden} ReLU units) on plain MiniLM -> every LLM's quality; linear cost model"
+
+    def _state(self):
+        arrays = {f"w{i}": w for i, w in enumerate(self._weights)} | {f"b{i}": b for i, b in enumerate(self._biases)}
+        return {"layers": len(self._weights)}, arrays | {"cost_coef": self._cost_coef}
+
+    def _restore(self, facts, arrays):
+        self._weights = [arrays[f"w{i}"] for i in range(facts["layers"])]
+        self._biases = [arrays[f"b{i}"] for i in range(facts["layers"])]
+        self._cost_coef = arrays["cost_coef"]

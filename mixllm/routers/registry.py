@@ -13,12 +13,12 @@ from pathlib import Path
 from mixllm.exceptions import ArtifactError, ConfigError
 from mixllm.router import MixLLMRouter, PlainMixLLMRouter
 from mixllm.routers.base import Router, read_manifest
-from mixllm.routers.baselines import (KNNRouter, LGBMRouter, OracleRouter, RandomRouter, SingleModelRouter,
-                                      TaskPriorRouter, TfidfLGBMRouter)
+from mixllm.routers.baselines import (KNNRouter, LGBMRouter, MLPRouter, OracleRouter, RandomRouter,
+                                      SingleModelRouter, TaskPriorRouter, TfidfLGBMRouter)
 
 ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (
     MixLLMRouter, PlainMixLLMRouter, SingleModelRouter, RandomRouter, OracleRouter, TaskPriorRouter, KNNRouter,
-    LGBMRouter, TfidfLGBMRouter)}
+    LGBMRouter, TfidfLGBMRouter, MLPRouter)}
 DEFAULT_ROUTER = MixLLMRouter.name  # artifacts saved before the registry existed name no class: they are MixLLM's
 
 

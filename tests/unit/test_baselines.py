@@ -303,3 +303,24 @@ def test_decide_explores_with_the_routers_own_seeded_generator_and_records_prope
     assert (router.choose(pred, 1e3) == greedy).all()
     plain = rb.TaskPriorRouter(seed=7).fit(log)
     assert all(d.propensity == 1.0 for d in plain.decide(plain.predict(prompts, tasks=tasks), 1e3))
+
+
+def test_mlp_router_learns_a_separable_split_and_round_trips(tmp_path):
+    """RouterBench's MLP predictor (registered "mlp"): on a toy embedding where 'a' wins the python prompts and 'b'
+    the riddles it routes each to its winner, and the saved numpy weights predict exactly what the fitted net did."""
+    prompts = [f"python code {i}" for i in range(40)] + [f"riddle cat {i}" for i in range(40)]
+    rows = []
+    for i, p in enumerate(prompts):
+        rows += [{"query_id": str(i), "prompt": p, "model": "a", "quality": float(i < 40), "cost_usd": 1.0,
+                  "prompt_tokens": 5, "task": "t"},
+                 {"query_id": str(i), "prompt": p, "model": "b", "quality": float(i >= 40), "cost_usd": 1.0,
+                  "prompt_tokens": 5, "task": "t"}]
+    embed = lambda ps: np.array([[float("python" in p), float("cat" in p)] for p in ps])  # noqa: E731
+    router = rb.MLPRouter(hidden=8, seed=0, embed=embed).fit(pd.DataFrame(rows))
+    assert router_class("mlp") is rb.MLPRouter
+    again = load_router(router.save(tmp_path / "mlp"))
+    again.embed = embed
+    probe = ["python code 99", "riddle cat 99"]
+    np.testing.assert_array_equal(again.predict(probe).quality, router.predict(probe).quality)
+    assert [d.model for d in again.route(probe, 1e6)] == ["a", "b"]
+    assert again.hidden == 8 and ((router.predict(probe).quality >= 0) & (router.predict(probe).quality <= 1)).all()
