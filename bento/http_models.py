@@ -54,6 +54,8 @@ class RouteResult(BaseModel):
     willingness_to_pay: float
     router_version: str
     source_version: str | None = Field(default=None, description="Registry version (or local stamp) served.")
+    arm: Literal["champion", "challenger"] = Field(default="champion", description="Which router decided: "
+                                                   "\"challenger\" for a canary session.")
     candidates: list[CandidateScore]
 
 

@@ -47,6 +47,13 @@ class ServiceMetrics:
         self.spend = Counter("mixllm_spend_usd", "Observed LLM cost in USD by model and where it was reported.",
                              ["model", "source"], registry=r)
 
+        self.arms = Counter("mixllm_route_arm", "Decisions by the router that made them (champion, or challenger "
+                            "for the canary share).", ["arm"], registry=r)
+        self.shadow_queued = Gauge("mixllm_shadow_queued", "Shadow requests waiting for the challenger.",
+                                   registry=r, multiprocess_mode="mostrecent")
+        self.shadow_decided = Gauge("mixllm_shadow_decided", "Shadow requests the challenger decided since the "
+                                    "shadow process started.", registry=r, multiprocess_mode="mostrecent")
+
         self._router_labels: tuple[str, str] | None = None
 
     def set_router(self, router_version: str, source_version: str | None) -> None:

@@ -26,6 +26,7 @@ from mixllm.serving.holder import LocalDirSource, RegistrySource
 from mixllm.serving.outbox import Outbox
 from mixllm.serving.schemas import FeedbackRequest, RequestRejected, conversation_text
 from mixllm.serving.settings import BUNDLED_ROUTER_DIRNAME, ServingSettings
+from mixllm.serving.shadow_worker import ShadowProcess, challenger_source
 from mixllm.telemetry import go_offline
 
 from .guards import ApiGuardMiddleware
@@ -59,8 +60,12 @@ class RouterService:
         outbox.start(store_url=self.settings.store_url if self.cfg.forwarder == "process" else None)
         self.engine = ServingEngine(self._source(), self.cfg, outbox, self._open_store, self.settings.max_prompt_chars,
                                     self.settings.default_willingness_to_pay, self.metrics.batch_size.observe,
-                                    self._on_swap)
+                                    self._on_swap, self._challenger())
         self.engine.start()
+        self.shadow: ShadowProcess | None = None
+        if self.cfg.shadow_sample > 0:  # the challenger decides sampled requests in its own low-priority process
+            self.shadow = ShadowProcess(spool, self.settings.store_url)
+            self.shadow.start()
         endpoints = None
         if self.settings.catalogue_path is not None:  # a bad deployment catalogue fails the start, not a request
             from mixllm.catalogue import load_catalogue
@@ -77,6 +82,11 @@ class RouterService:
 
         return RegistrySource(Registry(self.settings), self.cfg.router_alias)
 
+    def _challenger(self) -> Any:
+        """The canary arm's source (None: no canary). A missing challenger alias is not an error: the champion
+        serves every request until one is registered, and /readyz says so."""
+        return challenger_source(self.cfg, self.settings) if self.cfg.canary_share > 0 else None
+
     def _open_store(self) -> Any:
         from mixllm.store import Store
 
@@ -90,6 +100,8 @@ class RouterService:
     async def shutdown(self) -> None:
         """Stop polling, finish queued routes, deliver the outbox to the store (what is left waits in the spool)."""
         await self.passthrough.aclose()
+        if self.shadow is not None:
+            await asyncio.to_thread(self.shadow.stop)
         log.info("service stopped; %d events left in the outbox for the next start",
                  await asyncio.to_thread(self.engine.close))
 
@@ -100,6 +112,10 @@ class RouterService:
         """Refresh the gauges; append our metrics only when BentoML's multi-process collector does not export them."""
         self.metrics.outbox_pending.set(self.engine.outbox.pending())
         self.metrics.source_up.set(1 if self.engine.holder.source_ok else 0)
+        if self.cfg.shadow_sample > 0 and self.engine.outbox is not None:
+            shadow = self.engine.outbox.shadow_status()
+            self.metrics.shadow_queued.set(shadow["queued"])
+            self.metrics.shadow_decided.set(shadow.get("decided", 0))
         return content if self.metrics.exported_by_bentoml() else content + self.metrics.render()
 
     # ------------------------------------------------------------------------------------ routing ------------
@@ -118,6 +134,7 @@ class RouterService:
             return rejected(e)
         for r in routed:
             self.metrics.decisions.labels(r.choice.model).inc()
+            self.metrics.arms.labels(r.arm).inc()
             if r.choice.sticky:
                 self.metrics.sticky.inc()
         self.metrics.route_requests.labels(endpoint, "ok").inc()
@@ -129,7 +146,7 @@ class RouterService:
         return RouteResult(request_id=r.request.request_id, model=c.model, router_choice=c.router_choice,
                            sticky=c.sticky, session_id=r.request.session_id,
                            willingness_to_pay=r.request.willingness_to_pay, router_version=d.router_version,
-                           source_version=self.engine.holder.ref, candidates=list(d.candidates))
+                           source_version=r.source_ref, arm=r.arm, candidates=list(d.candidates))
 
     @bentoml.api(route="/route")
     async def route(self, prompt: Prompt | None = None, messages: Messages | None = None,

@@ -17,6 +17,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="mixllm: route every query to the LLM with the best answer per dollar.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="The nightly pipeline (Prefect): run once or schedule.")
 app.add_typer(pipeline_app, name="pipeline")
+shadow_app = typer.Typer(no_args_is_help=True, help="Shadow decisions of the challenger on live traffic.")
+app.add_typer(shadow_app, name="shadow")
+canary_app = typer.Typer(no_args_is_help=True, help="The canary of the challenger: its verdict on live feedback.")
+app.add_typer(canary_app, name="canary")
 
 
 # ---------------------------------------------------------------- data: ingest, quarantine (store.py) --------
@@ -547,6 +551,142 @@ def versions(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
 
 
 
+# ---------------------------------------------------------------- operations: shadow, canary, drift ---------
+
+def _version_dir(reg, alias: str, given: str | None):
+    """A router directory: the one given, else the registry alias's (downloaded once, cached)."""
+    from pathlib import Path
+
+    if given:
+        return Path(given)
+    if reg.version_for(alias) is None:
+        raise MixLLMError(f"no version of {reg.name} has the alias {alias!r}: register a challenger (the nightly "
+                          f"pipeline does) or pass --{alias}-dir DIR")
+    return reg.router_dir(alias)
+
+
+@shadow_app.command("report")
+def shadow_report(
+    hours: float = typer.Option(24.0, "--hours", min=0.01, help="Shadow decisions of the last HOURS hours."),
+    ope: bool = typer.Option(True, "--ope/--no-ope", help="Also estimate the challenger's value off-policy on the "
+                             "champion's labelled decisions of the same window (loads both routers)."),
+    mlflow_run: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report as an MLflow run "
+                                    "(experiment <experiment>-monitoring)."),
+    champion_dir: str | None = typer.Option(None, "--champion-dir", help="Champion router dir (default: alias)."),
+    challenger_dir: str | None = typer.Option(None, "--challenger-dir", help="Challenger router dir (default: "
+                                              "alias)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report (JSON) here."),
+    store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
+) -> None:
+    """Agreement, predicted quality/cost deltas and the off-policy estimate of the challenger on live traffic."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    from mixllm import shadow
+    from mixllm.config import get_settings
+
+    settings = get_settings()
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    store = _store(store_url)
+    try:
+        rep = shadow.report(shadow.read(store, since), since)
+    finally:
+        store.dispose()
+    reg = _registry() if (mlflow_run or (ope and not (champion_dir and challenger_dir))) else None
+    if ope:
+        from mixllm.ope import OPEConfig, production_metrics
+
+        rep.ope = production_metrics(settings.model_copy(update={"store_url": store_url or settings.store_url}),
+                                     _version_dir(reg, "challenger", challenger_dir),
+                                     _version_dir(reg, "champion", champion_dir), OPEConfig(since=since))
+    typer.echo(rep.to_text())
+    with tempfile.TemporaryDirectory(prefix="mixllm-shadow-") as tmp:
+        path = shadow.write(rep, Path(json_out) if json_out else Path(tmp) / "shadow.json")
+        if mlflow_run:
+            run_id = reg.log_monitoring_run("shadow", rep.metrics(), {"hours": hours, "since": rep.since},
+                                            [path], {"challenger": ",".join(rep.challenger_versions) or "none"})
+            typer.echo(f"mlflow run: {run_id}")
+
+
+@canary_app.command("check")
+def canary_check(
+    apply_verdict: bool = typer.Option(False, "--apply", help="Apply the verdict: promote, or remove the "
+                                       "challenger alias (rollback/expiry). Without it: report only."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Error rate of a promotion (always-valid mSPRT)."),
+    rollback_alpha: float = typer.Option(0.10, "--rollback-alpha", help="Error rate of a rollback."),
+    min_labels: int = typer.Option(30, "--min-labels", help="Labelled decisions each arm needs first."),
+    max_hours: float = typer.Option(72.0, "--max-hours", help="Undecided this long: expire the canary."),
+    store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
+) -> None:
+    """The canary's verdict on the live feedback since it started (what the `canary` deployment runs)."""
+    import json
+
+    from mixllm import canary
+    from mixllm.config import get_settings
+
+    try:
+        cfg = canary.CanaryConfig(alpha=alpha, rollback_alpha=rollback_alpha, min_labels=min_labels,
+                                  max_hours=max_hours)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    reg, store = _registry(), _store(store_url)
+    try:
+        decision = canary.evaluate(reg, store, cfg, get_settings().default_willingness_to_pay)
+    finally:
+        store.dispose()
+    if apply_verdict:
+        canary.apply(reg, decision, who=_who(None))
+    typer.echo(json.dumps({"verdict": decision.verdict, "reason": decision.reason, "applied": apply_verdict,
+                           **{k: v for k, v in decision.evidence().items() if k not in ("verdict", "reason")}},
+                          default=str))
+
+
+@app.command()
+def drift(
+    config: str | None = typer.Option(None, "--config", help="Drift thresholds YAML (default: packaged)."),
+    report_dir: str | None = typer.Option(None, "--report-dir", help="Write drift.html/.png/.json here."),
+    mlflow_run: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report as an MLflow run."),
+    router_dir: str | None = typer.Option(None, "--router", help="Router to check (default: the champion)."),
+    store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
+) -> None:
+    """Has the last window of logged traffic drifted from the champion's training data? Prints one JSON line;
+    exits 1 on drift (the `drift` deployment also starts the nightly run)."""
+    import json
+    import tempfile
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from mixllm import drift as D
+    from mixllm.config import get_settings
+    from mixllm.routers.registry import load_router
+
+    settings = get_settings()
+    cfg = D.load_drift_config(config)
+    reg = _registry() if (mlflow_run or router_dir is None) else None
+    router = load_router(_version_dir(reg, "champion", router_dir))
+    store = _store(store_url)
+    try:
+        logs, feedback = store.logs(), store.feedback()
+    finally:
+        store.dispose()
+    reference, window, start, end = D.split_window(logs, router.manifest.get("data_until"), cfg,
+                                                   datetime.now(timezone.utc))
+    report = D.monitor(router, reference, window, cfg, settings.default_willingness_to_pay, feedback, start, end)
+    out = {"drifted": report.drifted, "decided": report.decided, "reasons": report.reasons, "note": report.note,
+           "router_version": report.router_version, **report.metrics()}
+    with tempfile.TemporaryDirectory(prefix="mixllm-drift-") as tmp:
+        files = D.write_report(report, Path(report_dir) if report_dir else Path(tmp))
+        if mlflow_run:
+            out["run_id"] = reg.log_monitoring_run(
+                "drift", report.metrics(), {"router_version": report.router_version, "window_start": start,
+                                            "window_end": end}, list(files.values()),
+                {"drifted": report.drifted, "reasons": "; ".join(report.reasons) or "none"})
+    typer.echo(json.dumps(out, default=str))
+    if report.drifted:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- service: serve (bento/) --------------------
 
 @app.command()
@@ -557,6 +697,13 @@ def serve(
                               help="Registry alias to serve and follow (polled every MIXLLM_POLL_SECONDS)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(3000, "--port", help="TCP port."),
+    shadow_sample: float | None = typer.Option(None, "--shadow-sample", min=0, max=1, envvar="MIXLLM_SHADOW_SAMPLE",
+                                               help="Share of requests the challenger also decides, off the "
+                                               "response path (see `mixllm shadow report`)."),
+    canary_share: float | None = typer.Option(None, "--canary-share", min=0, max=1, envvar="MIXLLM_CANARY_SHARE",
+                                              help="Share of sessions the challenger routes (see `mixllm canary`)."),
+    challenger_dir: str | None = typer.Option(None, "--challenger-dir", envvar="MIXLLM_CHALLENGER_DIR",
+                                              help="Challenger router directory instead of the registry alias."),
 ) -> None:
     """Start the routing service (BentoML): /route, /feedback, /readyz, /metrics, /admin/reload (see README)."""
     import os
@@ -569,6 +716,11 @@ def serve(
             raise MixLLMError(f"{path} is not a saved router (no manifest.json); train one with `mixllm train`")
         os.environ["MIXLLM_ROUTER_DIR"] = str(path)
     os.environ["MIXLLM_ROUTER_ALIAS"] = alias
+    for key, value in (("MIXLLM_SHADOW_SAMPLE", shadow_sample), ("MIXLLM_CANARY_SHARE", canary_share)):
+        if value is not None:
+            os.environ[key] = str(value)
+    if challenger_dir is not None:
+        os.environ["MIXLLM_CHALLENGER_DIR"] = str(Path(challenger_dir).expanduser().resolve())
     from mixllm.config import get_settings
 
     settings = get_settings()

@@ -10,6 +10,10 @@ What it guarantees, and why:
   training and evaluation) is committed to the outbox before any caller of the batch gets its answer.
 - **Bounded online learning.** Feedback is validated against the decision it rates, stored, then folded into the
   live router on the routing thread, through `OnlineCaps` (per request id and per source).
+- **Shadow and canary never slow the champion.** A sampled champion decision queues a shadow request in the same
+  spool commit (no extra write); a low-priority process lets the challenger decide it (`mixllm.serving.
+  shadow_worker`). A canary share of sessions (hashed `session_id`, else the request id) is decided by the
+  challenger in the same micro-batch; without a loaded challenger every request stays with the champion.
 - **Online state survives.** A router is loaded beside the serving one, warmed up and given the feedback received
   after its training snapshot (`mixllm.serving.replay`) before it serves; what the old router learned meanwhile
   is folded in right after the swap.
@@ -18,7 +22,10 @@ What it guarantees, and why:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import random
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -31,6 +38,7 @@ from mixllm.schemas import FeedbackRecord, LogRecord, RouteDecision, utc_now
 from mixllm.serving.batcher import MicroBatcher, limit_blas_threads, settle_heap
 from mixllm.serving.caps import OnlineCaps
 from mixllm.serving.holder import RouterHolder, RouterSource, StaticSource
+from mixllm.serving.settings import CANARY_ARM, CHAMPION_ARM
 from mixllm.serving.outbox import DecisionRef, Outbox
 from mixllm.serving.replay import Learnable, snapshot_time, spooled_events, stored_events
 from mixllm.serving.schemas import FeedbackRequest, RequestRejected, RouteRequest, constraints_of
@@ -49,6 +57,8 @@ class Routed:
     request: RouteRequest
     decision: RouteDecision
     choice: StickyChoice
+    arm: str = CHAMPION_ARM  # "champion", or "challenger" for a canary decision
+    source_ref: str | None = None  # registry version (or local stamp) of the router that decided
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,18 @@ class ServingEngine:
     def __init__(self, source: RouterSource, settings: ServingSettings | None = None, outbox: Outbox | None = None,
                  store_factory: Callable[[], Any] | None = None, max_prompt_chars: int | None = None,
                  default_wtp: float = 1000.0, on_batch: Callable[[int], None] | None = None,
-                 on_swap: Callable[[Any, str | None], None] | None = None) -> None:
+                 on_swap: Callable[[Any, str | None], None] | None = None,
+                 challenger: RouterSource | None = None) -> None:
         self.settings = settings or ServingSettings()
         self.outbox, self.store_factory = outbox, store_factory
         self.max_prompt_chars, self.default_wtp = max_prompt_chars, default_wtp
         self.sessions = SessionTracker(self.settings.sticky_margin, self.settings.session_ttl_seconds,
                                        self.settings.max_sessions)
         self.holder = RouterHolder(source, on_swap=self._swapped, prepare=self._prepare)
+        # The canary arm: a second router, only warmed up (it learns nothing online; the nightly retrains it)
+        self.challenger = (RouterHolder(challenger, prepare=self._warm_up)
+                           if challenger is not None and self.settings.canary_share > 0 else None)
+        self._shadow_draw = random.Random()
         self.replay = ReplayReport()
         self._on_batch, self._on_swap = on_batch, on_swap
         self._caps: weakref.WeakKeyDictionary[Any, OnlineCaps] = weakref.WeakKeyDictionary()
@@ -117,11 +132,16 @@ class ServingEngine:
         self.updater = MicroBatcher(self._update_batch, self.settings.max_batch, name="router-updater")
         self.holder.refresh()
         self.holder.start_polling(self.settings.poll_seconds)
+        if self.challenger is not None:  # no challenger yet: the champion serves every request meanwhile
+            self.challenger.refresh()
+            self.challenger.start_polling(self.settings.poll_seconds)
 
     def close(self, flush_timeout: float = 30.0) -> int:
         """Stop following the source, finish queued work, deliver the outbox; returns the events left in it.
         Closing twice does nothing more."""
         self.holder.stop()
+        if self.challenger is not None:
+            self.challenger.stop()
         for b in (self.updater, self.batcher):  # updates first: each one finishes on the routing thread
             if b is not None:
                 b.close()
@@ -142,7 +162,24 @@ class ServingEngine:
             status["outbox_last_error"] = self.outbox.last_error
         status["sessions"] = len(self.sessions)
         status["replay"] = dict(vars(self.replay))
+        if self.challenger is not None:
+            c = self.challenger.status()
+            status["canary"] = {"share": self.settings.canary_share, "active": c["ready"],
+                                **{k: c[k] for k in ("router_version", "source", "source_version",
+                                                     "source_reachable", "last_error")}}
+        if self.settings.shadow_sample > 0 and self.outbox is not None:
+            status["shadow"] = {"sample": self.settings.shadow_sample, **self.outbox.shadow_status()}
         return status
+
+    def known_models(self) -> set[str]:
+        """Models of the champion and, while a canary runs, of the challenger (feedback may rate either's)."""
+        known = set(self.router.models) if self.router is not None else set()
+        challenger = self.challenger.router if self.challenger is not None else None
+        return known | set(challenger.models) if challenger is not None else known
+
+    def _warm_up(self, router: Any, ref: str | None) -> None:
+        limit_blas_threads()
+        self._on_thread(lambda: router.predict(["warm-up"]))
 
     def _on_thread(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the routing thread (see MicroBatcher.call), or here when no batcher runs (the CLI)."""
@@ -237,11 +274,34 @@ class ServingEngine:
             raise RequestRejected(str(e), None, "store_unavailable") from e
 
     def decide_batch(self, requests: list[RouteRequest]) -> list[Routed | BaseException]:
-        """Decide a micro-batch: one `predict` for its distinct prompts, one `decide` per (willingness to pay,
-        constraints) group, then one outbox commit before any caller gets its answer."""
-        router = self.router
-        if router is None:
+        """Decide a micro-batch per arm (champion, canary challenger): one `predict` for each arm's distinct
+        prompts, one `decide` per (willingness to pay, constraints) group, then one outbox commit before any caller
+        gets its answer."""
+        if self.router is None:
             return [RoutingError("no router is loaded yet; see /readyz")] * len(requests)
+        results: list[Any] = [None] * len(requests)
+        arms = self._arms(requests)
+        for arm, holder in ((CHAMPION_ARM, self.holder), (CANARY_ARM, self.challenger)):
+            idxs = [i for i, a in enumerate(arms) if a == arm]
+            if idxs:
+                sub = [requests[i] for i in idxs]
+                for i, r in zip(idxs, self._decide_arm(holder, sub, arm)):
+                    results[i] = r
+        if self.outbox is not None:
+            self._commit(requests, results)
+        return results
+
+    def _arms(self, requests: list[RouteRequest]) -> list[str]:
+        """Which router decides each request: the challenger for a stable `canary_share` of session ids (a request
+        without a session is its own), the champion otherwise or while no challenger is loaded."""
+        share = self.settings.canary_share
+        if self.challenger is None or self.challenger.router is None or share <= 0:
+            return [CHAMPION_ARM] * len(requests)
+        return [CANARY_ARM if canary_bucket(r.session_id or r.request_id or "", self.settings.canary_salt) < share
+                else CHAMPION_ARM for r in requests]
+
+    def _decide_arm(self, holder: RouterHolder, requests: list[RouteRequest], arm: str) -> list[Any]:
+        router, ref = holder.router, holder.ref
         groups: dict[tuple[float, Any], list[int]] = {}
         for i, r in enumerate(requests):  # frozen pydantic constraints hash by value
             groups.setdefault((r.willingness_to_pay, r.constraints), []).append(i)
@@ -250,19 +310,17 @@ class ServingEngine:
         distinct = list(position)
         rows = None if len(distinct) == len(texts) else [position[t] for t in texts]
         results: list[Any] = [None] * len(requests)
-        with self.holder.lock:
+        with holder.lock:
             try:
                 pred = router.predict(distinct)
             except MixLLMError as e:
                 return [e] * len(requests)
             for idxs in groups.values():
-                self._decide(router, pred, rows, requests, idxs, results)
-        if self.outbox is not None:
-            self._commit(requests, results)
+                self._decide(router, pred, rows, requests, idxs, results, (arm, ref))
         return results
 
     def _decide(self, router: Any, pred: Any, rows: list[int] | None, requests: list[RouteRequest],
-                idxs: list[int], results: list[Any]) -> None:
+                idxs: list[int], results: list[Any], arm: tuple[str, str | None] = (CHAMPION_ARM, None)) -> None:
         first = requests[idxs[0]]
         whole = rows is None and len(idxs) == len(requests)
         part = pred if whole else pred.take([i if rows is None else rows[i] for i in idxs])
@@ -274,10 +332,10 @@ class ServingEngine:
                 results[idxs[0]] = e
                 return
             for i in idxs:  # isolate the prompt that has no eligible model; the others still get answers
-                self._decide(router, pred, rows, requests, [i], results)
+                self._decide(router, pred, rows, requests, [i], results, arm)
             return
         for i, d in zip(idxs, decisions):
-            results[i] = Routed(requests[i], d, self.sessions.choose(requests[i].session_id, d))
+            results[i] = Routed(requests[i], d, self.sessions.choose(requests[i].session_id, d), *arm)
 
     def _commit(self, requests: list[RouteRequest], results: list[Any]) -> None:
         """Log every answered decision durably; if the spool fails, those callers get the StoreError instead."""
@@ -290,11 +348,30 @@ class ServingEngine:
                                      ts=utc_now(), router_version=d.router_version, propensity=d.propensity))
             refs.append(DecisionRef(rid, prompt, r.choice.model, d.router_version, tokens, d.propensity))
         try:
-            self.outbox.put(records, refs)  # the answer leaves only once the decision is durable
+            self.outbox.put(records, refs, self._shadow_payloads(ok))  # the answer leaves once it is durable
         except StoreError as e:
             for i, r in enumerate(results):
                 if isinstance(r, Routed):
                     results[i] = e
+
+    def _shadow_payloads(self, routed: list[Routed]) -> list[str]:
+        """The sampled champion decisions the challenger should also decide (JSON rows of the spool's queue)."""
+        sample = self.settings.shadow_sample
+        if sample <= 0:
+            return []
+        out = []
+        for r in routed:
+            if r.arm != CHAMPION_ARM or (sample < 1 and self._shadow_draw.random() >= sample):
+                continue
+            d, req = r.decision, r.request
+            own = next((c for c in d.candidates if c.model == d.model), None)
+            out.append(json.dumps({
+                "request_id": req.request_id, "prompt": req.prompt, "willingness_to_pay": req.willingness_to_pay,
+                "constraints": req.constraints.model_dump(mode="json") if req.constraints is not None else None,
+                "champion_version": d.router_version, "champion_model": d.model, "ts": utc_now().isoformat(),
+                "champion_quality": own.predicted_quality if own else None,
+                "champion_cost": own.predicted_cost_usd if own else None}))
+        return out
 
     # ------------------------------------------------------------------------------------------ feedback -----
     async def feedback(self, req: FeedbackRequest) -> FeedbackOutcome:
@@ -319,9 +396,9 @@ class ServingEngine:
             raise RequestRejected(f"unknown request_id {req.request_id!r} (not routed by this service, or older than "
                                   "the retention window)", "request_id", "not_found")
         model = req.model or (ref.model if ref else None)
-        router = self.router
-        if router is not None and model not in router.models:
-            raise RequestRejected(f"unknown model {model!r}; the router knows {list(router.models)}", "model",
+        known = self.known_models()
+        if known and model not in known:
+            raise RequestRejected(f"unknown model {model!r}; the router knows {sorted(known)}", "model",
                                   "unknown_model")
         records: list[LogRecord | FeedbackRecord] = []
         if req.rating is not None:
@@ -411,3 +488,9 @@ class ServingEngine:
                 except _LEARN_ERRORS as e:
                     out[k] = e
         return out
+
+
+def canary_bucket(key: str, salt: str) -> float:
+    """A stable draw in [0, 1) per key: the same session lands in the same arm on every request and restart."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64

@@ -71,6 +71,11 @@ class Outbox:
                          "NULL, payload TEXT NOT NULL, reason TEXT NOT NULL, ts REAL NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS decisions (request_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, "
                          "model TEXT NOT NULL, router_version TEXT, prompt_tokens INTEGER, ts REAL NOT NULL)")
+        # Requests the challenger should also decide (shadow), drained by the shadow process (mixllm.serving.shadow)
+        self._db.execute("CREATE TABLE IF NOT EXISTS shadow_queue (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "payload TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS shadow_status (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                         "payload TEXT NOT NULL)")
         if "propensity" not in {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}:  # older spool
             self._db.execute("ALTER TABLE decisions ADD COLUMN propensity REAL")
         self._lock = threading.Lock()
@@ -88,8 +93,10 @@ class Outbox:
         self._in_child = False
 
     # -- writing (request path) --
-    def put(self, records: Sequence[LogRecord | FeedbackRecord], decisions: Sequence[DecisionRef] = ()) -> None:
-        """Commit events (and decision index rows) in one transaction; raises `StoreError` if the spool fails."""
+    def put(self, records: Sequence[LogRecord | FeedbackRecord], decisions: Sequence[DecisionRef] = (),
+            shadow: Sequence[str] = ()) -> None:
+        """Commit events (and decision index rows, and shadow requests as JSON) in one transaction; raises
+        `StoreError` if the spool fails. Shadow rows ride the decisions' commit: no extra write on the request path."""
         rows = [("feedback" if isinstance(r, FeedbackRecord) else "log", r.model_dump_json()) for r in records]
         now = time.time()
         drows = [(d.request_id, d.prompt, d.model, d.router_version, d.prompt_tokens, now, d.propensity)
@@ -101,6 +108,8 @@ class Outbox:
                     self._db.executemany("INSERT INTO outbox (kind, payload) VALUES (?, ?)", rows)
                     if drows:
                         self._db.executemany(_INSERT_DECISION, drows)
+                    if shadow:
+                        self._db.executemany("INSERT INTO shadow_queue (payload) VALUES (?)", [(p,) for p in shadow])
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -118,6 +127,13 @@ class Outbox:
     def pending(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def shadow_status(self) -> dict[str, Any]:
+        """Shadow requests waiting, and what the shadow process last reported (challenger, counts, last error)."""
+        with self._lock:
+            queued = int(self._db.execute("SELECT COUNT(*) FROM shadow_queue").fetchone()[0])
+            row = self._db.execute("SELECT payload FROM shadow_status WHERE id = 1").fetchone()
+        return {"queued": queued, **(json.loads(row[0]) if row else {"worker": "not started"})}
 
     def unforwarded(self, limit: int) -> list[LogRecord | FeedbackRecord]:
         """Events committed here but not yet in the store (oldest first): a router loaded now must learn them too."""

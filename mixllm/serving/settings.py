@@ -43,3 +43,20 @@ class ServingSettings(BaseSettings):
                          "after the router's training snapshot before it serves (see mixllm.serving.replay).")
     replay_max_events: int = Field(default=200_000, ge=0, description="Most recent events a load replays.")
     replay_batch: int = Field(default=256, ge=1, description="Events per replay step (routing runs between steps).")
+    # Shadow and canary (issue 15): a second router, the registry's `challenger` alias (or a local directory).
+    challenger_alias: str = Field(default="challenger", min_length=1, description="Registry alias of the router "
+                                  "that shadows and takes the canary share.")
+    challenger_dir: Path | None = Field(default=None, description="Use this local router directory as the "
+                                        "challenger instead of the registry alias (quickstart, tests).")
+    shadow_sample: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of champion-routed requests the "
+                                 "challenger also decides, off the response path (0 = no shadow process).")
+    shadow_batch: int = Field(default=64, ge=1, description="Queued shadow requests decided per forward pass.")
+    shadow_queue_max: int = Field(default=20_000, ge=1, description="Most shadow requests waiting; the oldest are "
+                                  "dropped (and counted) past it, so a starved shadow never grows the spool.")
+    canary_share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of sessions (per session_id, else "
+                                "per request) routed by the challenger (0 = no canary).")
+    canary_salt: str = Field(default="mixllm-canary", min_length=1, description="Salt of the session hash that "
+                             "assigns the canary arm (change it to draw new sessions).")
+
+CHAMPION_ARM = "champion"  # which router decided a request (RouteResult.arm, the canary metrics)
+CANARY_ARM = "challenger"

@@ -1,0 +1,95 @@
+"""The canary flow: the challenger's verdict on the live feedback since its canary started, applied.
+
+A thin Prefect composition of `mixllm.canary`, run every few minutes by the `canary` deployment (prefect.yaml),
+against the store and the registry, never in the request path: read the aliases and the labelled decisions of each
+arm (retried I/O), run the always-valid sequential test, tag the challenger's version with the verdict and its
+evidence, then act: promote (and ship it through the delivery subflow, as `promote` does), or remove the
+`challenger` alias on rollback or expiry (the service stops routing sessions to it at its next poll), or nothing
+while undecided. Each run with a challenger is also an MLflow monitoring run (kind ``canary``).
+
+Run once:  python -m mixllm_flows.canary [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from mixllm import canary as C
+from mixllm.config import get_settings
+
+from .common import COMPUTE, IO_RETRY
+from .delivery import deliver
+
+
+@task(name="canary-verdict", **IO_RETRY)
+def verdict(config: C.CanaryConfig) -> C.CanaryDecision:
+    from mixllm.registry import Registry
+    from mixllm.store import Store
+
+    settings = get_settings()
+    store = Store(settings.store_url)
+    try:
+        return C.evaluate(Registry(settings), store, config, settings.default_willingness_to_pay)
+    finally:
+        store.dispose()
+
+
+@task(name="apply-verdict", **IO_RETRY)
+def apply_verdict(decision: C.CanaryDecision) -> str | None:
+    """Tag, then promote or stop the canary; returns the MLflow run id of the evidence."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mixllm.registry import Registry
+
+    reg = Registry(get_settings())
+    C.apply(reg, decision, who="prefect:mixllm-canary")
+    with tempfile.TemporaryDirectory(prefix="mixllm-canary-") as tmp:
+        path = Path(tmp) / "canary.json"
+        path.write_text(json.dumps(decision.evidence(), indent=1, default=str), encoding="utf-8")
+        return reg.log_monitoring_run("canary", decision.metrics(), {
+            "champion_version": decision.champion_version, "challenger_version": decision.challenger_version},
+            [path], {"verdict": decision.verdict, "reason": decision.reason})
+
+
+@task(name="canary-config", **COMPUTE)
+def config_of(overrides: dict[str, Any]) -> C.CanaryConfig:
+    return C.CanaryConfig(**overrides)
+
+
+@flow(name="mixllm-canary", log_prints=True)
+def canary(alpha: float = 0.05, rollback_alpha: float = 0.10, min_labels: int = 30, max_hours: float = 72.0,
+           dry_run: bool = False, deliver_promoted: bool = True) -> dict[str, Any]:
+    """Decide the running canary: promote (then deliver, unless `deliver_promoted` is off: the service still
+    follows the champion alias at its next poll), roll back, expire, or extend."""
+    logger = get_run_logger()
+    cfg = config_of({"alpha": alpha, "rollback_alpha": rollback_alpha, "min_labels": min_labels,
+                     "max_hours": max_hours})
+    decision = verdict(cfg)
+    out: dict[str, Any] = {"verdict": decision.verdict, "reason": decision.reason,
+                           "challenger_version": decision.challenger_version, "metrics": decision.metrics()}
+    logger.info("canary: %s (%s)", decision.verdict, decision.reason)
+    if decision.verdict == "idle" or dry_run:
+        return out
+    out["run_id"] = apply_verdict(decision)
+    if decision.verdict == "promote" and deliver_promoted:
+        out["delivery"] = deliver(decision.challenger_version)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="decide only: no tag, alias move or delivery")
+    args = parser.parse_args(argv)
+    result = canary(dry_run=args.dry_run)
+    print({k: v for k, v in result.items() if k != "metrics"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

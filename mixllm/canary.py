@@ -1,0 +1,223 @@
+"""The canary's verdict: is the challenger better than the champion on the live feedback of the sessions each
+served? Promote, roll back, or extend (with a maximum duration).
+
+The service routes a stable share of sessions with the registry's ``challenger`` (`ServingSettings.canary_share`);
+every decision is logged with the deciding router's version, and feedback labels it. Per arm, the labelled
+decisions since the canary started give utility = quality - cost / willingness_to_pay (the router's own objective),
+clipped to [`utility_floor`, 1] so that one hostile cost report cannot decide the test.
+
+The test is a mixture sequential probability ratio test (mSPRT, Johari et al. 2017) on the difference of the arms'
+mean utilities: with d ~ N(theta, V) (V = s1^2/n1 + s2^2/n2) and a N(0, tau^2) mixture over theta,
+
+    Lambda = sqrt(V / (V + tau^2)) * exp(tau^2 d^2 / (2 V (V + tau^2)))
+
+is a likelihood ratio against theta = 0 whose crossing of 1/alpha keeps the error rate at alpha however often it is
+checked (an always-valid test: the flow may look every few minutes). Crossing with d > 0 promotes (level `alpha`),
+with d < 0 rolls back (level `rollback_alpha`, looser: a worse challenger should stop early); past `max_hours`
+undecided, the canary expires (the challenger stops serving, the champion stays). Each arm needs `min_labels`
+labelled decisions first. The flow (`mixllm_flows.canary`) applies the verdict and tags the challenger's version
+with the evidence; nothing here is on the request path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from mixllm.exceptions import RegistryError
+
+Verdict = Literal["promote", "rollback", "extend", "expire", "idle"]
+STARTED_TAG = "canary_started_at"
+
+
+class CanaryConfig(BaseModel):
+    """How the canary decides (see the module docstring for the test)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="error rate of a promotion (always valid)")
+    rollback_alpha: float = Field(0.10, gt=0, lt=1, description="error rate of a rollback (looser: stop early)")
+    tau: float = Field(0.1, gt=0, description="sd of the mixture over the utility difference (the effect size "
+                       "the test is most sensitive to)")
+    min_labels: int = Field(30, ge=2, description="labelled decisions each arm needs before any verdict")
+    max_hours: float = Field(72.0, gt=0, description="undecided this long after the start: expire")
+    willingness_to_pay: float | None = Field(None, gt=0, description="utility's operating point (None: "
+                                             "Settings.default_willingness_to_pay)")
+    utility_floor: float = Field(-1.0, lt=0, description="utilities are clipped to [floor, 1]")
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    n: int
+    mean: float
+    sd: float
+
+    @classmethod
+    def of(cls, u: np.ndarray) -> "ArmStats":
+        n = len(u)
+        return cls(n, float(np.mean(u)) if n else math.nan, float(np.std(u, ddof=1)) if n > 1 else math.nan)
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    """A verdict with its evidence (what the version tag and the MLflow run keep)."""
+
+    verdict: Verdict
+    reason: str
+    champion: ArmStats
+    challenger: ArmStats
+    difference: float = math.nan  # challenger - champion mean utility
+    std_error: float = math.nan
+    likelihood_ratio: float = math.nan
+    elapsed_hours: float = 0.0
+    champion_version: str | None = None
+    challenger_version: str | None = None
+
+    def evidence(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        return {"canary/champion_n": self.champion.n, "canary/challenger_n": self.challenger.n,
+                "canary/champion_utility": self.champion.mean, "canary/challenger_utility": self.challenger.mean,
+                "canary/difference": self.difference, "canary/std_error": self.std_error,
+                "canary/likelihood_ratio": self.likelihood_ratio, "canary/elapsed_hours": self.elapsed_hours}
+
+
+def msprt(champion: np.ndarray, challenger: np.ndarray, tau: float) -> tuple[float, float, float]:
+    """(difference of means challenger - champion, its standard error, the mixture likelihood ratio)."""
+    diff = float(np.mean(challenger) - np.mean(champion))
+    var = float(np.var(challenger, ddof=1) / len(challenger) + np.var(champion, ddof=1) / len(champion))
+    var = max(var, 1e-12)  # two constant arms: any difference is decisive, none is not
+    t2 = tau * tau
+    log_lr = 0.5 * math.log(var / (var + t2)) + t2 * diff * diff / (2 * var * (var + t2))
+    return diff, math.sqrt(var), math.exp(min(log_lr, 700.0))
+
+
+def decide(champion: np.ndarray, challenger: np.ndarray, config: CanaryConfig,
+           elapsed_hours: float) -> CanaryDecision:
+    """The verdict on the arms' utilities so far (see the module docstring)."""
+    champion, challenger = np.asarray(champion, float), np.asarray(challenger, float)
+    arms = (ArmStats.of(champion), ArmStats.of(challenger))
+    expired = elapsed_hours >= config.max_hours
+    if min(len(champion), len(challenger)) < config.min_labels:
+        why = (f"{len(champion)} champion and {len(challenger)} challenger labelled decisions; each arm needs "
+               f"{config.min_labels}")
+        return CanaryDecision("expire" if expired else "extend", why + (" and the canary ran out of time" if expired
+                                                                         else ""), *arms,
+                              elapsed_hours=elapsed_hours)
+    diff, se, lr = msprt(champion, challenger, config.tau)
+    stats = {"difference": diff, "std_error": se, "likelihood_ratio": lr, "elapsed_hours": elapsed_hours}
+    if diff > 0 and lr >= 1 / config.alpha:
+        return CanaryDecision("promote", f"challenger better by {diff:+.4f} utility (likelihood ratio {lr:.3g} >= "
+                              f"1/alpha = {1 / config.alpha:.3g})", *arms, **stats)
+    if diff < 0 and lr >= 1 / config.rollback_alpha:
+        return CanaryDecision("rollback", f"challenger worse by {diff:+.4f} utility (likelihood ratio {lr:.3g} >= "
+                              f"1/rollback_alpha = {1 / config.rollback_alpha:.3g})", *arms, **stats)
+    if expired:
+        return CanaryDecision("expire", f"undecided after {elapsed_hours:.1f} h (max {config.max_hours:g} h): "
+                              f"difference {diff:+.4f}, likelihood ratio {lr:.3g}", *arms, **stats)
+    return CanaryDecision("extend", f"undecided: difference {diff:+.4f} +- {se:.4f}, likelihood ratio {lr:.3g}",
+                          *arms, **stats)
+
+
+# ------------------------------------------------------------------------------------------- live feedback --
+def arm_utilities(logs: pd.DataFrame, feedback: pd.DataFrame, versions: dict[str, str], wtp: float,
+                  since: datetime | None = None, floor: float = -1.0) -> dict[str, np.ndarray]:
+    """Utility of each labelled decision per arm ({arm: router_version} -> {arm: utilities}), since `since`.
+
+    Decisions are labelled as the nightly labels them (`mixllm.feedback.label_decisions`: an observed quality wins
+    over ratings). A decision without an observed cost is charged its model's mean observed cost in this window
+    (0 when no cost of that model was reported): ratings alone carry no cost."""
+    from mixllm.feedback import label_decisions
+    from mixllm.ope import logged_decisions
+
+    out = {arm: np.zeros(0) for arm in versions}
+    if logs.empty:
+        return out
+    d = logged_decisions(label_decisions(logs, feedback).rows)
+    if d.empty:
+        return out
+    d = d[d["quality"].notna() & d["router_version"].isin(list(versions.values()))]
+    if since is not None:
+        d = d[pd.to_datetime(d["ts"], utc=True) >= pd.Timestamp(since)]
+    cost = d["cost_usd"].fillna(d.groupby("model")["cost_usd"].transform("mean")).fillna(0.0)
+    u = np.clip(d["quality"].to_numpy(float) - cost.to_numpy(float) / wtp, floor, 1.0)
+    for arm, version in versions.items():
+        out[arm] = u[(d["router_version"] == version).to_numpy()]
+    return out
+
+
+def _router_version(registry: Any, version: str) -> str:
+    """The router stamp (manifest `router_version`, what the log records) of a registry version, from the small
+    manifest its training run logged (the router directory only when the run has none)."""
+    import mlflow
+
+    mv = registry.client.get_model_version(registry.name, version)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="router_manifest/manifest.json")
+        with open(path, encoding="utf-8") as fh:
+            return str(json.load(fh)["router_version"])
+    except Exception:  # noqa: BLE001 - no small manifest (older run): read the router directory's
+        with open(registry.router_dir(version) / "manifest.json", encoding="utf-8") as fh:
+            return str(json.load(fh)["router_version"])
+
+
+def started_at(registry: Any, version: str, now: datetime) -> datetime:
+    """When the canary of `version` started: its tag, set to `now` on the first check."""
+    tags = registry.client.get_model_version(registry.name, version).tags
+    if STARTED_TAG in tags:
+        ts = datetime.fromisoformat(tags[STARTED_TAG])
+        return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    registry.set_tags(version, {STARTED_TAG: now.isoformat(timespec="seconds")})
+    return now
+
+
+def evaluate(registry: Any, store: Any, config: CanaryConfig, wtp: float, now: datetime | None = None) -> \
+        CanaryDecision:
+    """Read the aliases and the store's feedback since the canary started; the verdict (not applied)."""
+    from mixllm.registry import CHALLENGER, CHAMPION
+
+    now = now or datetime.now(timezone.utc)
+    champ, chal = registry.version_for(CHAMPION), registry.version_for(CHALLENGER)
+    empty = ArmStats(0, math.nan, math.nan)
+    if chal is None or champ is None or chal == champ:
+        why = "no challenger alias" if chal is None else "no champion alias" if champ is None else \
+            "the challenger is the champion"
+        return CanaryDecision("idle", why, empty, empty, champion_version=champ, challenger_version=chal)
+    start = started_at(registry, chal, now)
+    versions = {"champion": _router_version(registry, champ), "challenger": _router_version(registry, chal)}
+    logs, feedback = store.logs(since=start, policy_only=False), store.feedback(since=start)
+    u = arm_utilities(logs, feedback, versions, config.willingness_to_pay or wtp, start, config.utility_floor)
+    out = decide(u["champion"], u["challenger"], config, (now - start).total_seconds() / 3600)
+    return replace(out, champion_version=champ, challenger_version=chal)
+
+
+def apply(registry: Any, decision: CanaryDecision, who: str = "canary") -> None:
+    """Record the verdict on the challenger's version (tags with the evidence); promote it, or stop its canary
+    (remove the `challenger` alias: the service stops routing to it) on rollback or expiry."""
+    from mlflow.exceptions import MlflowException
+
+    from mixllm.registry import CHALLENGER
+
+    version = decision.challenger_version
+    if decision.verdict == "idle" or version is None:
+        return
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tags = {"canary_last_check": now, "canary_verdict": decision.verdict, "canary_reason": decision.reason,
+            "canary_evidence": json.dumps(decision.evidence(), default=str)}
+    registry.set_tags(version, tags)
+    if decision.verdict == "promote":
+        registry.promote(version, reason=f"canary: {decision.reason}", who=who)
+    elif decision.verdict in ("rollback", "expire"):
+        try:
+            registry.client.delete_registered_model_alias(registry.name, CHALLENGER)
+        except MlflowException as e:
+            raise RegistryError(f"cannot remove the challenger alias from version {version}: {e}") from e
+        registry.set_tags(version, {"canary_stopped_at": now, "canary_stopped_by": who})

@@ -1,0 +1,119 @@
+"""Shadow and canary on the serving engine with real routers, a real spool and a real store (no HTTP): the canary
+share is sticky per session and logged with the challenger's version; a missing challenger leaves every request
+with the champion; sampled decisions are queued in the spool's commit and the shadow worker writes both decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mixllm import shadow
+from mixllm.serving.engine import ServingEngine
+from mixllm.serving.holder import LocalDirSource
+from mixllm.serving.outbox import Outbox
+from mixllm.serving.settings import ServingSettings
+from mixllm.serving.shadow_worker import ShadowWorker
+from mixllm.store import Store
+
+pytestmark = pytest.mark.model
+PROMPTS = ["What is the capital of France?", "Write a Python function that reverses a list.",
+           "Solve 12 * 17 and explain.", "Summarise the causes of World War I in two sentences."]
+
+
+@pytest.fixture(scope="module")
+def challenger_dir(trained_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained router under another version stamp: what the log records tells the arms apart."""
+    dst = tmp_path_factory.mktemp("challenger") / "router"
+    shutil.copytree(trained_router_dir, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["router_version"] = "challenger-test"
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.fixture
+def make(tmp_path: Path, trained_router_dir: Path):
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    made: list[ServingEngine] = []
+
+    def build(challenger: Path | None = None, **overrides) -> ServingEngine:
+        outbox = Outbox(tmp_path / f"spool{len(made)}.db", lambda: Store(store_url), forward_interval=0.1)
+        engine = ServingEngine(LocalDirSource(trained_router_dir), ServingSettings(poll_seconds=0, **overrides),
+                               outbox, lambda: Store(store_url), max_prompt_chars=32_000,
+                               challenger=LocalDirSource(challenger) if challenger else None)
+        engine.start()
+        made.append(engine)
+        return engine
+
+    build.store_url = store_url  # type: ignore[attr-defined]
+    yield build
+    for e in made:
+        e.close()
+
+
+def _route(engine: ServingEngine, prompts: list[str], session_id: str | None = None):
+    return asyncio.run(engine.route(engine.requests(prompts, "prompts", 1000.0, session_id=session_id)))
+
+
+def test_the_canary_share_is_sticky_per_session_and_logged_with_the_challengers_version(make, challenger_dir):
+    engine = make(challenger_dir, canary_share=0.5)
+    arms = {}
+    for s in range(16):
+        first = _route(engine, PROMPTS[:2], session_id=f"session-{s}")
+        again = _route(engine, PROMPTS[2:], session_id=f"session-{s}")
+        assert len({r.arm for r in first + again}) == 1  # one arm per session, turn after turn
+        arms[s] = first[0].arm
+        for r in first + again:
+            assert r.decision.router_version == ("challenger-test" if r.arm == "challenger"
+                                                 else engine.router.version)
+            assert engine.outbox.decision(r.request.request_id).router_version == r.decision.router_version
+    assert 3 <= sum(a == "challenger" for a in arms.values()) <= 13  # about half of 16 sessions
+    status = engine.status()["canary"]
+    assert status["active"] and status["router_version"] == "challenger-test"
+    all_in = make(challenger_dir, canary_share=1.0)
+    assert {r.arm for r in _route(all_in, PROMPTS)} == {"challenger"}  # no session: per request
+
+
+def test_a_missing_challenger_leaves_every_request_with_the_champion(make, tmp_path):
+    engine = make(tmp_path / "no-such-router", canary_share=1.0)
+    routed = _route(engine, PROMPTS, session_id="s")
+    assert {r.arm for r in routed} == {"champion"}
+    status = engine.status()["canary"]
+    assert status["active"] is False and "does not exist" in status["last_error"]
+
+
+def test_sampled_decisions_are_queued_and_the_worker_stores_both_decisions(make, challenger_dir, tmp_path):
+    engine = make(shadow_sample=1.0)
+    routed = _route(engine, PROMPTS)
+    assert engine.status()["shadow"]["queued"] == len(PROMPTS)
+    worker = ShadowWorker(engine.outbox.path, LocalDirSource(challenger_dir), lambda: Store(make.store_url),
+                          batch=3)
+    assert worker.step() == 3 and worker.step() == 1 and worker.step() == 0
+    worker.write_status()
+    status = engine.status()["shadow"]
+    assert status["queued"] == 0 and status["decided"] == 4 and status["challenger_version"] == "challenger-test"
+    rows = shadow.read(Store(make.store_url))
+    assert sorted(rows["request_id"]) == sorted(r.request.request_id for r in routed)
+    assert set(rows["challenger_version"]) == {"challenger-test"}
+    rep = shadow.report(rows)
+    assert rep.n == 4 and 0.0 <= rep.agreement <= 1.0 and "agreement" in rep.to_text()
+    # Same trained model on both sides: the greedy challenger agrees with each greedy champion decision
+    greedy = rows.set_index("request_id")
+    for r in routed:
+        if r.decision.propensity == 1.0:
+            assert greedy.loc[r.request.request_id, "challenger_model"] == r.decision.model
+
+
+def test_without_a_challenger_the_queue_is_capped_not_grown(make, tmp_path):
+    engine = make(shadow_sample=1.0)
+    _route(engine, PROMPTS)
+    worker = ShadowWorker(engine.outbox.path, LocalDirSource(tmp_path / "none"), lambda: Store(make.store_url),
+                          queue_max=1)
+    assert worker.step() == 0 and worker.counts["dropped"] == 3
+    worker.write_status()
+    status = engine.status()["shadow"]
+    assert status["queued"] == 1 and "does not exist" in status["last_error"]

@@ -1,0 +1,87 @@
+"""The canary's sequential test on generated feedback: promote a better challenger, roll back a worse one, extend
+while undecided, expire at the maximum duration, and keep its error rate however often it looks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixllm.canary import CanaryConfig, arm_utilities, decide
+from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
+
+pytestmark = pytest.mark.unit
+CFG = CanaryConfig(min_labels=30, max_hours=72)
+
+
+def _arm(rng: np.random.Generator, quality: float, n: int) -> np.ndarray:
+    """Utilities of thumbs-labelled decisions (quality 0/1 at rate `quality`) minus a small cost term."""
+    return (rng.random(n) < quality).astype(float) - rng.uniform(0.0, 0.05, n)
+
+
+def test_a_better_challenger_is_promoted_and_a_worse_one_rolled_back():
+    rng = np.random.default_rng(0)
+    champion = _arm(rng, 0.70, 600)
+    better = decide(champion, _arm(rng, 0.82, 300), CFG, elapsed_hours=5)
+    assert better.verdict == "promote" and better.difference > 0 and better.likelihood_ratio >= 1 / CFG.alpha
+    worse = decide(champion, _arm(rng, 0.45, 200), CFG, elapsed_hours=2)
+    assert worse.verdict == "rollback" and worse.difference < 0
+    assert "worse" in worse.reason and worse.evidence()["challenger"]["n"] == 200
+
+
+def test_equal_arms_are_extended_then_expire_and_too_few_labels_never_decide():
+    rng = np.random.default_rng(1)
+    a, b = _arm(rng, 0.7, 400), _arm(rng, 0.7, 400)
+    assert decide(a, b, CFG, elapsed_hours=10).verdict == "extend"
+    expired = decide(a, b, CFG, elapsed_hours=72)
+    assert expired.verdict == "expire" and "undecided" in expired.reason
+    few = decide(_arm(rng, 0.2, 500), _arm(rng, 1.0, 10), CFG, elapsed_hours=1)  # huge gap, 10 labels
+    assert few.verdict == "extend" and "needs 30" in few.reason
+    assert decide(np.array([]), np.array([]), CFG, elapsed_hours=100).verdict == "expire"
+
+
+def test_looking_every_50_labels_keeps_the_false_promotion_rate_below_alpha():
+    """Always valid: 200 canaries of two equal arms, checked after every 50 labels per arm up to 2,000."""
+    rng = np.random.default_rng(2)
+    promoted = 0
+    for _ in range(200):
+        a, b = _arm(rng, 0.7, 2000), _arm(rng, 0.7, 2000)
+        verdicts = (decide(a[:n], b[:n], CFG, 1).verdict for n in range(50, 2001, 50))
+        promoted += any(v == "promote" for v in verdicts)
+    assert promoted / 200 <= CFG.alpha
+
+
+def _log(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for c in LOG_COLUMNS:
+        if c not in df:
+            df[c] = None
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    for c in ("quality", "cost_usd", "propensity"):
+        df[c] = df[c].astype(float)
+    return df[list(LOG_COLUMNS)]
+
+
+def test_arm_utilities_label_decisions_per_router_and_clip_a_hostile_cost():
+    t0 = datetime(2026, 12, 3, 8, tzinfo=timezone.utc)
+    rows, feedback = [], []
+    for i in range(6):
+        version = "v-champ" if i % 2 == 0 else "v-chal"
+        qid, ts = f"q{i}", t0 + timedelta(minutes=i)
+        rows.append({"query_id": qid, "prompt": f"p{i}", "model": "m", "ts": ts, "router_version": version,
+                     "propensity": 1.0})
+        if i < 4:  # observed quality and cost
+            rows.append({"query_id": qid, "prompt": f"p{i}", "model": "m", "ts": ts, "router_version": version,
+                         "propensity": 1.0, "quality": 0.8, "cost_usd": 1e12 if i == 3 else 0.01})
+        else:  # a thumbs-up only
+            feedback.append({"query_id": qid, "model": "m", "rating": 1.0, "ts": ts, "source": "api"})
+    rows.append({"query_id": "old", "prompt": "p", "model": "m", "ts": t0 - timedelta(days=1),
+                 "router_version": "v-chal", "propensity": 1.0, "quality": 0.0, "cost_usd": 0.0})
+    u = arm_utilities(_log(rows), pd.DataFrame(feedback, columns=list(FEEDBACK_COLUMNS)),
+                      {"champion": "v-champ", "challenger": "v-chal"}, wtp=100.0, since=t0, floor=-1.0)
+    assert len(u["champion"]) == 3 and len(u["challenger"]) == 3  # the row before the start is not counted
+    assert u["challenger"].min() == -1.0  # 0.8 - 1e12/100 clipped to the floor
+    assert np.isclose(u["champion"][0], 0.8 - 0.01 / 100)
+    assert u["champion"][-1] <= 1.0  # rating-only: charged the model's mean observed cost
