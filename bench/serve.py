@@ -18,6 +18,11 @@
    floor, RSS <= 1.0 GiB. The served backend's floors (the router's own `QueryEncoder`, same backend and threads as
    the service) are measured beside the torch ones; on torch these rows say they do not apply.
 
+5. Shadow (issue 15): `/route` p50 of one sequential client with the challenger deciding 100% of requests in the
+   shadow process vs the same service without shadow, two services up side by side (the challenger is the served
+   router itself: the same work a real challenger does), alternating rounds, after the shadow queue drained;
+   bar: <= 5% added (median of the rounds' ratios). `--shadow-only` runs just this part.
+
 Writes the `serve` section of BENCHMARKS.md and bench/results/serve.json.
 Usage: python bench/serve.py [--router-dir DIR | (registry champion)] [--seconds 20] [--rounds 10] [--round-seconds 5]
        [--no-write]
@@ -45,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PORT = 3917
 BARS = {"p50_x_single": 1.5, "p99_x_single": 3.0, "throughput_share": 0.70, "rss_gib": 1.5}
+SHADOW_BAR = 0.05  # issue 15: shadow at a 100% sample adds at most 5% to /route p50
 # Issue 16 (a faster encoder): against the torch floors of the same run.
 FAST_BARS = {"p50_x_torch": 1.0, "throughput_x_torch": 2.0, "rss_gib": 1.0}
 
@@ -303,12 +309,14 @@ def _round(fl: dict[str, float], w: dict[str, float], torch_fl: dict[str, float]
             "p99_x": w["p99_ms"] / fl["single_p50_ms"], "p50_x_torch": w["p50_ms"] / torch_fl["single_p50_ms"]}
 
 
-def start_service(router_dir: Path, home: Path) -> subprocess.Popen:
+def start_service(router_dir: Path, home: Path, port: int = PORT,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "MIXLLM_ROUTER_DIR": str(router_dir), "MIXLLM_HOME": str(home),
-           "BENTOML_HOME": str(home / "bentoml"), "MIXLLM_POLL_SECONDS": "0"}
+           "BENTOML_HOME": str(home / "bentoml"), "MIXLLM_POLL_SECONDS": "0", **(extra_env or {})}
+    home.mkdir(parents=True, exist_ok=True)
     log = open(home / "service.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:RouterService",
-                             "--host", "127.0.0.1", "--port", str(PORT), "--working-dir", str(ROOT)],
+                             "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(ROOT)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     import httpx
 
@@ -317,7 +325,7 @@ def start_service(router_dir: Path, home: Path) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"service exited ({proc.returncode}); see {home / 'service.log'}")
         try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
@@ -341,7 +349,7 @@ def single_client(prompts: list[str], n: int) -> list[float]:
     return lat
 
 
-def wrk_run(prompts: list[str], seconds: int, conns: int) -> dict[str, float]:
+def wrk_run(prompts: list[str], seconds: int, conns: int, port: int = PORT) -> dict[str, float]:
     """`conns` keep-alive connections for `seconds` (wrk: a C client, so the client's own cost stays out of the
     latency; percentiles from wrk's full latency histogram)."""
     bodies = [json.dumps({"prompt": p}) for p in prompts[:200]]
@@ -362,7 +370,7 @@ end
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
     out = subprocess.run(["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s", "-s", f.name,
-                          f"http://127.0.0.1:{PORT}"], capture_output=True, text=True, timeout=seconds + 60)
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
     req, dur_us, status_err, sock_err, p50_us, p99_us = line.split()[1:]
     return {"requests": int(req), "qps": int(req) / (int(dur_us) / 1e6), "errors": int(status_err) + int(sock_err),
@@ -394,6 +402,74 @@ def httpx_throughput(prompts: list[str], seconds: int, conns: int) -> dict[str, 
         return {"requests": len(lat), "qps": len(lat) / dur, "errors": errors, "p50_ms": 1e3 * _pct(lat, .5),
                 "p99_ms": 1e3 * _pct(lat, .99), "tool": "httpx"}
     return asyncio.run(run())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _shadow_state(port: int) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json().get("shadow") or {}
+
+
+def _wait_shadow(port: int, key: str, until: Callable[[Any], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    state = _shadow_state(port)
+    while not until(state.get(key)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = _shadow_state(port)
+    return state
+
+
+def shadow_rounds(router_dir: Path, prompts: list[str], rounds: int, seconds: int) -> dict[str, Any]:
+    """/route p50 with the challenger deciding every request in the shadow process vs without (module docstring,
+    point 5): two services side by side, one sequential wrk client, alternating which goes first each round."""
+    home = Path(tempfile.mkdtemp(prefix="mixllm-bench-shadow-"))
+    off_port, on_port = PORT + 1, PORT + 2
+    shadow_env = {"MIXLLM_SHADOW_SAMPLE": "1.0", "MIXLLM_CHALLENGER_DIR": str(router_dir)}
+    procs = [start_service(router_dir, home / "off", off_port),
+             start_service(router_dir, home / "on", on_port, shadow_env)]
+    out: list[dict[str, float]] = []
+    try:
+        _wait_shadow(on_port, "challenger_version", lambda v: v is not None, 300)  # the child loaded it
+        for port in (off_port, on_port):
+            wrk_run(prompts, 2, 1, port)  # warm-up
+        for r in range(rounds):
+            res = {}
+            for port in ((off_port, on_port) if r % 2 == 0 else (on_port, off_port)):
+                _wait_shadow(on_port, "queued", lambda q: q == 0, 120)  # no drain overlaps a measurement
+                res[port] = wrk_run(prompts, seconds, 1, port)
+            out.append({"off_p50_ms": res[off_port]["p50_ms"], "on_p50_ms": res[on_port]["p50_ms"],
+                        "ratio": res[on_port]["p50_ms"] / res[off_port]["p50_ms"], "n": res[on_port]["requests"]})
+            print(f"shadow round {r}: /route p50 {out[-1]['off_p50_ms']:.2f} ms without, "
+                  f"{out[-1]['on_p50_ms']:.2f} ms with 100% shadow ({out[-1]['ratio']:.3f}x)", flush=True)
+        state = _wait_shadow(on_port, "queued", lambda q: q == 0, 120)
+        rss = tree_rss(procs[1].pid)
+    finally:
+        for p in procs:
+            _stop(p)
+        shutil.rmtree(home, ignore_errors=True)
+    med = {k: statistics.median(x[k] for x in out) for k in ("off_p50_ms", "on_p50_ms", "ratio")}
+    return {"rounds": out, **med, "added": med["ratio"] - 1, "n": sum(x["n"] for x in out),
+            "decided": state.get("decided"), "dropped": state.get("dropped"), "queued": state.get("queued"),
+            "rss_gib_with_shadow": rss, "bar": med["ratio"] - 1 <= SHADOW_BAR}
+
+
+def shadow_row(sh: dict[str, Any] | None) -> list[str]:
+    if not sh:
+        return []
+    verdict = "meets" if sh["bar"] else "**misses**"
+    return [f"| `/route` p50, one client, challenger shadowing 100% vs no shadow (two services side by side, median "
+            f"of {len(sh['rounds'])} alternating rounds) | {sh['on_p50_ms']:.2f} vs {sh['off_p50_ms']:.2f} ms "
+            f"({sh['added']:+.1%}; rounds " + " / ".join(f"{x['ratio']:.3f}" for x in sh["rounds"])
+            + f"; {sh['decided']} shadow decisions, {sh['dropped']} dropped, RSS with the shadow process "
+            f"{sh['rss_gib_with_shadow']:.2f} GiB) | <= +{SHADOW_BAR:.0%} | {verdict} |"]
 
 
 def tree_rss(pid: int) -> float:
@@ -442,6 +518,7 @@ def markdown(r: dict) -> str:
         f">= {BARS['throughput_share']:.0%} | {mark[ok['throughput']]} |",
         f"| service RSS (process tree) | {r['rss_gib']:.2f} GiB | <= {BARS['rss_gib']} GiB | {mark[ok['rss']]} |",
         *fast_encoder_rows(r),
+        *shadow_row(r.get("shadow")),
         "",
         "Floors: the model's own modules under `torch.inference_mode` (tokenise, forward, pool, normalise), as the "
         "service runs them; sentence-transformers' `encode` adds per-call bookkeeping the service does not pay, so "
@@ -504,6 +581,8 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--rounds", type=int, default=10, help="Alternating (floor, single client) rounds.")
     ap.add_argument("--round-seconds", type=int, default=5, help="Single-client wrk time per round.")
+    ap.add_argument("--shadow-rounds", type=int, default=6, help="Alternating rounds of the shadow row (0: skip).")
+    ap.add_argument("--shadow-only", action="store_true", help="Only the shadow row (printed; nothing written).")
     ap.add_argument("--floor", choices=["main", "thread", "router", "served", "main-rounds", "thread-rounds",
                                         "served-rounds"],
                     help=argparse.SUPPRESS)  # internal: one floor
@@ -529,6 +608,9 @@ def main() -> int:
         router_dir = Registry().router_dir("champion")
     router_dir = router_dir.resolve()
     prompts = _prompts(400)
+    if args.shadow_only:
+        print(json.dumps(shadow_rounds(router_dir, prompts, args.shadow_rounds, args.round_seconds), indent=1))
+        return 0
     loadavg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     fl = floors(router_dir, prompts, 300)
     print("floors:", json.dumps(fl, indent=1), flush=True)
@@ -555,11 +637,8 @@ def main() -> int:
         ready = httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=5).json()
         version = ready["router_version"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+    shadow = shadow_rounds(router_dir, prompts, args.shadow_rounds, args.round_seconds) if args.shadow_rounds else None
     bars = {"p50": single["p50_x"] <= BARS["p50_x_single"], "p99": single["p99_x"] <= BARS["p99_x_single"],
             "throughput": conc["qps"] >= BARS["throughput_share"] * fl["encoder_batched_qps"],
             "rss": rss <= BARS["rss_gib"]}
@@ -575,7 +654,7 @@ def main() -> int:
               "router_version": version, "floors": fl, "single_client": single, "python_client": py_single,
               "concurrent": conc,
               "rss_gib": rss, "seconds": args.seconds, "round_seconds": args.round_seconds, "bars": bars,
-              "fast_encoder_bars": fast}
+              "fast_encoder_bars": fast, "shadow": shadow}
     md = markdown(result)
     print(md)
     if not args.no_write:  # --no-write: a trial run leaves the recorded figures alone (json and markdown)
