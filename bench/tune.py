@@ -144,6 +144,18 @@ EXPERIMENTS = {e.name: e for e in (
         Variant("adapter 10 epochs", {"representation": "adapter"}),
         Variant("adapter 3 epochs", {"representation": "adapter", "adapter_epochs": 3}),
     )),
+    Experiment("defaults", "Issue 14: the defaults across both datasets and both conditions (labels: tags = the "
+               "log's tasks, held-out queries told theirs; production: no task column, tags from the router's own "
+               "tagger). Is the task label used at prediction, which tagger for unlabelled logs, tag-enhanced "
+               "(adapter) or plain MiniLM, how much shrinkage to the tag prior?", (
+        Variant("defaults: adapter, task labels used, taxonomy tagger, k=150 s=60", {}),
+        Variant("task labels ignored at prediction (former)", {"task_labels": False}),
+        Variant("plain MiniLM", {"representation": "plain"}),
+        Variant("untagged: 30 k-means clusters", {"untagged": "clusters", "tag_clusters": 30}),
+        Variant("untagged: 30 clusters, plain MiniLM", {"untagged": "clusters", "tag_clusters": 30,
+                                                        "representation": "plain"}),
+        Variant("k=150 s=200", _knn(150, 200)),
+    )),
 )}
 
 
@@ -211,7 +223,7 @@ def _representation_key(cfg: Any) -> str:
     """Configs equal up to their PredictorConfig share one fitted encoder / tags / PCA per fold."""
     from mixllm.predictors import PredictorConfig
 
-    return cfg.model_copy(update={"predictor": PredictorConfig()}).model_dump_json()
+    return cfg.model_copy(update={"predictor": PredictorConfig(), "task_labels": True}).model_dump_json()
 
 
 _LENGTH_FIELDS = {"n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
@@ -259,9 +271,11 @@ def _decide(router: Any, pred: Any, held: Any, wtps: np.ndarray) -> tuple[np.nda
 
 
 def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds: int, fold_seed: int,
-                  home: Path, dataset: str = "routerbench") -> dict[str, dict[str, float]]:
+                  home: Path, dataset: str = "routerbench", condition: str = "labels") -> dict[str, dict[str, float]]:
     """{variant label (and "task prior"): {metric/cost mode: value, seconds per fold}} from pooled out-of-fold
-    decisions."""
+    decisions. condition "labels": the router trains on the log's tasks and is told the held-out queries' tasks;
+    "production": the task column is removed from the training folds (the router's own tagger decides the tags)
+    and nothing is told at prediction. The task prior always uses the labels: a reference, not a rival."""
     from mixllm.catalogue import estimate_tokens, load_catalogue
     from mixllm.evaluation import default_wtps, policy_result
     from mixllm.router import MixLLMRouter
@@ -289,12 +303,14 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
     for fold in range(n_folds):
         rows = np.nonzero(query_fold == fold)[0]
         held, fold_log = _subset(test, rows), log[row_fold != fold].reset_index(drop=True)
+        router_log = fold_log if condition == "labels" else fold_log.assign(task=None)
+        told = [str(t) for t in held.tasks] if condition == "labels" else None
         tokens = np.array([t if np.isfinite(t) else estimate_tokens(p) for t, p in zip(held.prompt_tokens,
                                                                                       held.prompts)], float)
         for labels in groups.values():
             t0 = time.perf_counter()
             base = MixLLMRouter(configs[labels[0]], catalogue)
-            prepared = base.fit_representation(fold_log)
+            prepared = base.fit_representation(router_log)
             emb, lengths = base.embed(held.prompts, base._cache()), {}
             spent = time.perf_counter() - t0
             for label in labels:
@@ -303,7 +319,7 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
                 took = seconds.setdefault(label, dict.fromkeys(SECONDS, 0.0))
                 took["seconds/representation"] += spent
                 took["seconds/predictors"] += time.perf_counter() - t0
-                pred = router._predict_emb(emb, tokens)
+                pred = router._predict_emb(emb, tokens, told)
                 params, choices = _decide(router, pred, held, wtps)
                 pool(label, rows, params, choices)
                 if experiment.online:
@@ -412,7 +428,8 @@ def markdown(results: dict) -> str:
                   f"`{r['command']}` — {r['date']}, {r['machine']}; {r['folds']} folds, fold seeds "
                   f"{r['fold_seeds']}{' (QUICK run: fewer fold seeds)' if r.get('quick') else ''}; "
                   f"{r['n_queries']} train queries; shared overrides {json.dumps(r['common_overrides'])}; "
-                  f"{r['seconds']:.0f} s; dataset {r.get('dataset', 'routerbench')}, reference "
+                  f"{r['seconds']:.0f} s; dataset {r.get('dataset', 'routerbench')}, condition "
+                  f"{r.get('condition', 'labels')}, reference "
                   f"`{r.get('reference', REFERENCE)}`.", ""]
         if r.get("adapter_latency"):
             a = r["adapter_latency"]
@@ -482,29 +499,35 @@ def _nan(x: Any) -> Any:
     return math.nan if x is None else x
 
 
+def section(name: str, dataset: str, condition: str) -> str:
+    """The results key: the experiment's name (RouterBench with labels, the former records), else with its data."""
+    if dataset == "routerbench" and condition == "labels":
+        return name
+    return f"{name} ({dataset})" if condition == "labels" else f"{name} ({dataset}, {condition})"
+
+
 def run(experiment: Experiment, log: pd.DataFrame, fold_seeds: list[int], n_folds: int, home: Path,
-        out: Path | None, command: str, quick: bool, dataset: str = "routerbench") -> dict:
-    """Every fold seed of one experiment; results written after each seed (when `out` is given), under the
-    experiment's name (RouterBench) or "name (dataset)"."""
+        out: Path | None, command: str, quick: bool, dataset: str = "routerbench", condition: str = "labels") -> dict:
+    """Every fold seed of one experiment; results written after each seed (when `out` is given), under
+    `section(name, dataset, condition)`."""
     from mixllm.testset import TestSet
 
     test = TestSet.from_log(log)
     per_seed: dict[str, list[dict[str, float]]] = {}
     t0, summary = time.perf_counter(), {}
     for i, seed in enumerate(fold_seeds):
-        for label, figures in run_fold_seed(experiment, log, test, n_folds, seed, home, dataset).items():
+        for label, figures in run_fold_seed(experiment, log, test, n_folds, seed, home, dataset, condition).items():
             per_seed.setdefault(label, []).append(figures)
         meta = {"command": command, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 "machine": _machine(), "folds": n_folds, "fold_seeds": fold_seeds[: i + 1], "quick": quick,
                 "n_queries": test.n, "seconds": time.perf_counter() - t0, "dataset": dataset,
-                "reference": DATASETS[dataset][2]}
+                "reference": DATASETS[dataset][2], "condition": condition}
         summary = summarise(experiment, per_seed, meta)
         print(f"{experiment.name} fold seed {seed}: " + ", ".join(
             f"{v['label']} AIQ {v['per_seed'][-1]['aiq/predicted']:.4f}" for v in summary["variants"])
             + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         if out is not None:
-            write_results(out, experiment.name if dataset == "routerbench" else f"{experiment.name} ({dataset})",
-                          summary)
+            write_results(out, section(experiment.name, dataset, condition), summary)
     return summary
 
 
@@ -552,6 +575,8 @@ def main() -> int:
     ap.add_argument("--max-queries", type=int, default=None, help="a subset of train queries (smoke runs)")
     ap.add_argument("--dataset", action="append", choices=sorted(DATASETS), help="train split(s) to cross-validate "
                     "on, repeatable (default routerbench)")
+    ap.add_argument("--condition", action="append", choices=("labels", "production"), help="repeatable "
+                    "(default labels): production removes the task column from training and tells no task")
     ap.add_argument("--home", type=Path, default=ROOT / ".mixllm" / "tune", help="MIXLLM_HOME of the run: "
                     "holds the embedding cache shared by every experiment")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -585,8 +610,9 @@ def main() -> int:
         log = _limit(load_routerbench(source, "train") if source.is_dir() else load_training_log(source),
                      args.max_queries)
         for name in (list(EXPERIMENTS) if args.all else args.experiment):
-            run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick,
-                dataset)
+            for condition in args.condition or ["labels"]:
+                run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick,
+                    dataset, condition)
     print(f"wrote {args.out / 'tune.json'} and {args.out / 'tune.md'}")
     return 0
 

@@ -55,7 +55,7 @@ from mixllm.testset import TestSet
 COST_LEVELS = (0.10, 0.25)
 QUALITY_TARGET = 0.97
 FAST_BASELINES = ("single", "random", "oracle", "task_prior")
-ALL_BASELINES = (*FAST_BASELINES, "knn", "lgbm", "tfidf_lgbm", "plain_router")
+ALL_BASELINES = (*FAST_BASELINES, "knn", "lgbm", "mlp", "tfidf_lgbm", "plain_router")
 
 
 # ------------------------------------------------------------------------------------------- frontier math -----
@@ -165,6 +165,7 @@ class PolicyResult:
     points: list[dict[str, float]]
     metrics: dict[str, Any]
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    choices: np.ndarray | None = field(default=None, repr=False)  # [sweep point, query] test-set columns (not in JSON)
 
 
 HEADLINE = ("quality_at_10pct_cost", "quality_at_25pct_cost", "cost_for_97pct_quality", "aiq", "max_quality",
@@ -323,7 +324,7 @@ def policy_result(test: TestSet, name: str, kind: str, note: str, params: np.nda
             tasks[str(t)] = {k: v for k, v in metrics(rows)[0].items() if k != "hull"}
         except ContractError:
             continue  # a task where the reference never succeeds has no relative figures
-    return PolicyResult(name, kind, note, points, overall, tasks)
+    return PolicyResult(name, kind, note, points, overall, tasks, np.asarray(choices, dtype=int))
 
 
 def _two_model(test: TestSet, choices: np.ndarray, rows: np.ndarray) -> dict[str, float]:

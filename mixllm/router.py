@@ -39,7 +39,7 @@ from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, Routin
 from mixllm.predictors import LLMPredictor, PredictorBank, PredictorConfig
 from mixllm.routers.base import NeedsTrainLog, Predictions, Router
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
-from mixllm.tagging import TaxonomyTagger, outcome_tags, query_tags
+from mixllm.tagging import ClusterTagger, TaxonomyTagger, outcome_tags, query_tags
 
 ARTIFACT_FORMAT = 1
 _REQUIRED = ("query_id", "prompt", "model", "quality", "cost_usd", "prompt_tokens", "completion_tokens", "task")
@@ -95,6 +95,14 @@ class RouterConfig(BaseModel):
     adapter_hidden: int = Field(default=256, ge=1, description="Hidden units of the tag adapter (adapter only).")
     adapter_epochs: int = Field(default=3, ge=1, description="Passes of the adapter over the cached embeddings.")
     adapter_lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate of the tag adapter.")
+    task_labels: bool = Field(default=True, description="predict(tasks=...) with a task the router was trained on "
+                              "uses it as the query's tag (the log's label); otherwise, and always in serving "
+                              "(no labels), the nearest tag centroid. CV on train: bench/tune.py --experiment "
+                              "defaults.")
+    untagged: Literal["taxonomy", "clusters"] = Field(
+        default="taxonomy", description="How a log without any task label is tagged: the zero-shot domain "
+        "taxonomy (tagging.DOMAINS) or k-means clusters of the query embeddings (tagging.ClusterTagger).")
+    tag_clusters: int = Field(default=30, ge=2, description="Clusters when untagged='clusters'.")
     max_seq_length: int = Field(default=128, ge=8, le=256)
     truncation: Literal["head", "tail"] = Field(default="tail", description="Which end of a long prompt the "
                                                 "encoder keeps (tail: the question itself; CV on train, see above).")
@@ -306,7 +314,7 @@ class MixLLMRouter(Router):
         encoder = QueryEncoder.base(cfg.max_seq_length, cfg.truncation)
         prompts = queries["prompt"].tolist()
         emb = encoder.encode(prompts, cache, progress=cfg.progress)
-        tagger = TaxonomyTagger(encoder.encode) if queries["task"].isna().any() else None
+        tagger = self._tagger(encoder) if queries["task"].isna().any() else None
         tags = query_tags(queries, emb, tagger)
         ft_tags = tags if cfg.finetune_tags == "domain" else \
             outcome_tags(tags, self._quality_matrix(log, codes, len(queries)), cfg.outcome_clusters, cfg.seed)
@@ -336,6 +344,12 @@ class MixLLMRouter(Router):
         names = tuple(n for n in self.catalogue.names if n in set(log["model"]))
         return TrainingSet(log, codes, self._features(emb, queries["prompt_tokens"].to_numpy(float)),
                            self._nearest_tags(emb), names, len(queries), np.asarray(emb, np.float32))
+
+    def _tagger(self, encoder: QueryEncoder) -> Any:
+        """The tagger of queries without a task (`untagged`): only consulted when no query of the log has one."""
+        if self.config.untagged == "clusters":
+            return ClusterTagger(self.config.tag_clusters, self.config.seed)
+        return TaxonomyTagger(encoder.encode)
 
     def fit_llm(self, name: str, prepared: "TrainingSet") -> LLMPredictor:
         """Stage 2: one LLM's quality and length models. Reads the router, changes nothing: safe to run for
@@ -382,8 +396,10 @@ class MixLLMRouter(Router):
     # ------------------------------------------------------------------------------------------- inference --
     def predict(self, prompts: Sequence[str], prompt_tokens: Sequence[int] | None = None,
                 tasks: Sequence[str | None] | None = None) -> Predictions:
-        """Predicted quality, completion tokens and cost of every LLM for every prompt (batched). `tasks` is
-        ignored: the router tags prompts itself (nearest tag centroid), as it must on logs without labels."""
+        """Predicted quality, completion tokens and cost of every LLM for every prompt (batched). `tasks`: the
+        log's task label per prompt when the caller has one (an evaluation with labels); a label among the router's
+        tags is the prompt's tag (`task_labels`), any other prompt is tagged by its nearest tag centroid, as every
+        prompt is in serving, where no label exists."""
         self._check_fitted()
         prompts = list(prompts)
         if prompt_tokens is None:
@@ -393,12 +409,19 @@ class MixLLMRouter(Router):
                 raise ContractError(f"{len(prompt_tokens)} prompt_tokens for {len(prompts)} prompts")
             tokens = np.array([estimate_tokens(p) if t is None or pd.isna(t) else t
                                for t, p in zip(prompt_tokens, prompts)], float)
+        if tasks is not None and len(tasks) != len(prompts):
+            raise ContractError(f"{len(tasks)} tasks for {len(prompts)} prompts")
         emb = self.embed(prompts, progress=self.config.progress and len(prompts) > 256)
-        return self._predict_emb(emb, tokens)
+        return self._predict_emb(emb, tokens, tasks)
 
-    def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray) -> Predictions:
+    def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray,
+                     tasks: Sequence[str | None] | None = None) -> Predictions:
         specs = {n: self.catalogue.get(n) for n in self.models}
-        q, ct, c = self.predictors.predict(self._features(emb, tokens), tokens, specs, self._nearest_tags(emb), emb)
+        tags = self._nearest_tags(emb)
+        if tasks is not None and self.config.task_labels:  # a label the router knows wins over its own guess
+            known = set(self.tags)
+            tags = np.array([t if t in known else g for t, g in zip(tasks, tags)], dtype=object)
+        q, ct, c = self.predictors.predict(self._features(emb, tokens), tokens, specs, tags, emb)
         return Predictions(self.models, q, ct, c, emb, tokens)
 
     def _waiting(self, waiting_ms: Mapping[str, float] | None) -> np.ndarray:

@@ -65,6 +65,33 @@ class TaxonomyTagger:
         return [self._names[i] for i in best]
 
 
+class ClusterTagger:
+    """Data-driven tags for logs without labels: k-means (k = `clusters`, seeded) over the queries' unit embeddings,
+    each cluster named by its index ("c07").
+
+    Why: a fixed taxonomy of ~20 coarse domains puts differently-formatted workloads (e.g. GSM8K, MGSM and MATH
+    prompts) into one "math" tag and may spread one workload over several; clusters of the log's own embeddings
+    follow its workloads, which is what the tag prior and the within-tag neighbour search need. `tag` fits on the
+    prompts it is given (the training queries); new queries take the nearest tag centroid, as for every tag."""
+
+    def __init__(self, clusters: int = 30, seed: int = 0) -> None:
+        if clusters < 2:
+            raise ValueError(f"ClusterTagger needs at least 2 clusters, got {clusters}")
+        self.clusters, self.seed = clusters, seed
+
+    def tag(self, prompts: Sequence[str], embeddings: np.ndarray) -> list[str]:
+        from sklearn.cluster import KMeans
+
+        x = np.asarray(embeddings, np.float64)
+        if len(x) == 0:
+            return []
+        k = min(self.clusters, len(np.unique(x, axis=0)))
+        if k < 2:
+            return ["c00"] * len(x)
+        labels = KMeans(k, n_init=3, random_state=self.seed).fit_predict(x)
+        return [f"c{int(lab):02d}" for lab in labels]
+
+
 def query_tags(queries: pd.DataFrame, embeddings: np.ndarray, tagger: Tagger | None) -> list[str]:
     """One tag per query row: its `task` when set; else, when other rows have a task, the task whose centroid is
     nearest (`nearest_task`); else the tagger's (only the untagged rows are sent to it).

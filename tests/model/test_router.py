@@ -267,3 +267,14 @@ def test_training_accepts_a_bandit_log_mixed_with_full_information_rows(routerbe
     assert all(p.quality.w is not None for n, p in router.predictors.llms.items() if metas[n].get("logged_policy_rows"))
     assert router.manifest["training_data_digest"] != data_digest(mixed.assign(propensity=None))
     assert len(router.route(["Write a python function that sorts a list."], 1.0)) == 1
+
+
+def test_a_task_label_the_router_knows_is_the_tag_and_anything_else_takes_the_nearest_centroid(router, wino):
+    """Evaluation with labels (`task_labels`): a known label decides the tag (mbpp's priors for a winogrande prompt
+    change the prediction); an unknown label or none is the serving path; task_labels=False ignores labels."""
+    base = router.predict(wino[:3]).quality
+    np.testing.assert_array_equal(router.predict(wino[:3], tasks=["nope", None, "winogrande"]).quality, base)
+    told = router.predict(wino[:3], tasks=["mbpp"] * 3).quality
+    assert not np.allclose(told, base)
+    router.config = router.config.model_copy(update={"task_labels": False})
+    np.testing.assert_array_equal(router.predict(wino[:3], tasks=["mbpp"] * 3).quality, base)

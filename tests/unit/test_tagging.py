@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixllm.tagging import DOMAINS, TaxonomyTagger, outcome_tags, query_tags
+from mixllm.tagging import DOMAINS, ClusterTagger, TaxonomyTagger, outcome_tags, query_tags
 
 pytestmark = pytest.mark.unit
 
@@ -82,3 +82,15 @@ def test_quality_matrix_is_one_row_per_query_with_nan_for_unknown_answers():
     q, codes = MixLLMRouter._queries(log)
     m = MixLLMRouter._quality_matrix(log, codes, len(q))
     np.testing.assert_array_equal(m, np.array([[1.0, np.nan], [0.0, 0.75]]))
+
+
+def test_cluster_tagger_recovers_separated_groups_and_is_seeded():
+    """Unlabelled logs: k-means tags follow the log's own groups (two tight blobs -> two tags), same seed same tags."""
+    rng = np.random.default_rng(0)
+    emb = np.vstack([rng.normal([1, 0, 0], 0.01, (10, 3)), rng.normal([0, 1, 0], 0.01, (10, 3))])
+    tags = ClusterTagger(2, seed=1).tag([""] * 20, emb)
+    assert len(set(tags[:10])) == 1 and len(set(tags[10:])) == 1 and tags[0] != tags[10]
+    assert tags == ClusterTagger(2, seed=1).tag([""] * 20, emb) and tags[0].startswith("c")
+    assert ClusterTagger(5).tag(["a", "b"], np.ones((2, 3))) == ["c00", "c00"]  # fewer distinct points than k
+    with pytest.raises(ValueError):
+        ClusterTagger(1)
