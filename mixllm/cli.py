@@ -673,8 +673,8 @@ def drift(
     reference, window, start, end = D.split_window(logs, router.manifest.get("data_until"), cfg,
                                                    datetime.now(timezone.utc))
     report = D.monitor(router, reference, window, cfg, settings.default_willingness_to_pay, feedback, start, end)
-    out = {"drifted": report.drifted, "decided": report.decided, "reasons": report.reasons, "note": report.note,
-           "router_version": report.router_version, **report.metrics()}
+    out = {**report.metrics(), "drifted": report.drifted, "decided": report.decided, "reasons": report.reasons,
+           "note": report.note, "router_version": report.router_version}
     with tempfile.TemporaryDirectory(prefix="mixllm-drift-") as tmp:
         files = D.write_report(report, Path(report_dir) if report_dir else Path(tmp))
         if mlflow_run:
