@@ -248,7 +248,8 @@ class Loop:
                                if len(day) else None}
         labelled = day[day["quality"].notna() & day["cost_usd"].notna()]
         if len(labelled) >= 2:
-            out["ope"] = self.ope_estimate(labelled, rows, q)
+            at = {x["request_id"]: x["row"] for x in decided}
+            out["ope"] = self.ope_estimate(labelled, np.array([at[i] for i in labelled["query_id"]]), rows, q)
         return out
 
     def feedback_config(self) -> Any:
@@ -257,9 +258,11 @@ class Loop:
 
         return FeedbackConfig(mapping=RatingMapping(noise=self.args.noise if self.args.known_noise else None))
 
-    def ope_estimate(self, d: pd.DataFrame, rows: np.ndarray, q: np.ndarray) -> dict[str, Any]:
-        """DR (reward model: the champion's own predictions) on the labelled decisions `d`; realised: the utility of
-        the same champion's greedy choices on all the day's queries `rows`, from the world table."""
+    def ope_estimate(self, d: pd.DataFrame, at: np.ndarray, rows: np.ndarray, q: np.ndarray) -> dict[str, Any]:
+        """DR (reward model: the champion's own predictions; no estimate below --ope-min-ess effective decisions)
+        of the serving champion as registered (greedy, no online state: what the gates evaluate) on the labelled
+        decisions `d` (world rows `at`). Truth: the same policy's value on the same queries, from the world table
+        (the estimand); also its value on all the day's queries `rows`."""
         from mixllm import ope, policy
 
         wtp, router = self.args.wtp, self.champion_router
@@ -268,13 +271,17 @@ class Loop:
         rhat = np.clip(np.nan_to_num(pred.quality), 0, 1) - np.nan_to_num(pred.cost) / wtp
         logged = np.array([router.models.index(m) if m in router.models else -1 for m in d["model"]])
         reward = d["quality"].to_numpy(float) - d["cost_usd"].to_numpy(float) / wtp
-        est = ope.estimate(d["propensity"].to_numpy(float), reward, ope.TargetPolicy(probs, logged, rhat), "dr")
+        est = ope.estimate(d["propensity"].to_numpy(float), reward, ope.TargetPolicy(probs, logged, rhat), "dr",
+                           min_ess=self.args.ope_min_ess)
+        cols = np.array([self.world.col(router.models[j]) for j in probs.argmax(1)])
+        truth = float(utility(q[at, cols], self.world.cost[at, cols], wtp).mean())
         all_pred = router.predict([self.world.prompts[i] for i in rows])
         cols = choices_in(self.world, router, all_pred, np.arange(len(rows)), wtp, router.models)
         realised = float(utility(q[rows, cols], self.world.cost[rows, cols], wtp).mean())
-        return {"estimate": est.value, "low": est.low, "high": est.high, "ess": est.ess, "n": est.n,
-                "realised": realised, "logged_value": float(reward.mean()),
-                "within_ci": bool(est.low <= realised <= est.high)}
+        return {"estimate": est.value if est.available else None, "low": est.low if est.available else None,
+                "high": est.high if est.available else None, "ess": est.ess, "n": est.n, "truth": truth,
+                "realised_all_queries": realised, "logged_value": float(reward.mean()),
+                "within_ci": bool(est.low <= truth <= est.high) if est.available else None}
 
     def _feedback(self, svc: Service, client: Any, i: int, dec: dict[str, Any], q: np.ndarray) -> dict[str, Any]:
         a = self.args
@@ -389,6 +396,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=10, help="Queries per /route/batch call (feedback follows each).")
     ap.add_argument("--exploration", default='{"mode": "softmax", "temperature": 0.02, "max_share": 0.1}',
                     help="RouterConfig.exploration of each night's router (JSON, or 'off').")
+    ap.add_argument("--ope-min-ess", type=float, default=10.0, help="No OPE estimate below this effective sample "
+                    "size (mixllm.ope.OPEConfig.min_ess's default).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 days, 40 queries, a 600-query world, 20 held-out "
                     "queries per task: minutes, for the test.")
@@ -455,7 +464,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "router": args.router | {"cache_dir": "<work>/embeddings"}, "world_queries": world_n,
                         "seed_queries": int(n_seed), "test_queries": test.n, "quick": args.quick,
                         "max_test_queries_per_task": args.max_test_queries_per_task,
-                        "exploration": args.exploration_note, "users": N_USERS, "batch": args.batch}}
+                        "exploration": args.exploration_note, "users": N_USERS, "batch": args.batch,
+                        "ope_min_ess": args.ope_min_ess}}
 
     def save(partial: dict[str, Any]) -> None:
         partial.update(facts, finished=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",

@@ -13,6 +13,10 @@ Confidence intervals: CLT on each decision's influence term (for SNIPS, its line
 bootstrap. The effective sample size is Kish's (sum w)^2 / sum w^2: how many decisions the estimate really rests on
 (a deterministic target only learns from decisions where the logging policy happened to choose as it would).
 
+No estimate below a minimum effective sample size (`min_ess`): value and interval are NaN. Why: with few decisions
+where the logger chose as the target would, DR is nearly the reward model's own mean, and the CLT interval then
+measures only how that mean varies over queries, not how wrong the model is (a tight, wrong interval).
+
 Reward (`OPEConfig.reward`): "utility" = quality - cost / willingness_to_pay (the router's own objective at the
 operating point; needs the observed cost) or "quality" alone. Decisions without a quality label are not used.
 """
@@ -67,10 +71,19 @@ class OPEEstimate:
     ci: str
     level: float
 
+    @property
+    def available(self) -> bool:
+        """False when there is no estimate (too few effective decisions: see `estimate`'s min_ess)."""
+        return math.isfinite(self.value)
+
     def metrics(self, prefix: str) -> dict[str, float]:
-        """Flat MLflow/gate metrics: ``<prefix>/<estimator>``, ``..._low``, ``..._high``, ``<prefix>/ess``."""
-        return {f"{prefix}/{self.estimator}": self.value, f"{prefix}/{self.estimator}_low": self.low,
-                f"{prefix}/{self.estimator}_high": self.high, f"{prefix}/ess": self.ess}
+        """Flat MLflow/gate metrics: ``<prefix>/<estimator>``, ``..._low``, ``..._high``, ``<prefix>/ess``; only
+        the ESS when there is no estimate."""
+        out = {f"{prefix}/ess": self.ess}
+        if self.available:
+            out.update({f"{prefix}/{self.estimator}": self.value, f"{prefix}/{self.estimator}_low": self.low,
+                        f"{prefix}/{self.estimator}_high": self.high})
+        return out
 
 
 def _check(propensity: np.ndarray, reward: np.ndarray, target: TargetPolicy, estimator: str) -> None:
@@ -134,11 +147,14 @@ def kish_ess(w: np.ndarray) -> float:
 
 def estimate(propensity: np.ndarray, reward: np.ndarray, target: TargetPolicy, estimator: Estimator = "dr", *,
              clip: float | None = None, ci: Literal["clt", "bootstrap"] = "clt", level: float = 0.95,
-             n_boot: int = 1000, seed: int = 0) -> OPEEstimate:
-    """The target policy's value on the logged decisions, with a `level` confidence interval and Kish's ESS."""
+             n_boot: int = 1000, seed: int = 0, min_ess: float = 0.0) -> OPEEstimate:
+    """The target policy's value on the logged decisions, with a `level` confidence interval and Kish's ESS; no
+    estimate (NaN value and interval) when the ESS is below `min_ess`."""
     propensity, reward = np.asarray(propensity, float), np.asarray(reward, float)
     _check(propensity, reward, target, estimator)
     w = target.weights(propensity, clip)
+    if kish_ess(w) < min_ess:
+        return OPEEstimate(estimator, math.nan, math.nan, math.nan, len(w), kish_ess(w), ci, level)
     value, psi = _terms(estimator, w, reward, target)
     boot = None
     if ci == "bootstrap" and len(w):
@@ -151,13 +167,17 @@ def estimate(propensity: np.ndarray, reward: np.ndarray, target: TargetPolicy, e
 def estimate_difference(propensity: np.ndarray, reward: np.ndarray, a: TargetPolicy, b: TargetPolicy,
                         estimator: Estimator = "dr", *, clip: float | None = None,
                         ci: Literal["clt", "bootstrap"] = "clt", level: float = 0.95, n_boot: int = 1000,
-                        seed: int = 0) -> OPEEstimate:
+                        seed: int = 0, min_ess: float = 0.0) -> OPEEstimate:
     """V(a) - V(b) on the same logged decisions, paired (one resample / one influence term per decision for both),
-    which is much tighter than comparing two separate intervals. `ess` is the smaller of the two policies' ESS."""
+    which is much tighter than comparing two separate intervals. `ess` is the smaller of the two policies' ESS;
+    below `min_ess` there is no estimate."""
     propensity, reward = np.asarray(propensity, float), np.asarray(reward, float)
     _check(propensity, reward, a, estimator)
     _check(propensity, reward, b, estimator)
     wa, wb = a.weights(propensity, clip), b.weights(propensity, clip)
+    if min(kish_ess(wa), kish_ess(wb)) < min_ess:
+        return OPEEstimate(estimator, math.nan, math.nan, math.nan, len(wa), min(kish_ess(wa), kish_ess(wb)), ci,
+                           level)
     (va, pa), (vb, pb) = _terms(estimator, wa, reward, a), _terms(estimator, wb, reward, b)
     value, psi = va - vb, pa - pb
     boot = None
@@ -185,6 +205,9 @@ class OPEConfig(BaseModel):
     seed: int = 0
     since: datetime | None = None
     max_decisions: int | None = Field(default=None, gt=0, description="only the most recent N labelled decisions")
+    min_ess: float = Field(default=10.0, ge=0, allow_inf_nan=False, description=(
+        "no estimate (only the ESS is recorded) below this effective sample size: the interval would rest on the "
+        "reward model alone"))
 
 
 def logged_decisions(rows: pd.DataFrame) -> pd.DataFrame:
@@ -251,7 +274,8 @@ def production_metrics(settings: Any, candidate_dir: Path | str, champion_dir: P
     targets = {"candidate": _target(load_router(candidate_dir), d["prompt"], d["model"], wtp, cfg.reward)}
     if champion_dir is not None:
         targets["champion"] = _target(load_router(champion_dir), d["prompt"], d["model"], wtp, cfg.reward)
-    kw = {"clip": cfg.clip, "ci": cfg.ci, "level": cfg.level, "n_boot": cfg.n_boot, "seed": cfg.seed}
+    kw = {"clip": cfg.clip, "ci": cfg.ci, "level": cfg.level, "n_boot": cfg.n_boot, "seed": cfg.seed,
+          "min_ess": cfg.min_ess}
     for est in ESTIMATORS:
         for role, target in targets.items():
             out.update(estimate(prop, reward, target, est, **kw).metrics(f"ope/{role}"))

@@ -212,6 +212,11 @@ class ExplorationConfig(BaseModel):
       (quality minus cost / willingness_to_pay), so 0.02 makes a candidate 0.02 worse e^-1 times as likely.
     - ``epsilon``: with probability epsilon, one of the `top_k - 1` best non-greedy candidates, uniformly.
 
+    `floor`: every explorable candidate gets at least this probability, whatever the mode gave it (then the bounds
+    apply). Why: softmax over the router's own scores never tries a model the router under-rates (a model
+    predicted 0.1 worse is chosen e^-5 times as often at temperature 0.02), so the logs never correct that model;
+    a uniform floor spends a known share of traffic on learning every model (and a new one) where it is eligible.
+
     Bounds, applied after the mode and exact in the returned propensities: a candidate whose predicted cost exceeds
     `max_cost_ratio` x the greedy one's is never explored; the non-greedy probability of each decision is at most
     `max_share` (so at most that share of traffic, in expectation); the expected predicted cost of a decision
@@ -225,6 +230,7 @@ class ExplorationConfig(BaseModel):
     temperature: float = Field(default=0.02, gt=0.0, allow_inf_nan=False)
     epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
     top_k: int = Field(default=3, ge=2)
+    floor: float = Field(default=0.0, ge=0.0, le=0.5, allow_inf_nan=False)
     max_share: float = Field(default=0.1, ge=0.0, le=1.0)
     max_cost_ratio: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
     max_extra_cost: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
@@ -263,6 +269,8 @@ def probabilities(scores: Scores, exploration: ExplorationConfig | None) -> np.n
         q /= 1.0 + q.sum(axis=1, keepdims=True)
     else:
         q = _epsilon_share(s, explorable, exploration)
+    if exploration.floor > 0:
+        q = np.where(explorable, np.maximum(q, exploration.floor), 0.0)
     q *= _bound_factor(q, cost, c_g, exploration)[:, None]
     p[rows] = q
     p[rows, g] = 1.0 - q.sum(axis=1)

@@ -81,6 +81,12 @@ class PredictorConfig(BaseModel):
     prior_smoothing: float = Field(default=5.0, ge=0, description="Pseudo-rows of the global mean in a tag's mean.")
     propensity_clip: float = Field(default=0.05, gt=0, le=1, description="Rows a policy chose with propensity p "
                                    "weigh 1 / max(p, clip) (bandit logs; see row_weights).")
+    bandit_labels: Literal["ips", "residual"] = Field(default="residual", description="How rows a logging policy "
+                                                      "chose train an LLM that also has full-information rows: "
+                                                      "ips: they join its model, weighted; residual: they only "
+                                                      "correct it (see fit_llm and bench/loop_offline_dr.py).")
+    residual_smoothing: float = Field(default=20.0, ge=0, description="Pseudo-rows of zero correction in an "
+                                      "LLM's per-tag mean residual (bandit_labels='residual').")
 
     def params(self, objective: str, seed: int) -> dict:
         return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
@@ -384,6 +390,14 @@ class LLMPredictor:
         mean = self.prior_mean(tags, n)
         return _logit(mean) if self.quality_kind == "binary" else mean
 
+    def correction(self, tags: np.ndarray | None, n: int) -> np.ndarray:
+        """Per-row additive quality correction learned from logged decisions (`residual_correction`; 0 without)."""
+        r = self.meta.get("residual")
+        if not r:
+            return np.zeros(n)
+        tags = np.full(n, None) if tags is None else tags
+        return np.array([r["tags"].get(str(t), r["global"]) for t in tags], float)
+
     def prior_mean(self, tags: np.ndarray | None, n: int) -> np.ndarray:
         """Per-row smoothed tag mean (the global mean for an unknown tag or without a tag prior)."""
         p = self.meta.get("tag_prior") or {"tags": {}, "global": self.meta.get("global_quality", 0.5)}
@@ -404,7 +418,8 @@ class LLMPredictor:
     def outputs(self, x: np.ndarray, tags: np.ndarray | None = None, emb: np.ndarray | None = None,
                 quality: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The two models' outputs as they come: quality (not yet clipped) and the length model's log1p target."""
-        return self.quality_output(x, tags, emb) if quality is None else quality, _predict(self.length, x)
+        q = self.quality_output(x, tags, emb) + self.correction(tags, len(x)) if quality is None else quality
+        return q, _predict(self.length, x)
 
     def quality_output(self, x: np.ndarray, tags: np.ndarray | None = None,
                        emb: np.ndarray | None = None) -> np.ndarray:
@@ -548,7 +563,57 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
     """Train one LLM's models from its log rows (aligned with x; `tags`: each row's tag for the prior).
 
     kNN quality: the neighbour space is `bank[cols]` (unit embeddings of the rows' queries; `bank` may be shared
-    with other LLMs), by default the rows of x."""
+    with other LLMs), by default the rows of x.
+
+    Rows a logging policy chose, with `bandit_labels="residual"` and enough full-information rows: the model is
+    trained on the full-information rows alone and the logged rows correct it (`residual_correction`). Why: a
+    policy picks an LLM where it looks good, e.g. the reference model on a task's hard queries; as memory rows they
+    pull its estimate there toward what is hard for every model, while the other models, never tried there, keep
+    their estimates, and no propensity weight undoes a choice made with probability ~1. As residuals against the
+    model's own prediction, they move it only by what it got wrong, shrunk toward no correction."""
+    logged = pd.to_numeric(rows["propensity"], errors="coerce").notna().to_numpy() if "propensity" in rows else \
+        np.zeros(len(rows), bool)
+    full = ~logged & pd.to_numeric(rows["quality"], errors="coerce").notna().to_numpy()
+    if cfg.bandit_labels == "residual" and logged.any() and full.sum() >= cfg.min_rows:
+        at = np.arange(len(x)) if cols is None else np.asarray(cols)
+        space = _unit(x) if bank is None else bank  # the kNN memory's rows (the base model ignores it otherwise)
+        tag = (lambda sel: None) if tags is None else (lambda sel: np.asarray(tags)[sel])
+        model = _fit_llm(name, x[~logged], rows[~logged], cfg, seed, tag(~logged), space, at[~logged])
+        model.meta.update(residual_correction(model, x[logged], rows[logged], cfg, tag(logged), space[at[logged]]))
+        model.n_rows = int(len(rows))
+        return model
+    return _fit_llm(name, x, rows, cfg, seed, tags, bank, cols)
+
+
+def residual_correction(model: LLMPredictor, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig,
+                        tags: np.ndarray | None, emb: np.ndarray | None) -> dict:
+    """{"residual": {"global": c, "tags": {tag: c}}, "logged_policy_rows": n}: the (clipped) inverse-propensity
+    weighted mean of (label - the model's prediction) over the labelled logged rows, per tag, each shrunk toward 0
+    by `residual_smoothing` pseudo-rows against its effective sample size (the global one likewise; a tag without
+    rows gets the global correction). The correction is added to the model's prediction at inference."""
+    label = pd.to_numeric(rows["quality"], errors="coerce").to_numpy(float)
+    ok = ~np.isnan(label)
+    out: dict = {"logged_policy_rows": int(len(rows)), "residual_rows": int(ok.sum())}
+    if not ok.any():
+        return out
+    pred = np.clip(model.quality_output(x[ok], None if tags is None else tags[ok],
+                                        None if emb is None else emb[ok]), 0.0, 1.0)
+    r, w = label[ok] - pred, row_weights(rows[ok], cfg.propensity_clip)
+    s = cfg.residual_smoothing
+    glob = float(shrunk_mean(r[None], w[None], s, np.zeros(1))[0])
+    by_tag = {}
+    if tags is not None:
+        t = np.asarray(tags, dtype=object)[ok].astype(str)
+        by_tag = {str(k): float(shrunk_mean(r[t == k][None], w[t == k][None], s, np.array([glob]))[0])
+                  for k in np.unique(t)}
+    out["residual"] = {"global": glob, "tags": by_tag}
+    return out
+
+
+def _fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
+             tags: np.ndarray | None = None, bank: np.ndarray | None = None,
+             cols: np.ndarray | None = None) -> LLMPredictor:
+    """fit_llm with every row in the LLM's own models (propensity-weighted when any row has one)."""
     quality = pd.to_numeric(rows["quality"], errors="coerce").to_numpy(float)
     labelled = ~np.isnan(quality)  # an unknown quality is left out, never learned as a failure
     if labelled.sum() < cfg.min_rows:
@@ -683,7 +748,7 @@ class PredictorBank:
                 found.update({n: est[:, j] for j, n in enumerate(g.names)})
         q = np.empty((len(x), len(self.llms)))
         for j, (n, p) in enumerate(self.llms.items()):
-            q[:, j] = found[n] if n in found else p.quality_output(x, tags, emb)
+            q[:, j] = (found[n] if n in found else p.quality_output(x, tags, emb)) + p.correction(tags, len(x))
         raw = _predict_each([p.length for p in self.llms.values()], x)
         tokens = np.array([p.target == "tokens" for p in self.llms.values()], bool)
         prices = np.array([(specs[n].input_price_per_token, specs[n].output_price_per_token) for n in self.llms])

@@ -129,3 +129,24 @@ def test_bad_inputs_are_refused() -> None:
         estimate(MU[x, a], np.array([1.0, np.nan]), t)
     with pytest.raises(ContractError, match="unknown estimator"):
         estimate(MU[x, a], np.array([1.0, 0.0]), t, "magic")  # type: ignore[arg-type]
+
+
+def test_no_estimate_below_the_minimum_effective_sample_size() -> None:
+    """A target that agrees with 3 of 400 logged choices (ESS 3): below min_ess there is no value and no interval
+    (DR would be the reward model's mean with a tight interval that says nothing about its error); above it, the
+    same numbers as without the threshold. Metrics then carry only the ESS, so a gate cannot read a value."""
+    rng = np.random.default_rng(3)
+    x, _, _, _ = simulate(400, rng)
+    a = np.where(np.arange(400) < 3, 2, 0)  # the logger chose model 2 three times, model 0 otherwise
+    mu, r = np.full(400, 0.5), (rng.random(400) < MEAN[x, a]).astype(float)
+    t = TargetPolicy(np.tile([0.0, 0.0, 1.0], (400, 1)), a, RHAT[x])
+    full = estimate(mu, r, t, "dr")
+    assert full.ess == pytest.approx(3.0) and math.isfinite(full.value)
+    none = estimate(mu, r, t, "dr", min_ess=10)
+    assert not none.available and math.isnan(none.low) and math.isnan(none.high)
+    assert none.ess == pytest.approx(3.0) and none.n == 400
+    assert set(none.metrics("ope/champion")) == {"ope/champion/ess"}
+    ok = TargetPolicy(np.tile([1.0, 0.0, 0.0], (400, 1)), a, RHAT[x])
+    assert estimate(mu, r, ok, "dr", min_ess=10) == estimate(mu, r, ok, "dr")
+    assert not estimate_difference(mu, r, ok, t, "dr", min_ess=10).available
+    assert estimate_difference(mu, r, ok, ok, "dr", min_ess=10).available

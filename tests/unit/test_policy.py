@@ -167,6 +167,8 @@ def _reference(score, cost, eligible, cfg: policy.ExplorationConfig) -> np.ndarr
         top = sorted(cand, key=lambda j: (-score[j], j))[: cfg.top_k - 1]
         for j in top:
             p[j] = cfg.epsilon / len(top)
+    for j in cand:  # the floor: every explorable candidate at least `floor`, before the bounds
+        p[j] = max(p[j], cfg.floor)
     factor = 1.0
     if p.sum() > cfg.max_share:
         factor = cfg.max_share / p.sum()
@@ -185,6 +187,8 @@ CONFIGS = [
                              max_extra_cost=0.2),
     policy.ExplorationConfig(mode="epsilon", epsilon=0.3, top_k=3, max_share=1.0),
     policy.ExplorationConfig(mode="epsilon", epsilon=0.5, top_k=4, max_share=0.2, max_extra_cost=0.1),
+    policy.ExplorationConfig(mode="softmax", temperature=0.02, max_share=0.15, floor=0.03),
+    policy.ExplorationConfig(mode="epsilon", epsilon=0.1, top_k=2, max_share=0.3, floor=0.05, max_cost_ratio=3.0),
 ]
 
 
@@ -248,6 +252,6 @@ def test_validation_says_what_is_wrong():
 
     for bad in ({"mode": "thompson"}, {"mode": "softmax", "temperature": 0}, {"epsilon": 1.5}, {"top_k": 1},
                 {"mode": "softmax", "max_share": 0}, {"mode": "epsilon", "epsilon": 0}, {"max_cost_ratio": 0.5},
-                {"max_extra_cost": -1}, {"tempreature": 1}):
+                {"max_extra_cost": -1}, {"tempreature": 1}, {"floor": -0.1}, {"floor": 0.9}):
         with pytest.raises(ValidationError):
             policy.ExplorationConfig(**bad)
