@@ -55,6 +55,7 @@ gate = task(P.gate, name="gate", **COMPUTE)
 register = task(P.register, name="register", **IO_RETRY)
 promote = task(P.promote, name="promote", **IO_RETRY)
 log_timings = task(P.log_timings, name="log-stage-timings", **IO_RETRY)
+cache_evaluation = task(P.store_evaluation, name="cache-evaluation", **IO_RETRY)
 production_ope = task(production_metrics, name="off-policy-evaluation", **COMPUTE)
 
 
@@ -104,8 +105,12 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
         with clock.time("registry"):
             champ_dir = champion_dir(settings, champ_version) if champ_version else None
         trained = train_and_evaluate.with_options(task_runner=task_runner(config))(
-            train, test, config, settings, champ_dir, Path(work) / "candidate")
+            train, test, config, settings, champ_dir, Path(work) / "candidate", champ_version)
         clock.merge(trained["timings"])
+        if champ_version:
+            log.info(f"champion {champ_version}: metrics " + ("from the evaluation cache (same version, held-out "
+                                                               "rows and settings)" if trained["champion_cached"]
+                                                               else "evaluated now (and cached)"))
         with clock.time("evaluation"):
             # Both routers on the service's own labelled logged decisions too (ope/* metrics: gate, MLflow).
             cand_metrics = {**trained["metrics"], **production_ope(settings, trained["candidate_dir"], champ_dir,
@@ -114,7 +119,10 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
         with clock.time("registry"):
             version = register(trained["candidate_dir"], trained["report"], cand_metrics, digest, train, config,
                                settings, verdict, champ_version, run_name, trained["champion_metrics"])
-    out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason, champion_before=champ_version)
+            # its own figures on this held-out slice: the night it is the champion does not evaluate it again
+            cache_evaluation(settings, version, P.held_out_digest(test), config, trained["metrics"])
+    out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason, champion_before=champ_version,
+               champion_evaluation=None if not champ_version else "cached" if trained["champion_cached"] else "evaluated")
     for c in verdict.checks:
         log.info(f"gate {'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     if not verdict.passed:

@@ -29,15 +29,23 @@ def _evaluate(role: str, router_dir: Path, test: Any, config: Any, settings: Any
     return P.evaluate_router(router_dir, test, config, settings, train)
 
 
+def _evaluate_champion(role: str, router_dir: Path, version: str | None, test: Any, config: Any,
+                       settings: Any) -> Any:
+    return P.champion_evaluation(router_dir, version, test, config, settings)
+
+
 evaluate_router = task(_evaluate, name="evaluate", task_run_name="evaluate-{role}", **COMPUTE)
+evaluate_champion = task(_evaluate_champion, name="evaluate-champion", task_run_name="evaluate-{role}", **COMPUTE)
 
 
 @flow(name="mixllm-train-evaluate", flow_run_name="train-evaluate-{config.runner}")
 def train_and_evaluate(train: Any, test: Any, config: P.PipelineConfig, settings: Any, champion_dir: Path | None,
-                       out_dir: Path) -> dict[str, Any]:
+                       out_dir: Path, champion_version: str | None = None) -> dict[str, Any]:
     """Candidate saved in `out_dir`; both routers evaluated on the same held-out slice (so the gate compares like
     with like). Returns the candidate's directory, report and metrics, the champion's metrics (None without a
-    champion) and the wall seconds of encode / representation / predictors / evaluation."""
+    champion; its own figures, no baselines) and whether they came from the evaluation cache (`champion_version`
+    evaluated on the same held-out rows before: `mixllm.pipeline.champion_evaluation`), and the wall seconds of
+    encode / representation / predictors / evaluation."""
     clock = StageClock()
     router, prepared, seconds = prepare_candidate(train, config, settings)
     clock.merge(seconds)
@@ -47,9 +55,9 @@ def train_and_evaluate(train: Any, test: Any, config: P.PipelineConfig, settings
         cand_dir = save_candidate(router, prepared, per_llm.result(), out_dir)
     with clock.time("evaluation"):
         cand = evaluate_router.submit("candidate", cand_dir, test, config, settings, train)
-        champ = evaluate_router.submit("champion", champion_dir, test, config, settings, train) \
+        champ = evaluate_champion.submit("champion", champion_dir, champion_version, test, config, settings) \
             if champion_dir else None
         report, metrics = cand.result()
-        champion_metrics = champ.result()[1] if champ else None
+        champion_metrics, cached = champ.result() if champ else (None, False)
     return {"candidate_dir": cand_dir, "report": report, "metrics": metrics, "champion_metrics": champion_metrics,
-            "timings": clock.seconds}
+            "champion_cached": cached, "timings": clock.seconds}

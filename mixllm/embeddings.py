@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,12 @@ BACKENDS = ("torch", "onnx")
 # datasets (AIQ delta 0.0000) and had the lower single-query p50, but 0.84x torch's batch-64 throughput at 1 thread
 # on a shared machine; int8 was faster on both but moved AIQ by +0.0015 / +0.0053 (bar: 0.001). So torch stays the
 # default; fp32 is the precision `save` exports. MIXLLM_ENCODER_BACKEND / MIXLLM_ENCODER_PRECISION override them.
+# Training-time (bulk) encoding, `bench/encoder.py --only bulk` (BENCHMARKS.md "Encoder backends", 2026-12-03):
+# ONNX fp32 took 1.3-1.4x torch's CPU per long (128-token) prompt, so it does not speed up a night either. "bf16"
+# (torch only: autocast to bfloat16, AMX/AVX512-BF16 matmuls where the CPU has them) is an opt-in precision.
 DEFAULT_BACKEND = "torch"
 DEFAULT_PRECISION = "fp32"
+TORCH_PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_backend(backend: str | None = None) -> str:
@@ -102,11 +107,17 @@ def resolve_backend(backend: str | None = None) -> str:
     return chosen
 
 
-def resolve_precision(precision: str | None = None) -> str:
-    """The explicit choice, else $MIXLLM_ENCODER_PRECISION, else DEFAULT_PRECISION ("fp32" or "int8")."""
+def resolve_precision(precision: str | None = None, backend: str | None = None) -> str:
+    """The explicit choice, else $MIXLLM_ENCODER_PRECISION, else DEFAULT_PRECISION: "fp32", "int8" (ONNX) or
+    "bf16" (torch; on ONNX it is refused)."""
     from mixllm.onnx_encoder import check_precision
 
-    return check_precision(precision or os.environ.get("MIXLLM_ENCODER_PRECISION") or DEFAULT_PRECISION)
+    chosen = precision or os.environ.get("MIXLLM_ENCODER_PRECISION") or DEFAULT_PRECISION
+    if chosen == "bf16":
+        if backend == "onnx":
+            raise ConfigError("precision 'bf16' is a torch precision; use backend 'torch' or ONNX 'fp32'/'int8'")
+        return chosen
+    return check_precision(chosen)
 
 
 def _threads() -> int | None:
@@ -134,7 +145,7 @@ class QueryEncoder:
         self._source = None if source is None else Path(source)
         self.weights_id = weights_id or weights_digest(model)
         self.backend = resolve_backend(backend)
-        self.precision = resolve_precision(precision)
+        self.precision = resolve_precision(precision, self.backend)
         self.threads = _threads()
         self._max_seq_length = int(model.max_seq_length) if model is not None else max_seq_length
         self._side = "head"
@@ -143,6 +154,7 @@ class QueryEncoder:
         self._onnx: Any = None  # OnnxSession for (weights_id, precision) in self._onnx_for
         self._onnx_for: tuple[str, str] | None = None
         self.export_seconds: float | None = None  # set when this encoder had to export (training-time cost)
+        self._default_cache: EmbeddingCache | None = None  # `encode`'s cache when the caller gives none
 
     @classmethod
     def base(cls, max_seq_length: int = 256, truncation: str = "head", backend: str | None = None,
@@ -189,13 +201,28 @@ class QueryEncoder:
 
     def _key(self, prompt: str) -> str:
         side = () if self.truncation == "head" else ("tail",)  # head keys unchanged: old caches stay valid
-        backend = () if self.backend == "torch" else ("onnx", self.precision)  # torch keys unchanged too
+        backend = ("onnx", self.precision) if self.backend == "onnx" else \
+            ("bf16",) if self.precision == "bf16" else ()  # torch fp32 keys unchanged too
         return _digest(self.weights_id, str(self.max_seq_length), *side, *backend, prompt)
+
+    @contextmanager
+    def cached(self, cache: EmbeddingCache | None) -> Iterator["QueryEncoder"]:
+        """Within the block, `encode` calls that pass no cache go through `cache`.
+
+        Why: callers that only see a router (`evaluate` -> `router.predict`) cannot pass a cache, yet an evaluation
+        encodes the same held-out prompts several times (the sweep, the operating point) and every night (the
+        candidate and the champion keep the base encoder under the adapter). Serving never sets it."""
+        before, self._default_cache = self._default_cache, cache
+        try:
+            yield self
+        finally:
+            self._default_cache = before
 
     def encode(self, prompts: Sequence[str], cache: EmbeddingCache | None = None, batch_size: int = 64,
                progress: bool = False) -> np.ndarray:
         """L2-normalised float32 embeddings [n, 384]; cached prompts are not re-encoded."""
         prompts = list(prompts)
+        cache = cache if cache is not None else self._default_cache
         out = np.zeros((len(prompts), EMBEDDING_DIM), dtype=np.float32)
         keys = [self._key(p) for p in prompts] if cache is not None else []
         found = cache.get_many(keys) if cache is not None else {}
@@ -233,11 +260,12 @@ class QueryEncoder:
         order = np.array(sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i])), dtype=np.int64)
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
-        with torch.inference_mode():
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for s in tqdm(starts, desc="encode", disable=not progress, leave=False):
                 idx = order[s:s + batch_size]
                 emb = self.model.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
-                out[idx] = torch.nn.functional.normalize(emb, dim=-1).numpy()
+                out[idx] = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
         return out
 
     def onnx_session(self) -> Any:
@@ -378,20 +406,24 @@ class QueryEncoder:
         path = Path(path)
         self.model.save(str(path))
         (path / "WEIGHTS_ID").write_text(self.weights_id)
+        (path / "TORCH_PRECISION").unlink(missing_ok=True)
+        if self.precision == "bf16":  # loaded on torch, it encodes as it was trained and evaluated
+            (path / "TORCH_PRECISION").write_text("bf16")
+        onnx_precision = "fp32" if self.precision == "bf16" else self.precision
         if onnx is None:
             onnx = os.environ.get("MIXLLM_ENCODER_SAVE_ONNX", "1") != "0"
         if onnx:
             import shutil
 
-            target = path / onnx_encoder.onnx_filename(self.precision)
+            target = path / onnx_encoder.onnx_filename(onnx_precision)
             source = None if self._source is None else onnx_encoder.saved_file(self._source, self.weights_id,
-                                                                                  self.precision)
+                                                                                  onnx_precision)
             seconds = None
             if source is None:
-                source, seconds = onnx_encoder.cached_export(self.model, self.weights_id, self.precision)
+                source, seconds = onnx_encoder.cached_export(self.model, self.weights_id, onnx_precision)
             if source.resolve() != target.resolve():
                 shutil.copyfile(source, target)
-            onnx_encoder.write_meta(path, self.weights_id, self.precision, self.max_seq_length, self.truncation,
+            onnx_encoder.write_meta(path, self.weights_id, onnx_precision, self.max_seq_length, self.truncation,
                                     seconds)
         return path
 
@@ -412,7 +444,11 @@ class QueryEncoder:
             raise ArtifactError(f"{path}: no saved encoder (WEIGHTS_ID missing); re-save the router")
         weights_id = (path / "WEIGHTS_ID").read_text().strip()
         explicit = backend or os.environ.get("MIXLLM_ENCODER_BACKEND")
-        backend, precision = resolve_backend(backend), resolve_precision(precision)
+        backend = resolve_backend(backend)
+        if backend == "torch" and not (precision or os.environ.get("MIXLLM_ENCODER_PRECISION")) \
+                and (path / "TORCH_PRECISION").is_file():
+            precision = (path / "TORCH_PRECISION").read_text().strip()  # as it was saved (trained, evaluated)
+        precision = resolve_precision(precision, backend)
         if backend == "onnx" and onnx_encoder.saved_file(path, weights_id, precision) is not None:
             meta = onnx_encoder.read_meta(path)
             return cls(None, weights_id, backend="onnx", precision=precision, source=path,

@@ -318,19 +318,124 @@ def save_candidate(router: Any, prepared: Any, predictors: list[Any], out_dir: P
 
 
 def evaluate_router(router_dir: Path, test: pd.DataFrame, config: PipelineConfig, settings: Settings,
-                    train: pd.DataFrame | None = None) -> tuple[Any, dict[str, float]]:
+                    train: pd.DataFrame | None = None,
+                    baselines: tuple[str, ...] | None = None) -> tuple[Any, dict[str, float]]:
     """Evaluation report of the router in `router_dir` on the held-out slice, and the flat metrics to gate/log.
 
     The metrics are the report's summary plus the operating point the service actually uses: mean quality and
     cost when routing at the default willingness to pay (``default_wtp/*``), the "quality at the default budget".
+    `baselines`: None = `config.baselines`; the champion's evaluation passes () (the gates read no baseline of the
+    champion, and the candidate's report already holds them). The held-out prompts' base embeddings go through the
+    embedding cache: the sweep and the operating point encode them once, and the next night not at all.
     """
     from mixllm.evaluation import evaluate
     from mixllm.routers.registry import load_router
 
     router = load_router(router_dir)
-    report = evaluate(router, test, baselines=config.baselines, train_log=train, seed=config.seed)
-    point = operating_point(router, test, settings.default_willingness_to_pay)
+    chosen = config.baselines if baselines is None else baselines
+    with _evaluation_cache(router):
+        report = evaluate(router, test, baselines=chosen, train_log=train, seed=config.seed)
+        point = operating_point(router, test, settings.default_willingness_to_pay)
     return report, {**report.summary, **point}
+
+
+def _evaluation_cache(router: Any) -> Any:
+    """The router's encoder reading and writing its embedding cache for the block (a no-op without either)."""
+    from contextlib import nullcontext
+
+    encoder = getattr(router, "encoder", None)
+    cache = router._cache() if hasattr(router, "_cache") else None  # the router's own cache folder setting
+    return encoder.cached(cache) if cache is not None and hasattr(encoder, "cached") else nullcontext()
+
+
+# --------------------------------------------------------------------------- champion evaluation cache -------
+EVALUATION_CACHE_FORMAT = 1  # bump when what a champion's metrics mean changes
+
+
+def held_out_digest(test: pd.DataFrame) -> str:
+    """sha256 of the held-out slice (column names, then every value in row order): the rows both routers are
+    evaluated on, as `held_out` returns them. Without ``ts``: files without timestamps are stamped with the time
+    they are read (`mixllm.data`), which no evaluation reads."""
+    rows = test.drop(columns=["ts"], errors="ignore")
+    h = hashlib.sha256("\0".join(map(str, rows.columns)).encode())
+    h.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def router_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics of the router itself: everything but the baselines (which also depend on the training
+    snapshot, i.e. on the night, and which the gates read from the candidate only)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("baseline/")}
+
+
+def evaluation_key(version: str, test_digest: str, config: PipelineConfig, settings: Settings) -> str:
+    """What a registered version's metrics depend on: the version (immutable) of this registry, the held-out
+    rows, the evaluation settings (seed, default willingness to pay, the sweep grid), the encoder backend and
+    precision the router is loaded with, and this mixllm release."""
+    import json
+
+    from mixllm import __version__
+    from mixllm.embeddings import resolve_backend, resolve_precision
+    from mixllm.evaluation import default_wtps
+
+    parts = {"format": EVALUATION_CACHE_FORMAT, "registry": [settings.registry_uri, settings.registered_model],
+             "version": str(version), "held_out": test_digest, "seed": config.seed,
+             "default_wtp": settings.default_willingness_to_pay,
+             "wtps": hashlib.sha256(default_wtps().tobytes()).hexdigest(),
+             "encoder": [resolve_backend(), resolve_precision()], "mixllm": __version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _evaluation_file(settings: Settings, key: str) -> Path:
+    return settings.ensure_home() / "evaluations" / f"{key}.json"
+
+
+def store_evaluation(settings: Settings, version: str, test_digest: str, config: PipelineConfig,
+                     metrics: dict[str, float]) -> Path:
+    """Keep a registered version's own metrics on this held-out slice (baselines left out), so the night it is
+    the champion does not evaluate it again. Written to a temporary name and renamed (readers never see half)."""
+    import json
+    import math
+    import os
+
+    path = _evaluation_file(settings, evaluation_key(version, test_digest, config, settings))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else float(v))
+             for k, v in router_metrics(metrics).items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": str(version), "held_out": test_digest, "metrics": clean}, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def cached_evaluation(settings: Settings, version: str, test_digest: str,
+                      config: PipelineConfig) -> dict[str, float] | None:
+    """The stored metrics of `version` on this held-out slice and settings, or None (never stored, unreadable)."""
+    import json
+
+    path = _evaluation_file(settings, evaluation_key(version, test_digest, config, settings))
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {k: float("nan") if v is None else float(v) for k, v in stored["metrics"].items()}
+
+
+def champion_evaluation(champion_dir: Path, version: str | None, test: pd.DataFrame, config: PipelineConfig,
+                        settings: Settings) -> tuple[dict[str, float], bool]:
+    """The champion's metrics on the held-out slice and whether they came from the cache: stored ones when this
+    version was evaluated on the same rows and settings before (as a candidate, or as the champion of an earlier
+    night), else evaluated now (router only: the gates compare the candidate with the champion's own figures)
+    and stored. Without a `version` (a champion directory given by hand) it is always evaluated."""
+    digest = held_out_digest(test)
+    if version is not None:
+        hit = cached_evaluation(settings, version, digest, config)
+        if hit is not None:
+            return hit, True
+    metrics = router_metrics(evaluate_router(champion_dir, test, config, settings, baselines=())[1])
+    if version is not None:
+        store_evaluation(settings, version, digest, config, metrics)
+    return metrics, False
 
 
 def operating_point(router: Any, test: pd.DataFrame, willingness_to_pay: float) -> dict[str, float]:

@@ -127,6 +127,11 @@ def test_second_run_registers_version_2_and_the_gate_states_why(state: dict[str,
     assert out["snapshot_digest"] == first["snapshot_digest"]  # same data, same rows: re-ingest is a no-op
     assert out["champion_before"] == "1"
     assert out["gate_reason"], "the gate must state its reason"
+    # version 1's own figures were stored when it was registered: night 2 does not evaluate the champion again,
+    # and the figures it compares with are the ones version 1 was registered with
+    assert out["champion_evaluation"] == "cached"
+    metrics = {r["version"]: r["metrics"] for r in Registry(get_settings()).versions()}
+    assert metrics["2"]["champion/aiq"] == metrics["1"]["aiq"]
     tags = {r["version"]: r["tags"] for r in Registry(get_settings()).versions()}
     assert tags["2"]["compared_with_champion"] == "1"
     assert tags["2"]["gate_verdict"] == ("passed" if out["gate_passed"] else "failed")
