@@ -164,7 +164,7 @@ class ServingEngine:
         status["replay"] = dict(vars(self.replay))
         if self.challenger is not None:
             c = self.challenger.status()
-            status["canary"] = {"share": self.settings.canary_share, "active": c["ready"],
+            status["canary"] = {"share": self.settings.canary_share, "active": self._canary_live(),
                                 **{k: c[k] for k in ("router_version", "source", "source_version",
                                                      "source_reachable", "last_error")}}
         if self.settings.shadow_sample > 0 and self.outbox is not None:
@@ -295,10 +295,16 @@ class ServingEngine:
         """Which router decides each request: the challenger for a stable `canary_share` of session ids (a request
         without a session is its own), the champion otherwise or while no challenger is loaded."""
         share = self.settings.canary_share
-        if self.challenger is None or self.challenger.router is None or share <= 0:
+        if not self._canary_live():
             return [CHAMPION_ARM] * len(requests)
         return [CANARY_ARM if canary_bucket(r.session_id or r.request_id or "", self.settings.canary_salt) < share
                 else CHAMPION_ARM for r in requests]
+
+    def _canary_live(self) -> bool:
+        """A challenger is loaded and its source still names it (an alias removed by a rollback, or a registry
+        that does not answer, pauses the canary: only the champion is known to be wanted)."""
+        c = self.challenger
+        return c is not None and c.router is not None and c.source_ok and self.settings.canary_share > 0
 
     def _decide_arm(self, holder: RouterHolder, requests: list[RouteRequest], arm: str) -> list[Any]:
         router, ref = holder.router, holder.ref

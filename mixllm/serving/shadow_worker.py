@@ -66,7 +66,7 @@ class ShadowWorker:
             self._next_poll = time.monotonic() + self.poll_seconds
         self._drop_overflow()
         router = self.holder.router
-        if router is None:
+        if router is None or not self.holder.source_ok:  # none yet, or its alias was removed: wait, capped
             self.last_error = self.holder.last_error
             return 0
         rows = self._db.execute("SELECT id, payload FROM shadow_queue ORDER BY id LIMIT ?", (self.batch,)).fetchall()
