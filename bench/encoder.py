@@ -13,6 +13,8 @@ The verdict: a backend may become the default only if |AIQ delta| <= 0.001 on bo
 Writes bench/results/encoder.json and the `encoder` section of BENCHMARKS.md.
 
 Usage: nice python bench/encoder.py [--epochs 1] [--reps 100] [--threads 1,2] [--no-write]
+       nice python bench/encoder.py --only bulk [--threads 2] [--backends torch,onnx-fp32] [--bulk-prompts 256]
+(--only bulk: training-time throughput only, on long bundled prompts, into the encoder-bulk markers.)
 (--epochs: the routers' fine-tuning epochs; the library default is 1, so the comparison uses the real router.)
 """
 
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 AIQ_TOLERANCE = 0.001
-BACKENDS = (("torch", "torch", "fp32"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"))
+BACKENDS = (("torch", "torch", "fp32"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"),
+            ("torch-bf16", "torch", "bf16"))  # bf16: torch autocast (AMX / AVX512-BF16 matmuls on CPUs with them)
 # dataset -> (catalogue, train source, test source, reference LLM), as bench/quality.py and bench/tune.py use them.
 DATASETS = {"routerbench": ("routerbench", "data/routerbench", "data/routerbench", "gpt-4-1106-preview"),
             "llmrouter": ("llmrouter", "data/llmrouter/llmrouter_train.csv.gz", "data/llmrouter/llmrouter_test.csv.gz",
@@ -106,6 +109,77 @@ def speed(encoders: dict, prompts: list[str], reps: int, threads: int, rounds: i
     return out
 
 
+def bulk(encoders: dict, prompts: list[str], threads: int, batch_sizes: tuple[int, ...] = (32, 64, 128),
+         rounds: int = 3) -> dict[str, dict]:
+    """Training-time encoding: `prompts` (long, mostly truncated at the router's 128 tokens, as the nightly encodes
+    them) through `_embed` per backend and batch size, rounds interleaved; median queries/s and CPU seconds per
+    query of this process (the wall clock on a shared machine measures the neighbours too)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    for enc in encoders.values():
+        enc.threads, enc._onnx = threads, None
+        enc._embed(prompts[:8], 8, False)  # sessions built outside the timing
+    qps: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for bs in batch_sizes:
+            for label, enc in encoders.items():
+                key = f"{label}@{bs}"
+                t0, c0 = time.perf_counter(), time.process_time()
+                enc._embed(prompts, bs, False)
+                wall, used = time.perf_counter() - t0, time.process_time() - c0
+                qps.setdefault(key, []).append(len(prompts) / wall)
+                cpu.setdefault(key, []).append(1e3 * used / len(prompts))
+                print(f"bulk {threads} threads {key}: {len(prompts) / wall:.1f} q/s, {1e3 * used / len(prompts):.1f} "
+                      f"CPU ms/q", flush=True)
+    return {k: {"qps": statistics.median(v), "cpu_ms_per_query": statistics.median(cpu[k]), "n_prompts": len(prompts)}
+            for k, v in qps.items()}
+
+
+def bulk_markdown(doc: dict) -> str:
+    """The bulk-encode table (training-time throughput per backend and batch size, relative to torch at 64)."""
+    lines = [f"Bulk encoding, measured {doc['measured']} (load average {doc['load_avg_start']:.1f} -> "
+             f"{doc['load_avg_end']:.1f}) by `bench/encoder.py --only bulk`: {doc['n_prompts']} distinct prompts of "
+             f"the bundled RouterBench train split ({doc['mean_tokens']:.0f} tokens on average after truncation to 128, "
+             f"{100 * doc['share_truncated']:.0f}% at 128), `_embed` as the nightly's encode stage calls it "
+             "(longest first), backends and batch sizes interleaved over "
+             f"{doc['rounds']} rounds, medians:", "",
+             "| threads | backend @ batch | queries/s | CPU ms per query | CPU vs torch@64 |", "| --- | --- | --- | --- | --- |"]
+    for n, rows in doc["bulk"].items():
+        ref = rows["torch@64"]["cpu_ms_per_query"]
+        for key, r in rows.items():
+            lines.append(f"| {n} | {key} | {r['qps']:.1f} | {r['cpu_ms_per_query']:.1f} | "
+                         f"{r['cpu_ms_per_query'] / ref:.2f}x |")
+    return "\n".join(lines)
+
+
+def main_bulk(args: argparse.Namespace) -> int:
+    """`--only bulk`: the training-time throughput table alone (bench/results/encoder_bulk.json and the
+    encoder-bulk part of the encoder section)."""
+    from mixllm.data import load_routerbench
+
+    threads = [int(t) for t in args.threads.split(",")]
+    encoders = {k: v for k, v in _encoders(128, "tail").items() if k in args.backends.split(",")}
+    prompts = sorted(dict.fromkeys(load_routerbench(ROOT / "data" / "routerbench", "train")["prompt"]))
+    prompts = [prompts[i] for i in np.random.default_rng(0).permutation(len(prompts))[:args.bulk_prompts]]
+    tok = encoders["torch"].model.tokenizer
+    lens = np.array([len(tok(p, truncation=True, max_length=128)["input_ids"]) for p in prompts])
+    doc = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "load_avg_start": os.getloadavg()[0],
+           "n_prompts": len(prompts), "mean_tokens": float(lens.mean()), "share_truncated": float((lens >= 128).mean()),
+           "rounds": args.rounds, "versions": _versions(),
+           "bulk": {str(t): bulk(encoders, prompts, t, tuple(int(b) for b in args.batch_sizes.split(",")),
+                                 rounds=args.rounds) for t in threads}}
+    doc["load_avg_end"] = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "encoder_bulk.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    md = bulk_markdown(doc)
+    print(md)
+    if not args.no_write:
+        _write_section(ROOT / "BENCHMARKS.md", md, "encoder-bulk")
+    return 0
+
+
 def drift(encoders: dict, prompts: list[str]) -> dict[str, dict[str, float]]:
     ref = encoders["torch"]._embed(prompts, 64, False)
     out = {}
@@ -161,7 +235,8 @@ def routing(dataset: str, epochs: int, workdir: Path) -> tuple[dict, Path, list[
     t0 = time.perf_counter()
     saved = router.save(workdir / dataset)  # writes the default precision's export beside the weights
     out["save_s"] = time.perf_counter() - t0
-    for _, backend, precision in BACKENDS[1:]:  # both exports in the folder, so the RSS probe never needs torch
+    for _, backend, precision in [b for b in BACKENDS if b[1] == "onnx"]:  # both exports in the folder, so the
+        # RSS probe never needs torch
         QueryEncoder(trained.model, trained.weights_id, backend=backend, precision=precision).save(saved / "encoder")
     return out, saved, ts.prompts
 
@@ -189,11 +264,19 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2", help="intra-op thread counts timed (torch and ONNX Runtime)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--only", choices=("all", "bulk"), default="all",
+                    help="bulk: only the training-time (bulk encode) throughput table")
+    ap.add_argument("--backends", default="torch,onnx-fp32", help="--only bulk: backends timed")
+    ap.add_argument("--bulk-prompts", type=int, default=256, help="--only bulk: prompts per timed pass")
+    ap.add_argument("--rounds", type=int, default=3, help="--only bulk: interleaved rounds")
+    ap.add_argument("--batch-sizes", default="32,64,128", help="--only bulk: batch sizes timed")
     args = ap.parse_args()
 
     from mixllm.telemetry import go_offline
 
     go_offline()
+    if args.only == "bulk":
+        return main_bulk(args)
     threads = [int(t) for t in args.threads.split(",")]
     t_all = time.perf_counter()
     doc: dict = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": platform.machine(),
@@ -236,7 +319,7 @@ def main() -> int:
 def verdict(doc: dict) -> dict:
     """Per ONNX precision: within the AIQ tolerance on both datasets, and faster than torch on both speed axes."""
     out = {}
-    for label in ("onnx-fp32", "onnx-int8"):
+    for label in [b[0] for b in BACKENDS[1:] if b[0] in doc["speed"][next(iter(doc["speed"]))]]:
         deltas = {d: r["backends"][label]["aiq_delta"] for d, r in doc["routing"].items()}
         within = all(abs(v) <= AIQ_TOLERANCE for v in deltas.values())
         faster = all(sp[label]["single_p50_ms"] < sp["torch"]["single_p50_ms"]
@@ -299,9 +382,9 @@ def _versions() -> dict[str, str]:
     return {p: metadata.version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "tokenizers")}
 
 
-def _write_section(path: Path, body: str) -> None:
+def _write_section(path: Path, body: str, marker: str = "encoder") -> None:
     text = path.read_text(encoding="utf-8")
-    start, end = "<!-- encoder:start -->", "<!-- encoder:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in text or end not in text:
         raise SystemExit(f"{path}: markers {start} / {end} not found; add them at the end of the file")
     head, rest = text.split(start, 1)
