@@ -84,7 +84,7 @@ class ReloadResult(BaseModel):
 
 
 # Status of each `RequestRejected.kind` that is not a plain 400.
-STATUS = {"not_found": 404, "unroutable": 422, "not_ready": 503, "store_unavailable": 503}
+STATUS = {"not_found": 404, "unroutable": 422, "not_ready": 503, "store_unavailable": 503, "over_budget": 429}
 
 
 def http_error(status: int, field: str | None, msg: str, kind: str = "value_error") -> JSONResponse:

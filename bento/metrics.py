@@ -54,6 +54,13 @@ class ServiceMetrics:
         self.shadow_decided = Gauge("mixllm_shadow_decided", "Shadow requests the challenger decided since the "
                                     "shadow process started.", registry=r, multiprocess_mode="mostrecent")
 
+        self.spend_wtp = Gauge("mixllm_spend_willingness_to_pay", "Willingness to pay the daily spend controller "
+                               "gives requests without their own.", registry=r, multiprocess_mode="mostrecent")
+        self.spend_today = Gauge("mixllm_spend_today_usd", "Observed spend since 00:00 UTC (the controller's count).",
+                                 registry=r, multiprocess_mode="mostrecent")
+        self.spend_target = Gauge("mixllm_spend_target_usd", "The daily spend target.", registry=r,
+                                  multiprocess_mode="mostrecent")
+
         self._router_labels: tuple[str, str] | None = None
 
     def set_router(self, router_version: str, source_version: str | None) -> None:

@@ -112,6 +112,11 @@ class RouterService:
         """Refresh the gauges; append our metrics only when BentoML's multi-process collector does not export them."""
         self.metrics.outbox_pending.set(self.engine.outbox.pending())
         self.metrics.source_up.set(1 if self.engine.holder.source_ok else 0)
+        if self.engine.spend is not None:
+            spend = self.engine.spend.status()
+            self.metrics.spend_wtp.set(spend["willingness_to_pay"])
+            self.metrics.spend_today.set(spend["spent_today_usd"])
+            self.metrics.spend_target.set(spend["target_usd"])
         if self.cfg.shadow_sample > 0 and self.engine.outbox is not None:
             shadow = self.engine.outbox.shadow_status()
             self.metrics.shadow_queued.set(shadow["queued"])
@@ -122,9 +127,12 @@ class RouterService:
     async def _route(self, prompts: list[str], field: str, wtp: float | None, allowed: list[str] | None,
                      max_cost: float | None, session_id: str | None, endpoint: str) -> list[Routed] | JSONResponse:
         t0 = time.perf_counter()
+        tenant = self._tenant()
         try:
-            requests = self.engine.requests(prompts, field, wtp, allowed, max_cost, session_id)
+            requests = self.engine.requests(prompts, field, wtp, allowed, max_cost, session_id, tenant)
         except RequestRejected as e:
+            if e.kind == "over_budget":
+                self.metrics.route_requests.labels(endpoint, "over_budget").inc()
             return rejected(e)
         try:
             routed = await self.engine.route(requests)
@@ -140,6 +148,14 @@ class RouterService:
         self.metrics.route_requests.labels(endpoint, "ok").inc()
         self.metrics.route_latency.observe((time.perf_counter() - t0) / max(len(prompts), 1))
         return routed
+
+    def _tenant(self) -> str | None:
+        """The request's tenant header, read from BentoML's per-request context (not a `ctx` parameter: with one,
+        BentoML replaces the status of every returned error response by ctx.response's 200)."""
+        try:
+            return RouterService.context.request.headers.get(self.cfg.tenant_header)
+        except LookupError:  # called outside an HTTP request
+            return None
 
     def _result(self, r: Routed) -> RouteResult:
         d, c = r.decision, r.choice

@@ -43,6 +43,7 @@ from mixllm.serving.outbox import DecisionRef, Outbox
 from mixllm.serving.replay import Learnable, snapshot_time, spooled_events, stored_events
 from mixllm.serving.schemas import FeedbackRequest, RequestRejected, RouteRequest, constraints_of
 from mixllm.serving.sessions import SessionTracker, StickyChoice
+from mixllm.serving.spend import SpendController, TenantBudgets
 from mixllm.serving.settings import ServingSettings
 
 log = logging.getLogger("mixllm.service")
@@ -107,6 +108,7 @@ class ServingEngine:
         self.challenger = (RouterHolder(challenger, prepare=self._warm_up)
                            if challenger is not None and self.settings.canary_share > 0 else None)
         self._shadow_draw = random.Random()
+        self.spend, self.budgets = _spend_controller(self.settings, default_wtp), _budgets(self.settings)
         self.replay = ReplayReport()
         self._on_batch, self._on_swap = on_batch, on_swap
         self._caps: weakref.WeakKeyDictionary[Any, OnlineCaps] = weakref.WeakKeyDictionary()
@@ -167,9 +169,20 @@ class ServingEngine:
             status["canary"] = {"share": self.settings.canary_share, "active": self._canary_live(),
                                 **{k: c[k] for k in ("router_version", "source", "source_version",
                                                      "source_reachable", "last_error")}}
+        if self.spend is not None:
+            status["spend"] = self.spend.status()
+        if self.budgets is not None:
+            status["tenants"] = self.budgets.status()
         if self.settings.shadow_sample > 0 and self.outbox is not None:
             status["shadow"] = {"sample": self.settings.shadow_sample, **self.outbox.shadow_status()}
         return status
+
+    def observe_cost(self, request_id: str, cost_usd: float | None) -> None:
+        """An observed cost counts toward the day's spend (controller) and its tenant's budget."""
+        if self.spend is not None:
+            self.spend.observe(cost_usd)
+        if self.budgets is not None:
+            self.budgets.charge(request_id, cost_usd)
 
     def known_models(self) -> set[str]:
         """Models of the champion and, while a canary runs, of the challenger (feedback may rate either's)."""
@@ -240,11 +253,16 @@ class ServingEngine:
     # ------------------------------------------------------------------------------------------ routing ------
     def requests(self, prompts: Sequence[str], field: str, willingness_to_pay: float | None,
                  allowed_models: Sequence[str] | None = None, max_cost_usd: float | None = None,
-                 session_id: str | None = None) -> list[RouteRequest]:
-        """Route requests for prompts, checked against the live router; `RequestRejected` names `field`."""
+                 session_id: str | None = None, tenant: str | None = None) -> list[RouteRequest]:
+        """Route requests for prompts, checked against the live router and the tenant's budget; `RequestRejected`
+        names `field`. Without its own willingness to pay a request gets the spend controller's (or the default)."""
         router = self.router
         if router is None:
             raise RequestRejected("no router is loaded yet; see /readyz", None, "not_ready")
+        if self.budgets is not None:
+            why = self.budgets.over(tenant or "")
+            if why is not None:
+                raise RequestRejected(why, self.settings.tenant_header, "over_budget")
         limit = self.max_prompt_chars
         for p in prompts:
             if limit is not None and len(p) > limit:
@@ -258,9 +276,14 @@ class ServingEngine:
                 raise RequestRejected(f"unknown models {unknown}; the router knows {list(router.models)}",
                                       "allowed_models", "unknown_model")
         constraints = constraints_of(allowed_models, max_cost_usd)
-        wtp = willingness_to_pay if willingness_to_pay is not None else self.default_wtp
-        return [RouteRequest(prompt=p, willingness_to_pay=wtp, constraints=constraints, session_id=session_id,
-                             request_id=uuid.uuid4().hex) for p in prompts]
+        wtp = willingness_to_pay if willingness_to_pay is not None else (
+            self.spend.willingness_to_pay() if self.spend is not None else self.default_wtp)
+        out = [RouteRequest(prompt=p, willingness_to_pay=wtp, constraints=constraints, session_id=session_id,
+                            request_id=uuid.uuid4().hex, tenant=tenant) for p in prompts]
+        if self.budgets is not None:
+            for r in out:
+                self.budgets.assign(r.request_id, tenant or "")
+        return out
 
     async def route(self, requests: list[RouteRequest]) -> list[Routed]:
         """Route through the micro-batcher; `RequestRejected` when a request cannot be answered or logged."""
@@ -389,6 +412,9 @@ class ServingEngine:
             await asyncio.to_thread(self.outbox.put, records)  # durable before we answer
         except StoreError as e:
             raise RequestRejected(str(e), None, "store_unavailable") from e
+        for r in records:
+            if isinstance(r, LogRecord):
+                self.observe_cost(qid, r.cost_usd)
         applied, why, capped = await self._learn(records, ref, req.source)
         router = self.router
         return FeedbackOutcome(query_id=qid, model=records[0].model, recorded=[
@@ -450,6 +476,7 @@ class ServingEngine:
                            cost_usd=spec.cost_usd(pt, ct), prompt_tokens=pt, completion_tokens=ct,
                            latency_ms=latency_ms, ts=utc_now(), router_version=d.router_version,
                            propensity=d.propensity)
+        self.observe_cost(record.query_id, record.cost_usd)
         try:
             await asyncio.to_thread(self.outbox.put, [record])
         except StoreError as e:
@@ -500,3 +527,19 @@ def canary_bucket(key: str, salt: str) -> float:
     """A stable draw in [0, 1) per key: the same session lands in the same arm on every request and restart."""
     digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def _spend_controller(cfg: ServingSettings, default_wtp: float) -> SpendController | None:
+    if cfg.daily_spend_target_usd is None:
+        return None
+    if cfg.spend_wtp_min > cfg.spend_wtp_max:
+        raise ValueError(f"spend_wtp_min {cfg.spend_wtp_min} > spend_wtp_max {cfg.spend_wtp_max}")
+    start = min(max(default_wtp, cfg.spend_wtp_min), cfg.spend_wtp_max)
+    return SpendController(cfg.daily_spend_target_usd, start, cfg.spend_wtp_min, cfg.spend_wtp_max, cfg.spend_gain,
+                           cfg.spend_interval_seconds)
+
+
+def _budgets(cfg: ServingSettings) -> TenantBudgets | None:
+    if not cfg.tenant_budgets and cfg.default_tenant_budget_usd is None:
+        return None
+    return TenantBudgets(cfg.tenant_budgets, cfg.default_tenant_budget_usd, cfg.max_sessions)

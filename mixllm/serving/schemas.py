@@ -18,7 +18,7 @@ from mixllm.schemas import RouteConstraints
 
 QueryId = Annotated[str, Field(min_length=1, max_length=200)]
 Rejection = Literal["invalid", "too_long", "too_short", "unknown_model", "missing", "not_found", "unroutable",
-                    "not_ready", "store_unavailable"]
+                    "not_ready", "store_unavailable", "over_budget"]
 
 
 class RequestRejected(MixLLMError):
@@ -41,6 +41,7 @@ class RouteRequest(BaseModel):
     request_id: str | None = Field(default=None, description="The decision's id (the service makes a fresh one; "
                                    "the CLI keeps the line's `id`, whatever it is).")
     session_id: QueryId | None = None
+    tenant: str | None = Field(default=None, max_length=200, description="Whose budget the request counts against.")
 
     @field_validator("prompt")
     @classmethod

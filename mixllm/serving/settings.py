@@ -55,6 +55,19 @@ class ServingSettings(BaseSettings):
                                   "dropped (and counted) past it, so a starved shadow never grows the spool.")
     canary_share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of sessions (per session_id, else "
                                 "per request) routed by the challenger (0 = no canary).")
+    daily_spend_target_usd: float | None = Field(default=None, gt=0, description="Hold this observed spend per UTC "
+                                                 "day by moving the default willingness to pay (None = off; see "
+                                                 "mixllm.serving.spend).")
+    spend_wtp_min: float = Field(default=0.1, gt=0, description="Lowest willingness to pay the controller may set.")
+    spend_wtp_max: float = Field(default=10_000.0, gt=0, description="Highest willingness to pay it may set.")
+    spend_gain: float = Field(default=0.5, gt=0, le=1, description="Damping of each step (1 = the full ratio).")
+    spend_interval_seconds: float = Field(default=60.0, gt=0, description="Seconds between controller steps.")
+    tenant_header: str = Field(default="x-mixllm-tenant", min_length=1, description="Request header naming the API "
+                               "key or tenant that budgets count against.")
+    tenant_budgets: dict[str, float] = Field(default_factory=dict, description="Daily hard cap in USD per tenant "
+                                             "(JSON, e.g. {\"team-a\": 50}); past it: 429 until 00:00 UTC.")
+    default_tenant_budget_usd: float | None = Field(default=None, ge=0, description="Cap of tenants not listed "
+                                                    "(and of requests without the header); None = no cap.")
     canary_salt: str = Field(default="mixllm-canary", min_length=1, description="Salt of the session hash that "
                              "assigns the canary arm (change it to draw new sessions).")
 

@@ -2,7 +2,7 @@
 process): started with no challenger registered, it serves everything with the champion; once a challenger version
 is registered it routes the canary share of sessions with it and the shadow process decides the champion's requests;
 when the canary is stopped (alias removed) every request goes back to the champion; stopping the service stops the
-shadow process."""
+shadow process. The same service holds a daily spend target and per-tenant caps (429 past the cap)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,32 @@ PROMPTS = ["What is the derivative of x**3 + 2x?", "Write a Python function that
 def served(tmp_path_factory: pytest.TempPathFactory, trained_router_dir: Path):
     with FakeUpstream() as up:
         s = start_service(tmp_path_factory.mktemp("shadow-canary-home"), trained_router_dir, up.url,
-                          MIXLLM_SHADOW_SAMPLE="1.0", MIXLLM_CANARY_SHARE="0.5")
+                          MIXLLM_SHADOW_SAMPLE="1.0", MIXLLM_CANARY_SHARE="0.5", MIXLLM_DAILY_SPEND_TARGET_USD="10",
+                          MIXLLM_TENANT_BUDGETS='{"capped": 0, "tiny": 1e-9}')
         yield s
         s.stop()
 
 
 def _readyz(c) -> dict:
     return c.get("/readyz").json()
+
+
+def test_tenant_caps_answer_429_and_the_spend_controller_is_visible(served):
+    c = served.client()
+    tenant = {"x-mixllm-tenant": "capped"}
+    r = c.post("/route", json={"prompt": PROMPTS[0]}, headers=tenant)
+    assert r.status_code == 429 and r.json()["detail"][0]["loc"] == ["x-mixllm-tenant"], r.text
+    chat = {"messages": [{"role": "user", "content": PROMPTS[1]}]}
+    assert c.post("/v1/chat/completions", json=chat, headers=tenant).json()["error"]["code"] == "over_budget"
+    first = c.post("/v1/chat/completions", json=chat, headers={"x-mixllm-tenant": "tiny"})
+    assert first.status_code == 200  # under its cap; the call's cost is charged to it
+    again = c.post("/route", json={"prompt": PROMPTS[2]}, headers={"x-mixllm-tenant": "tiny"})
+    assert again.status_code == 429 and "daily cap" in again.json()["error"]
+    assert c.post("/route", json={"prompt": PROMPTS[2]}).status_code == 200  # no header: no cap configured
+    spend = _readyz(c)["spend"]
+    assert spend["target_usd"] == 10 and spend["spent_today_usd"] > 0 and spend["bounds"] == [0.1, 10000.0]
+    assert "tiny" not in str(_readyz(c)["tenants"])  # tenants are shown as digests (the header may be a key)
+    assert "mixllm_spend_willingness_to_pay" in c.get("/metrics").text
 
 
 def test_shadow_and_canary_follow_the_challenger_alias(served, trained_router_dir, tmp_path):
@@ -84,3 +103,4 @@ def test_shadow_and_canary_follow_the_challenger_alias(served, trained_router_di
     assert any("mixllm.serving.shadow_worker" in " ".join(p.cmdline()) for p in children)
     served.stop()
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+

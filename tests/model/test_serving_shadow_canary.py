@@ -117,3 +117,23 @@ def test_without_a_challenger_the_queue_is_capped_not_grown(make, tmp_path):
     worker.write_status()
     status = engine.status()["shadow"]
     assert status["queued"] == 1 and "does not exist" in status["last_error"]
+
+
+def test_the_spend_controller_sets_the_default_wtp_and_a_capped_tenant_is_refused(make):
+    from mixllm.serving.schemas import RequestRejected
+
+    engine = make(daily_spend_target_usd=5.0, spend_wtp_min=1.0, spend_wtp_max=50.0,
+                  tenant_budgets={"capped": 0.0, "small": 0.01})
+    assert engine.requests(PROMPTS[:1], "prompt", None)[0].willingness_to_pay == 50.0  # default 1000, clipped
+    assert engine.requests(PROMPTS[:1], "prompt", 7.0)[0].willingness_to_pay == 7.0  # the caller's own wins
+    with pytest.raises(RequestRejected, match="daily cap is 0") as refused:
+        engine.requests(PROMPTS[:1], "prompt", None, tenant="capped")
+    assert refused.value.kind == "over_budget" and refused.value.field == "x-mixllm-tenant"
+    routed = asyncio.run(engine.route(engine.requests(PROMPTS[:1], "prompt", None, tenant="small")))
+    from mixllm.serving.schemas import FeedbackRequest
+
+    asyncio.run(engine.feedback(FeedbackRequest(request_id=routed[0].request.request_id, cost_usd=0.02)))
+    with pytest.raises(RequestRejected, match="spent 0.0200 USD"):
+        engine.requests(PROMPTS[:1], "prompt", None, tenant="small")
+    status = engine.status()
+    assert status["spend"]["spent_today_usd"] == 0.02 and "small" not in str(status["tenants"])
