@@ -63,7 +63,7 @@ def config_of(overrides: dict[str, Any]) -> C.CanaryConfig:
 
 
 @flow(name="mixllm-canary", log_prints=True)
-def canary(alpha: float = 0.05, rollback_alpha: float = 0.10, min_labels: int = 30, max_hours: float = 72.0,
+def canary(alpha: float = 0.05, rollback_alpha: float = 0.20, min_labels: int = 30, max_hours: float = 72.0,
            dry_run: bool = False, deliver_promoted: bool = True) -> dict[str, Any]:
     """Decide the running canary: promote (then deliver, unless `deliver_promoted` is off: the service still
     follows the champion alias at its next poll), roll back, expire, or extend."""

@@ -13,7 +13,8 @@ mean utilities: with d ~ N(theta, V) (V = s1^2/n1 + s2^2/n2) and a N(0, tau^2) m
 
 is a likelihood ratio against theta = 0 whose crossing of 1/alpha keeps the error rate at alpha however often it is
 checked (an always-valid test: the flow may look every few minutes). Crossing with d > 0 promotes (level `alpha`),
-with d < 0 rolls back (level `rollback_alpha`, looser: a worse challenger should stop early); past `max_hours`
+with d < 0 rolls back (level `rollback_alpha`, 0.2, looser: a worse challenger should stop early, and a rollback
+that was not needed only keeps the champion); past `max_hours`
 undecided, the canary expires (the challenger stops serving, the champion stays). Each arm needs `min_labels`
 labelled decisions first. The flow (`mixllm_flows.canary`) applies the verdict and tags the challenger's version
 with the evidence; nothing here is on the request path.
@@ -43,7 +44,8 @@ class CanaryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(0.05, gt=0, lt=1, description="error rate of a promotion (always valid)")
-    rollback_alpha: float = Field(0.10, gt=0, lt=1, description="error rate of a rollback (looser: stop early)")
+    rollback_alpha: float = Field(0.20, gt=0, lt=1, description="error rate of a rollback (looser: stop early; "
+                                  "a false rollback only keeps the champion; bench/canary.py)")
     tau: float = Field(0.1, gt=0, description="sd of the mixture over the utility difference (the effect size "
                        "the test is most sensitive to)")
     min_labels: int = Field(30, ge=2, description="labelled decisions each arm needs before any verdict")

@@ -614,7 +614,7 @@ def canary_check(
     apply_verdict: bool = typer.Option(False, "--apply", help="Apply the verdict: promote, or remove the "
                                        "challenger alias (rollback/expiry). Without it: report only."),
     alpha: float = typer.Option(0.05, "--alpha", help="Error rate of a promotion (always-valid mSPRT)."),
-    rollback_alpha: float = typer.Option(0.10, "--rollback-alpha", help="Error rate of a rollback."),
+    rollback_alpha: float = typer.Option(0.20, "--rollback-alpha", help="Error rate of a rollback."),
     min_labels: int = typer.Option(30, "--min-labels", help="Labelled decisions each arm needs first."),
     max_hours: float = typer.Option(72.0, "--max-hours", help="Undecided this long: expire the canary."),
     store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
