@@ -150,9 +150,10 @@ def _render_scenario(s: dict[str, Any]) -> list[str]:
         t = nights.get(d["day"] - 1, {}).get("test")
         tt = f"{t['champion']['utility']:.4f} ({t['seed']['utility']:.4f} / {t['full']['utility']:.4f})" if t else "-"
         o = d.get("ope")
-        ot = "-" if not o else (f"no estimate, truth {o['truth']:.3f} (n {o['n']}, ESS {o['ess']:.1f})"
+        truth = o.get("truth", o.get("realised")) if o else None  # runs before 2026-12-03: all day's queries
+        ot = "-" if not o else (f"no estimate, truth {truth:.3f} (n {o['n']}, ESS {o['ess']:.1f})"
                                 if o.get("estimate") is None else
-                                f"{o['estimate']:.3f} [{o['low']:.3f}, {o['high']:.3f}] vs {o['truth']:.3f} "
+                                f"{o['estimate']:.3f} [{o['low']:.3f}, {o['high']:.3f}] vs {truth:.3f} "
                                 f"{'in' if o['within_ci'] else 'OUT'} (n {o['n']}, ESS {o['ess']:.0f})")
         top = ", ".join(f"{m.split('/')[-1]} {v:.0%}" for m, v in list(d["share"].items())[:3])
         lines.append(f"| {d['day']} | v{'+'.join(d['versions'])} | {d['served']['utility']:.4f} / "
