@@ -149,7 +149,9 @@ def _night(name: str, landing: Path, overrides: dict, clocks: list) -> dict:
             "load_at_end": [round(v, 2) for v in os.getloadavg()], "timings": out.get("timings") or {},
             "stage_cpu_s": stage_cpu,
             "version": out.get("version"), "gate_passed": out.get("gate_passed"), "promoted": out.get("promoted"),
-            "message": out.get("message")}
+            "message": out.get("message"), "champion_evaluation": out.get("champion_evaluation"),
+            "encoder": {"backend": os.environ.get("MIXLLM_ENCODER_BACKEND", "default"),
+                        "precision": os.environ.get("MIXLLM_ENCODER_PRECISION", "default")}}
 
 
 def _latency(test_files: list[Path], n: int = 200) -> dict:
@@ -339,8 +341,11 @@ def _markdown(doc: dict) -> str:
               f"kNN groups {doc['champion_latency_ms']['knn_groups']}, load {doc['champion_latency_ms']['load']}): "
               f"predictor step p50 {doc['champion_latency_ms']['predictor_step_p50']} ms, router.predict (encoder "
               f"included) p50 {doc['champion_latency_ms']['router_predict_p50']} ms.",
-              "", f"Night 1: {n1['message']}. Night 2: {n2['message']}. Queries/s = the night's training "
-              "queries / the stage's seconds (night 2: all queries in its snapshot)."]
+              "", f"Night 1: {n1['message']}. Night 2: {n2['message']}; champion's metrics "
+              f"{n2.get('champion_evaluation') or 'n/a'} (evaluation cache: a registered version is evaluated on a "
+              "held-out slice once). Encoder (env): "
+              f"{json.dumps(n1.get('encoder', {}))}. Queries/s = the night's training queries / the stage's seconds "
+              "(night 2: all queries in its snapshot)."]
     return "\n".join(lines)
 
 
