@@ -455,12 +455,26 @@ class ServingEngine:
         learnable = [r for r in records if isinstance(r, FeedbackRecord) or r.quality is not None]
         if not learnable:
             return False, NOTHING_TO_LEARN, False
+        item = Learnable(learnable[-1], ref.prompt if ref else None, source)
+        challenger = self._decided_by_challenger(ref)
         try:
-            refused = await asyncio.wrap_future(self.updater.submit(
-                Learnable(learnable[-1], ref.prompt if ref else None, source)))
+            if challenger is not None:  # a canary decision: the challenger learns it (each arm from its own traffic)
+                refused = (await asyncio.wrap_future(self.batcher.call(
+                    lambda: self._learn_on(challenger, [item], self.challenger))))[0]
+                if isinstance(refused, BaseException):
+                    raise refused
+            else:
+                refused = await asyncio.wrap_future(self.updater.submit(item))
         except _LEARN_ERRORS as e:
             return False, f"{type(e).__name__}: {e}", False
         return refused is None, refused, refused is not None
+
+    def _decided_by_challenger(self, ref: DecisionRef | None) -> Any:
+        """The live challenger if it made the rated decision (its router_version), else None."""
+        if ref is None or self.challenger is None or self.batcher is None:
+            return None
+        router = self.challenger.router
+        return router if router is not None and str(router.version) == ref.router_version else None
 
     async def passthrough(self, routed: Routed, text: str, data: dict[str, Any], spec: Any,
                           latency_ms: float) -> LogRecord:
@@ -498,7 +512,7 @@ class ServingEngine:
             return out
         return self._on_thread(run)
 
-    def _learn_on(self, router: Any, items: Sequence[Learnable]) -> list[Any]:
+    def _learn_on(self, router: Any, items: Sequence[Learnable], holder: RouterHolder | None = None) -> list[Any]:
         """Apply what the caps admit to `router`; per item: None (learned), the reason it was refused (str), or the
         exception the router refused it with. One bad event never blocks the others."""
         caps = self._caps.setdefault(router, OnlineCaps(self.settings.feedback_source_limit,
@@ -507,7 +521,7 @@ class ServingEngine:
         todo = [k for k, why in enumerate(out) if why is None]
         if not todo:
             return out
-        with self.holder.lock:
+        with (holder or self.holder).lock:
             try:
                 router.update_many([items[k].record for k in todo], [items[k].prompt for k in todo])
                 return out

@@ -137,3 +137,16 @@ def test_the_spend_controller_sets_the_default_wtp_and_a_capped_tenant_is_refuse
         engine.requests(PROMPTS[:1], "prompt", None, tenant="small")
     status = engine.status()
     assert status["spend"]["spent_today_usd"] == 0.02 and "small" not in str(status["tenants"])
+
+
+def test_feedback_on_a_canary_decision_is_learned_by_the_challenger_only(make, challenger_dir):
+    from mixllm.serving.schemas import FeedbackRequest
+
+    engine = make(challenger_dir, canary_share=1.0)
+    routed = _route(engine, PROMPTS[:1])[0]
+    assert routed.arm == "challenger"
+    before = (sum(engine.router.bandit.n_updates.values()), sum(engine.challenger.router.bandit.n_updates.values()))
+    out = asyncio.run(engine.feedback(FeedbackRequest(request_id=routed.request.request_id, quality=0.0)))
+    assert out.applied_online, out
+    after = (sum(engine.router.bandit.n_updates.values()), sum(engine.challenger.router.bandit.n_updates.values()))
+    assert after == (before[0], before[1] + 1)
