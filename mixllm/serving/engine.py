@@ -26,8 +26,10 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +40,12 @@ from mixllm.schemas import FeedbackRecord, LogRecord, RouteDecision, utc_now
 from mixllm.serving.batcher import MicroBatcher, limit_blas_threads, settle_heap
 from mixllm.serving.caps import OnlineCaps
 from mixllm.serving.holder import RouterHolder, RouterSource, StaticSource
-from mixllm.serving.settings import CANARY_ARM, CHAMPION_ARM
 from mixllm.serving.outbox import DecisionRef, Outbox
 from mixllm.serving.replay import Learnable, snapshot_time, spooled_events, stored_events
 from mixllm.serving.schemas import FeedbackRequest, RequestRejected, RouteRequest, constraints_of
 from mixllm.serving.sessions import SessionTracker, StickyChoice
 from mixllm.serving.spend import SpendController, TenantBudgets
-from mixllm.serving.settings import ServingSettings
+from mixllm.serving.settings import CANARY_ARM, CHAMPION_ARM, ServingSettings
 
 log = logging.getLogger("mixllm.service")
 _LEARN_ERRORS = (MixLLMError, ValueError, KeyError)  # what a router's update may refuse an event with
@@ -109,6 +110,8 @@ class ServingEngine:
                            if challenger is not None and self.settings.canary_share > 0 else None)
         self._shadow_draw = random.Random()
         self.spend, self.budgets = _spend_controller(self.settings, default_wtp), _budgets(self.settings)
+        self._costed: OrderedDict[str, None] = OrderedDict()  # requests whose cost was counted (bounded)
+        self._costed_lock = threading.Lock()
         self.replay = ReplayReport()
         self._on_batch, self._on_swap = on_batch, on_swap
         self._caps: weakref.WeakKeyDictionary[Any, OnlineCaps] = weakref.WeakKeyDictionary()
@@ -178,11 +181,22 @@ class ServingEngine:
         return status
 
     def observe_cost(self, request_id: str, cost_usd: float | None) -> None:
-        """An observed cost counts toward the day's spend (controller) and its tenant's budget."""
+        """An observed cost counts toward the day's spend (controller) and its tenant's budget: once per request
+        (the first report wins; a repeated /feedback cannot multiply it) and at most `spend_max_request_cost_usd`
+        (one hostile report cannot spend the day's budget). The store keeps what was reported."""
+        if cost_usd is None or (self.spend is None and self.budgets is None):
+            return
+        with self._costed_lock:
+            if request_id in self._costed:
+                return
+            self._costed[request_id] = None
+            while len(self._costed) > self.settings.max_sessions:
+                self._costed.popitem(last=False)
+        cost = min(cost_usd, self.settings.spend_max_request_cost_usd)
         if self.spend is not None:
-            self.spend.observe(cost_usd)
+            self.spend.observe(cost)
         if self.budgets is not None:
-            self.budgets.charge(request_id, cost_usd)
+            self.budgets.charge(request_id, cost)
 
     def known_models(self) -> set[str]:
         """Models of the champion and, while a canary runs, of the challenger (feedback may rate either's)."""

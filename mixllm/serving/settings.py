@@ -61,6 +61,8 @@ class ServingSettings(BaseSettings):
     spend_wtp_min: float = Field(default=0.1, gt=0, description="Lowest willingness to pay the controller may set.")
     spend_wtp_max: float = Field(default=10_000.0, gt=0, description="Highest willingness to pay it may set.")
     spend_gain: float = Field(default=0.5, gt=0, le=1, description="Damping of each step (1 = the full ratio).")
+    spend_max_request_cost_usd: float = Field(default=5.0, gt=0, description="Most one request's observed cost "
+                                              "counts toward the day's spend and its tenant's budget.")
     spend_interval_seconds: float = Field(default=60.0, gt=0, description="Seconds between controller steps.")
     tenant_header: str = Field(default="x-mixllm-tenant", min_length=1, description="Request header naming the API "
                                "key or tenant that budgets count against.")

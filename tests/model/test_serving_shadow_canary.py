@@ -132,11 +132,15 @@ def test_the_spend_controller_sets_the_default_wtp_and_a_capped_tenant_is_refuse
     routed = asyncio.run(engine.route(engine.requests(PROMPTS[:1], "prompt", None, tenant="small")))
     from mixllm.serving.schemas import FeedbackRequest
 
-    asyncio.run(engine.feedback(FeedbackRequest(request_id=routed[0].request.request_id, cost_usd=0.02)))
+    for _ in range(3):  # a repeated report counts once
+        asyncio.run(engine.feedback(FeedbackRequest(request_id=routed[0].request.request_id, cost_usd=0.02)))
     with pytest.raises(RequestRejected, match="spent 0.0200 USD"):
         engine.requests(PROMPTS[:1], "prompt", None, tenant="small")
     status = engine.status()
     assert status["spend"]["spent_today_usd"] == 0.02 and "small" not in str(status["tenants"])
+    hostile = asyncio.run(engine.route(engine.requests(PROMPTS[:1], "prompt", None)))[0]
+    asyncio.run(engine.feedback(FeedbackRequest(request_id=hostile.request.request_id, cost_usd=1e12)))
+    assert engine.status()["spend"]["spent_today_usd"] == pytest.approx(5.02)  # clipped at 5 USD per request
 
 
 def test_feedback_on_a_canary_decision_is_learned_by_the_challenger_only(make, challenger_dir):
