@@ -80,6 +80,7 @@ def _lgbm(trees: int, prior: bool = True, **extra: Any) -> dict:
     return {"predictor": {"quality_model": "lgbm", "quality_n_estimators": trees, "tag_prior": prior}, **extra}
 
 
+_FORMER = {"representation": "adapter", "untagged": "taxonomy", "task_labels": True}  # the defaults before issue 14
 PLAIN = {"epochs": 0}  # the docstring's CV ran on the plain encoder except for the fine-tuning records
 EXPERIMENTS = {e.name: e for e in (
     Experiment("quality_model", "Which per-LLM quality model: kNN shrunk to the tag prior, the prior alone, or "
@@ -148,13 +149,13 @@ EXPERIMENTS = {e.name: e for e in (
                "log's tasks, held-out queries told theirs; production: no task column, tags from the router's own "
                "tagger). Is the task label used at prediction, which tagger for unlabelled logs, tag-enhanced "
                "(adapter) or plain MiniLM, how much shrinkage to the tag prior?", (
-        Variant("defaults: adapter, task labels used, taxonomy tagger, k=150 s=60", {}),
-        Variant("task labels ignored at prediction (former)", {"task_labels": False}),
-        Variant("plain MiniLM", {"representation": "plain"}),
-        Variant("untagged: 30 k-means clusters", {"untagged": "clusters", "tag_clusters": 30}),
-        Variant("untagged: 30 clusters, plain MiniLM", {"untagged": "clusters", "tag_clusters": 30,
+        Variant("defaults: adapter, task labels used, taxonomy tagger, k=150 s=60", _FORMER),
+        Variant("task labels ignored at prediction (former)", {**_FORMER, "task_labels": False}),
+        Variant("plain MiniLM", {**_FORMER, "representation": "plain"}),
+        Variant("untagged: 30 k-means clusters", {**_FORMER, "untagged": "clusters", "tag_clusters": 30}),
+        Variant("untagged: 30 clusters, plain MiniLM", {**_FORMER, "untagged": "clusters", "tag_clusters": 30,
                                                         "representation": "plain"}),
-        Variant("k=150 s=200", _knn(150, 200)),
+        Variant("k=150 s=200", _knn(150, 200, **_FORMER)),
     )),
 )}
 

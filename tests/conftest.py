@@ -52,5 +52,6 @@ def trained_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log = load_routerbench(ROUTERBENCH_DIR, "train")
     keep = log.drop_duplicates("query_id").groupby("task").head(14)["query_id"]
     log = log[log["query_id"].isin(keep)]
-    config = RouterConfig(epochs=1, batch_size=16, progress=False, cache_dir=base / "cache", seed=0)
+    config = RouterConfig(representation="adapter", epochs=1, batch_size=16, progress=False, cache_dir=base / "cache",
+                          seed=0)  # the tag-enhanced option (the default is plain MiniLM since issue 14)
     return MixLLMRouter(config).fit(log).save(base / "router")

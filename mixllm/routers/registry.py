@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixllm.exceptions import ArtifactError, ConfigError
-from mixllm.router import MixLLMRouter, PlainMixLLMRouter
+from mixllm.router import MixLLMRouter, PlainMixLLMRouter, TaggedMixLLMRouter
 from mixllm.routers.base import Router, read_manifest
 from mixllm.routers.baselines import (KNNRouter, LGBMRouter, MLPRouter, OracleRouter, RandomRouter,
                                       SingleModelRouter, TaskPriorRouter, TfidfLGBMRouter)
 
 ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (
     MixLLMRouter, PlainMixLLMRouter, SingleModelRouter, RandomRouter, OracleRouter, TaskPriorRouter, KNNRouter,
-    LGBMRouter, TfidfLGBMRouter, MLPRouter)}
+    LGBMRouter, TfidfLGBMRouter, MLPRouter, TaggedMixLLMRouter)}
 DEFAULT_ROUTER = MixLLMRouter.name  # artifacts saved before the registry existed name no class: they are MixLLM's
 
 

@@ -22,7 +22,7 @@ WTPS = (1e-4, 1e-2, 1.0, 100.0)
 
 
 def _fit(rows: pd.DataFrame, cache: Path, prompts: list[str]):
-    config = RouterConfig(epochs=1, batch_size=8, progress=False, cache_dir=cache, seed=0)
+    config = RouterConfig(representation="adapter", epochs=1, batch_size=8, progress=False, cache_dir=cache, seed=0)
     router = MixLLMRouter(config).fit(rows)
     return router, router.predict(prompts)
 
