@@ -74,8 +74,8 @@ class ShadowWorker:
             return 0
         from mixllm import shadow
 
-        payloads = [json.loads(p) for _, p in rows]
-        records = self.decide(router, payloads)
+        payloads = [_parse(p) for _, p in rows]
+        records = self.decide(router, [p for p in payloads if p is not None])
         if self._store is None:
             self._store = self._store_factory()
         shadow.append(self._store, records)  # a store error propagates: the rows stay queued for the next round
@@ -90,6 +90,8 @@ class ShadowWorker:
         a request it cannot route (no eligible model, a model it does not know) is left out."""
         from mixllm.shadow import ShadowRecord
 
+        if not payloads:
+            return []
         pred = router.predict([p["prompt"] for p in payloads])
         groups: dict[tuple[float, str], list[int]] = {}
         for i, p in enumerate(payloads):
@@ -107,7 +109,7 @@ class ShadowWorker:
                     continue
                 by = {c.model: c for c in d.candidates}
                 own, theirs = by.get(d.model), by.get(p["champion_model"])
-                out.append(ShadowRecord(
+                record = _record(ShadowRecord, dict(
                     request_id=p["request_id"], ts=datetime.fromisoformat(p["ts"]), decided_at=now,
                     willingness_to_pay=wtp, champion_version=p["champion_version"],
                     challenger_version=str(router.version), challenger_ref=ref,
@@ -118,6 +120,8 @@ class ShadowWorker:
                     challenger_cost=own.predicted_cost_usd if own else None,
                     challenger_on_champion_quality=theirs.predicted_quality if theirs else None,
                     challenger_on_champion_cost=theirs.predicted_cost_usd if theirs else None))
+                if record is not None:
+                    out.append(record)
         return out
 
     def _drop_overflow(self) -> None:
@@ -149,6 +153,28 @@ class ShadowWorker:
             if not busy:
                 self._stop.wait(idle_seconds)
         self._db.close()
+
+
+_REQUIRED = ("request_id", "prompt", "champion_version", "champion_model", "ts")
+
+
+def _parse(payload: str) -> dict[str, Any] | None:
+    """A queued request, or None for one that cannot be read (dropped, never retried forever)."""
+    try:
+        p = json.loads(payload)
+        ok = (isinstance(p, dict) and all(isinstance(p.get(k), str) and p[k].strip() for k in _REQUIRED)
+              and float(p.get("willingness_to_pay")) > 0 and datetime.fromisoformat(p["ts"]) is not None)
+        return p if ok else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _record(model: Any, fields: dict[str, Any]) -> Any:
+    try:
+        return model(**{k: v for k, v in fields.items()})
+    except (ValueError, TypeError):  # a queued row that does not make a valid record: skip it, keep the rest
+        log.warning("shadow: skipped request %s (invalid record)", fields.get("request_id"))
+        return None
 
 
 class ShadowProcess:

@@ -154,3 +154,15 @@ def test_feedback_on_a_canary_decision_is_learned_by_the_challenger_only(make, c
     assert out.applied_online, out
     after = (sum(engine.router.bandit.n_updates.values()), sum(engine.challenger.router.bandit.n_updates.values()))
     assert after == (before[0], before[1] + 1)
+
+
+def test_a_malformed_queued_request_is_skipped_not_retried_forever(make, challenger_dir):
+    engine = make(shadow_sample=1.0)
+    _route(engine, PROMPTS[:2])
+    engine.outbox.put([], [], ["not json", json.dumps({"prompt": "x", "willingness_to_pay": -1}),
+                               json.dumps({"request_id": "r", "prompt": "ok", "champion_version": "v",
+                                           "champion_model": "gpt-4-1106-preview", "ts": "yesterday",
+                                           "willingness_to_pay": 10})])
+    worker = ShadowWorker(engine.outbox.path, LocalDirSource(challenger_dir), lambda: Store(make.store_url))
+    assert worker.step() == 5 and worker.step() == 0  # all five leave the queue
+    assert worker.counts == {"decided": 2, "dropped": 0, "unroutable": 3}
