@@ -58,6 +58,13 @@ def _setup(trained_router_dir: Path, challenger_dir: Path, champion_q: float, ch
 
 def test_a_worse_challenger_is_rolled_back_and_its_alias_removed(trained_router_dir, challenger_dir):
     reg, store, v1, v2 = _setup(trained_router_dir, challenger_dir, champion_q=0.8, challenger_q=0.4)
+    from typer.testing import CliRunner
+
+    from mixllm.cli import app
+
+    shown = CliRunner().invoke(app, ["canary", "check", "--store-url", store.url])  # reports, changes nothing
+    assert shown.exit_code == 0 and json.loads(shown.output.strip().splitlines()[-1])["verdict"] == "rollback"
+    assert reg.version_for(CHALLENGER) == v2
     decision = C.evaluate(reg, store, CFG, wtp=100.0)
     assert decision.verdict == "rollback", decision.reason
     assert (decision.champion.n, decision.challenger.n) == (80, 80)
