@@ -1,16 +1,28 @@
-"""Routing quality on the bundled RouterBench sample: train split -> test split, router vs every baseline, ONE run.
+"""Routing quality on both bundled datasets x both conditions: train split -> test split, router vs every baseline,
+paired bootstrap intervals, ONE run.
 
-Trains the tag-enhanced router with several seeds and the plain-embedding ablation with the same seeds, replays the
-953 test queries through each (willingness-to-pay sweep) next to the baselines, every one a registered router
-(`mixllm.routers`: single LLMs and their mix, random, oracle, task prior, KNN-20 and LightGBM on plain MiniLM,
-LightGBM on TF-IDF), adds the latency-constrained replay and the
-continual-learning replay (frozen router vs the router learning from refined / thumbs feedback on the same stream,
-also with a failing LLM), and writes:
-  bench/results/quality.json, bench/results/quality.png and the `quality` section of BENCHMARKS.md.
-Nothing is tuned on the test split: every hyper-parameter is the library default, chosen by 3-fold cross-validation
-on the train split (`bench/tune.py`, figures in bench/results/tune.md).
+Datasets: the RouterBench sample (3 tasks, 11 LLMs, 953 test queries; reference gpt-4-1106-preview) and the LLMRouter
+data (14 tasks, 9 open LLMs, 500 test queries; reference llama-3.1-nemotron-51b-instruct). Conditions:
+- labels: the logs carry their `task` column; the router trains on those tags and is told each test query's task
+  (`RouterConfig.task_labels`), as the task prior is;
+- production: the task column is removed from the train AND test logs; the router's own tagger decides the tags
+  (`RouterConfig.untagged`) and test queries are tagged by the nearest tag centroid, as in serving.
+Policies, every one a registered router (`mixllm.routers`): the router (library defaults), every single LLM and
+their mix, random, oracle (upper bound), task prior (labels: a reference a user of production logs does not have;
+shown in the production table as "task_prior (labels)"), KNN-20, LightGBM and the RouterBench MLP on plain MiniLM,
+LightGBM on TF-IDF, and the encoder ablation: the router with the other representation (`plain_router` when the
+default is tag-enhanced, `tagged_router` = the tag-enhanced adapter when the default is plain MiniLM). Baselines
+that never read a task (single, random, oracle, knn, lgbm, mlp, tfidf_lgbm) give the same decisions in both
+conditions: they are fitted once per dataset and shown in both tables. For each dataset x condition: 95% paired
+bootstrap intervals of router - policy on AIQ and quality at 25% cost (`mixllm.stats`, --resamples draws of the test
+queries shared by every policy), per-LLM cost MdAPE (router's predicted vs logged cost per test query), the bars.
+Seeds: the router and its ablation on RouterBench with labels over --seeds seeds (the no-regression bar is their
+mean); every other cell seed 0 only (wall time on the shared 2-core box), intervals from seed 0's decisions.
+Writes bench/results/quality.json, quality.png (RouterBench, labels), quality_llmrouter.png and the `quality`
+section of BENCHMARKS.md. Nothing is tuned on the test split: every hyper-parameter is the library default, chosen
+by grouped cross-validation on train (`bench/tune.py`, bench/results/tune.md).
 
-Usage: python bench/quality.py [--seeds 3] [--out bench/results] [--no-write]   (--seeds 1: seed 0 only)
+Usage: python bench/quality.py [--seeds 3] [--resamples 1000] [--datasets routerbench llmrouter] [--no-write]
 """
 
 from __future__ import annotations
@@ -25,15 +37,23 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-REFERENCE = "gpt-4-1106-preview"
+DATASETS = {"routerbench": ("routerbench", "gpt-4-1106-preview"),
+            "llmrouter": ("llmrouter", "llama-3.1-nemotron-51b-instruct")}
+CONDITIONS = ("labels", "production")
 HEADLINE = ("quality_at_10pct_cost", "quality_at_25pct_cost", "cost_for_97pct_quality", "aiq")
-TARGET_QUALITY, TARGET_COST = 0.97, 0.25
-# The issue's figures for the same data (quality at 25% of GPT-4's cost, AIQ), for the reader's cross-check.
-ISSUE_REFERENCE = {"task_prior": "96.4% / 0.969", "knn20": "94.5% / 0.959", "tfidf_lgbm": "91.7% / 0.936",
-                   "single_mix": "90.8% / -", "oracle": "111% at 4.3% cost"}
+TASK_FREE = ("single", "random", "oracle", "knn", "lgbm", "mlp", "tfidf_lgbm")  # never read a task label
+RB_BAR = {"quality_at_25pct_cost": 0.968, "aiq": 0.9766}  # issue 14: no regression on RouterBench
+PROD_GAP = 0.01  # production within 1 point of quality@25% of the labelled condition
+LABELLED_REF = "task_prior (labels)"
+
+
+def _pct(v) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -43,118 +63,258 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
+def load(dataset: str):
+    from mixllm.data import load_routerbench, load_training_log
+
+    if dataset == "routerbench":
+        d = ROOT / "data" / "routerbench"
+        return load_routerbench(d, "train"), load_routerbench(d, "test")
+    d = ROOT / "data" / "llmrouter"
+    return load_training_log(d / "llmrouter_train.csv.gz"), load_training_log(d / "llmrouter_test.csv.gz")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
-    args = ap.parse_args()
+def _limit(log, max_queries: int | None):
+    """The first `max_queries` queries spread evenly over tasks (smoke runs); every query when None."""
+    if not max_queries:
+        return log
+    first = log.drop_duplicates("query_id")
+    keep = first.groupby("task").head(max(1, max_queries // first["task"].nunique()))["query_id"]
+    return log[log["query_id"].isin(keep)].reset_index(drop=True)
 
+
+def ablation_name() -> str:
+    """The encoder ablation: the other representation than the default's (plain <-> tag-enhanced adapter)."""
+    from mixllm.router import RouterConfig
+
+    return "tagged_router" if RouterConfig().representation == "plain" else "plain_router"
+
+
+def cost_mdape(router, test) -> dict[str, float]:
+    """Per LLM: median over test queries of |predicted - logged cost| / logged cost (the router's `predict`)."""
+    from mixllm.replay import predict_test
+
+    pred = predict_test(router, test)
+    out = {}
+    for j, m in enumerate(pred.models):
+        true = test.cost[:, test.models.index(m)]
+        ok = np.isfinite(true) & (true > 0) & np.isfinite(pred.cost[:, j])
+        out[m] = float(np.median(np.abs(pred.cost[ok, j] - true[ok]) / true[ok])) if ok.any() else math.nan
+    return out
+
+
+def intervals(report, test_log, resamples: int, seed: int = 0) -> dict[str, dict]:
+    """Paired bootstrap of router - policy for every non-single policy of the report (the singles' mix stands
+    for them: its hull contains every single point, so beating it beats each)."""
+    from mixllm.stats import bootstrap_metrics, compare, resample_indices
+    from mixllm.testset import TestSet
+
+    test = TestSet.from_log(test_log)
+    ref = test.models.index(report.reference)
+    policies = {n: r.choices for n, r in report.policies.items() if r.kind != "single"}
+    samples = bootstrap_metrics(test.cost, test.quality, policies, ref, resample_indices(test.n, resamples, seed))
+    point = {n: report.policies[n].metrics for n in policies}
+    return {n: {m: iv.as_dict() for m, iv in d.items()} for n, d in compare(samples, point, report.main).items()}
+
+
+def run_condition(dataset: str, condition: str, logs, seeds: list[int], args, labelled=None) -> dict:
+    """One dataset x condition: router per seed (+ ablation), baselines once, intervals, MdAPE."""
+    from mixllm.catalogue import load_catalogue
+    from mixllm.evaluation import evaluate
     from mixllm.replay import LatencyConfig, OnlineConfig
-    from mixllm.data import load_routerbench
-    from mixllm.evaluation import ALL_BASELINES, evaluate
     from mixllm.router import MixLLMRouter, RouterConfig
-    from mixllm.telemetry import go_offline
+    from mixllm.testset import TestSet
 
-    go_offline()
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-    t0 = time.perf_counter()
-    data_dir = ROOT / "data" / "routerbench"
-    train, test = load_routerbench(data_dir, "train"), load_routerbench(data_dir, "test")
-    timings["load data"] = time.perf_counter() - t0
-
-    seeds = list(range(args.seeds))
-    per_seed: dict[str, list[dict]] = {"router": [], "plain_router": []}
-    main_report = None
+    catalogue_name, reference = DATASETS[dataset]
+    catalogue = load_catalogue(catalogue_name)
+    train, test = logs if condition == "labels" else (logs[0].assign(task=None), logs[1].assign(task=None))
+    ablation = ablation_name()
+    options = {ablation: {"catalogue": catalogue}}
+    per_seed, timings, main = {"router": [], ablation: []}, {}, None
     for seed in seeds:
         t0 = time.perf_counter()
-        router = MixLLMRouter(RouterConfig(seed=seed, progress=False)).fit(train)
+        router = MixLLMRouter(RouterConfig(seed=seed, progress=False), catalogue).fit(train)
         timings[f"train router seed {seed}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if seed == seeds[0]:  # every baseline and the latency replay once, in the same run as the first seed
-            report = evaluate(router, test, reference=REFERENCE, baselines=ALL_BASELINES, train_log=train,
-                              seed=seed, latency=LatencyConfig(seed=seed), online=OnlineConfig(seed=seed))
-            main_report = report
-        else:
-            report = evaluate(router, test, reference=REFERENCE, baselines=("plain_router",), train_log=train,
-                              seed=seed)
+        first = seed == seeds[0]
+        names = (*TASK_FREE, "task_prior", ablation) if first and condition == "labels" else (ablation,)
+        extra = {"latency": LatencyConfig(seed=seed), "online": OnlineConfig(seed=seed)} \
+            if first and dataset == "routerbench" and condition == "labels" else {}
+        report = evaluate(router, test, reference=reference, baselines=names, train_log=train, seed=seed,
+                          router_options=options, **extra)
         timings[f"evaluate seed {seed}"] = time.perf_counter() - t0
         timings.update({f"  seed {seed}: {k}": v for k, v in report.timings_s.items()})
         for name in per_seed:
             per_seed[name].append({k: report.policies[name].metrics[k] for k in (*HEADLINE, "max_quality")})
-        print(f"seed {seed}: router {report.policies['router'].metrics['aiq']:.4f} AIQ, "
-              f"{_pct(report.policies['router'].metrics['quality_at_25pct_cost'])} @25%; plain "
-              f"{report.policies['plain_router'].metrics['aiq']:.4f} AIQ", flush=True)
-        timings["total"] = time.perf_counter() - t_all
-        # Written after every seed, so an interrupted run still leaves its figures (with the seeds done so far).
-        _publish(args, main_report, per_seed, seeds[: seed + 1], timings)
+        if first:
+            main, mdape = report, cost_mdape(router, TestSet.from_log(test))
+        print(f"{dataset}/{condition} seed {seed}: router {report.policies['router'].metrics['aiq']:.4f} AIQ, "
+              f"{_pct(report.policies['router'].metrics['quality_at_25pct_cost'])} @25%; {ablation} "
+              f"{report.policies[ablation].metrics['aiq']:.4f}", flush=True)
+    if labelled is not None:  # production: the task-free baselines and the labelled task prior, same test queries
+        same = TestSet.from_log(test).query_ids.tolist() == TestSet.from_log(logs[1]).query_ids.tolist()
+        if not same:
+            raise SystemExit(f"{dataset}: the test set's query order differs without labels; cannot share baselines")
+        for name, r in labelled["report"].policies.items():
+            if name not in ("router", ablation):
+                main.policies[LABELLED_REF if name == "task_prior" else name] = r
+    t0 = time.perf_counter()
+    ivs = intervals(main, test, args.resamples)
+    timings["bootstrap"] = time.perf_counter() - t0
+    stats = {n: {k: _stats([r[k] for r in rows]) for k in rows[0]} for n, rows in per_seed.items()}
+    return {"report": main, "per_seed": per_seed, "seeds": seeds, "seed_stats": stats, "intervals": ivs,
+            "cost_mdape": mdape, "timings": timings, "completion_tokens_known": bool(train["completion_tokens"]
+                                                                                   .notna().any())}
+
+
+def verdicts(results: dict) -> dict:
+    """The issue-14 bars, from the figures of this run."""
+    out = {}
+    for dataset, conds in results.items():
+        for condition, r in conds.items():
+            rivals = {n: iv for n, iv in r["intervals"].items() if n not in ("oracle", LABELLED_REF)}
+            failing = {n: iv["aiq"] for n, iv in rivals.items() if not iv["aiq"]["above_zero"]}
+            out[f"{dataset}/{condition}"] = {"beats_every_baseline_aiq_ci_above_0": not failing,
+                                             "not_beaten": {n: [iv["estimate"], iv["low"], iv["high"]]
+                                                            for n, iv in failing.items()}}
+        if {"labels", "production"} <= set(conds):
+            lab = conds["labels"]["report"].policies["router"].metrics["quality_at_25pct_cost"]
+            prod = conds["production"]["report"].policies["router"].metrics["quality_at_25pct_cost"]
+            out[f"{dataset}/production_within_1pt_of_labels"] = {"labels": lab, "production": prod,
+                                                                   "gap": lab - prod, "pass": lab - prod <= PROD_GAP}
+    if "labels" in results.get("routerbench", {}):
+        s = results["routerbench"]["labels"]["seed_stats"]["router"]
+        out["routerbench/no_regression"] = {k: {"mean": s[k][0], "bar": bar, "pass": s[k][0] >= bar}
+                                            for k, bar in RB_BAR.items()}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3, help="router seeds on RouterBench with labels (others: seed 0)")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--max-queries", type=int, default=None, help="smoke run: the first N queries of each split "
+                    "(spread over tasks); never for published figures")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
+    args = ap.parse_args()
+    from mixllm.telemetry import go_offline
+
+    go_offline()
+    t_all, results = time.perf_counter(), {}
+    for dataset in args.datasets:
+        logs, results[dataset] = tuple(_limit(log, args.max_queries) for log in load(dataset)), {}
+        for condition in CONDITIONS:
+            seeds = list(range(args.seeds)) if (dataset, condition) == ("routerbench", "labels") else [0]
+            results[dataset][condition] = run_condition(dataset, condition, logs, seeds, args,
+                                                        results[dataset].get("labels"))
+            _publish(args, results, time.perf_counter() - t_all)  # an interrupted run keeps what it finished
     return 0
 
 
-def _publish(args, main_report, per_seed, seeds, timings) -> None:
-    seed_stats = {name: {k: _stats([r[k] for r in rows]) for k in rows[0]} for name, rows in per_seed.items()}
-    verdict = _verdict(main_report, seed_stats)
-    markdown = _markdown(main_report, seed_stats, per_seed, verdict, timings, seeds)
+def _publish(args, results: dict, total_s: float) -> None:
+    from mixllm.evaluation import _clean
+
+    bars = verdicts(results)
+    markdown = _markdown(results, bars, total_s, args)
     print(markdown, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(main_report.to_json())
-    doc["seeds"] = {"seeds": seeds, "per_seed": per_seed,
-                    "mean_std": {n: {k: list(v) for k, v in s.items()} for n, s in seed_stats.items()}}
-    doc["verdict"], doc["timings_s"] = verdict, {k: round(v, 2) for k, v in timings.items()}
+    doc = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "resamples": args.resamples,
+           "bars": bars, "total_s": total_s, "datasets": {}}
+    for dataset, conds in results.items():
+        for condition, r in conds.items():
+            rep = r["report"].to_dict()
+            doc["datasets"].setdefault(dataset, {})[condition] = {
+                "report": rep, "seeds": r["seeds"], "per_seed": r["per_seed"],
+                "mean_std": {n: {k: list(v) for k, v in s.items()} for n, s in r["seed_stats"].items()},
+                "intervals_router_minus": r["intervals"], "cost_mdape": r["cost_mdape"],
+                "completion_tokens_known": r["completion_tokens_known"],
+                "timings_s": {k: round(v, 2) for k, v in r["timings"].items()}}
     (args.out / "quality.json").write_text(json.dumps(_clean(doc), indent=1, allow_nan=False), encoding="utf-8")
-    main_report.plot(args.out / "quality.png", dpi=70)
+    for dataset, png in (("routerbench", "quality.png"), ("llmrouter", "quality_llmrouter.png")):
+        if "labels" in results.get(dataset, {}):
+            results[dataset]["labels"]["report"].plot(args.out / png, dpi=70)
     if not args.no_write:
         _write_section(ROOT / "BENCHMARKS.md", markdown)
 
 
-def _clean(x):
-    from mixllm.evaluation import _clean as clean
-
-    return clean(x)
-
-
-def _verdict(report, seed_stats) -> dict:
-    """The bar: beat every baseline of the run (oracle excepted: it is an upper bound) on AIQ and on quality at 25%
-    cost (router mean over seeds vs the ablation's mean and every other baseline), and reach 97% quality at <= 25%."""
-    router = seed_stats["router"]
-    rivals = {n: (r.metrics["aiq"], r.metrics["quality_at_25pct_cost"]) for n, r in report.policies.items()
-              if n not in ("router", "oracle", "plain_router")}
-    rivals["plain_router (mean)"] = (seed_stats["plain_router"]["aiq"][0],
-                                     seed_stats["plain_router"]["quality_at_25pct_cost"][0])
-    aiq, q25 = router["aiq"][0], router["quality_at_25pct_cost"][0]
-    beaten = {n: bool(aiq > a and (q25 > q or (math.isnan(q) and math.isfinite(q25)))) for n, (a, q) in rivals.items()}
-    target = bool(q25 >= TARGET_QUALITY)
-    return {"beats_every_baseline": all(beaten.values()), "not_beaten": [n for n, ok in beaten.items() if not ok],
-            "reaches_97pct_at_25pct_cost": target, "pass": all(beaten.values()) and target}
+def _ci(iv: dict | None, scale: float = 1.0, fmt: str = "{:+.4f}") -> str:
+    if iv is None or iv["estimate"] is None or not math.isfinite(iv["estimate"]):
+        return "-"
+    mark = " ✓" if iv["above_zero"] else ""
+    est, low, high = (fmt.format(scale * iv[k]) for k in ("estimate", "low", "high"))
+    return f"{est} [{low}, {high}]{mark}"
 
 
-def _markdown(report, seed_stats, per_seed, verdict, timings, seeds) -> str:
-    n_seeds = len(seeds)
-    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
-             f"({_cores()} cores) by `bench/quality.py`; train split -> test split of the bundled RouterBench "
-             "sample, all library defaults (no tuning on the test split).", "",
-             f"**Bar: {'PASS' if verdict['pass'] else 'FAIL'}** - beats every baseline on AIQ and quality@25% cost: "
-             f"{'yes' if verdict['beats_every_baseline'] else 'no (not beaten: ' + ', '.join(verdict['not_beaten']) + ')'}"
-             f"; 97% of GPT-4's quality at <= 25% of its cost: "
-             f"{'yes' if verdict['reaches_97pct_at_25pct_cost'] else 'no'} (router mean over {n_seeds} seeds).", "",
-             f"Router and ablation over seeds {seeds} (mean +- std):", "",
-             "| policy | quality @10% cost | quality @25% cost | cost for 97% quality | AIQ |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, label in (("router", "router (tag-enhanced)"), ("plain_router", "ablation: plain embeddings")):
-        s = seed_stats[name]
-        cells = [f"{_pct(s[k][0])} +- {100 * s[k][1]:.1f}" for k in HEADLINE[:3]]
-        lines.append(f"| {label} | {' | '.join(cells)} | {s['aiq'][0]:.4f} +- {s['aiq'][1]:.4f} |")
-    lines += ["", f"All policies from the run with seed {seeds[0]}:", "", report.to_markdown().rstrip(), "",
-              "The issue's figures on the same data (quality@25% / AIQ), for comparison: "
-              + "; ".join(f"{k} {v}" for k, v in ISSUE_REFERENCE.items())
-              + ". AIQ here: mean relative quality over relative cost [cheapest LLM, 1], 0 left of a hull "
-                "(see mixllm/evaluation.py).", "",
-              "Timings (s): " + ", ".join(f"{k.strip()} {v:.1f}" for k, v in timings.items()), ""]
+def _table(r: dict) -> list[str]:
+    rep = r["report"]
+    lines = ["| policy | quality @10% | quality @25% | AIQ | best quality @ cost | router − policy: AIQ [95% CI] | "
+             "router − policy: quality @25%, points [95% CI] |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, p in rep.policies.items():
+        if p.kind == "single":
+            continue
+        m, iv = p.metrics, r["intervals"].get(name)
+        label = f"**{name}**" if name == rep.main else name
+        lines.append(f"| {label} | {_pct(m['quality_at_10pct_cost'])} | {_pct(m['quality_at_25pct_cost'])} | "
+                     f"{m['aiq']:.4f} | {_pct(m['max_quality'])} @ {_pct(m['cost_at_max_quality'])} | "
+                     f"{_ci(iv and iv['aiq'])} | {_ci(iv and iv['quality_at_25pct_cost'], 100, '{:+.1f}')} |")
+    singles = [(n.split(":", 1)[1], p.metrics) for n, p in rep.policies.items() if p.kind == "single"]
+    lines += ["", "Single LLMs (quality / cost relative to the reference): " + ", ".join(
+        f"{n} {_pct(m['max_quality'])} / {_pct(m['cost_at_max_quality'])}" for n, m in singles) + "."]
+    return lines
+
+
+def _markdown(results: dict, bars: dict, total_s: float, args) -> str:
+    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} ({_cores()} cores, "
+             f"shared) by `bench/quality.py`; train split -> test split, library defaults (chosen by grouped CV on "
+             f"train, `bench/tune.py`; nothing tuned on test). Intervals: paired bootstrap over test queries, "
+             f"{args.resamples} resamples shared by every policy (`mixllm.stats`), router (seed 0) − policy; ✓ = "
+             "95% interval above 0. Conditions: *labels* = the logs' task column (the router is told each query's "
+             "task, as the task prior is); *production* = task column removed from train and test (tags from the "
+             "router's own tagger, test queries by nearest tag centroid). Baselines that never read a task are "
+             "fitted once per dataset and shown in both conditions; `task_prior (labels)` in production is a "
+             "reference that knows labels a user does not have. Singles are summarised by their mix "
+             "(`single_mix`: its hull holds every single point).", "", "**Bars (issue 14):**", ""]
+    for key, v in bars.items():
+        if key.endswith("/no_regression"):
+            lines.append(f"- {key}: " + "; ".join(f"{k} {v[k]['mean']:.4f} (bar {v[k]['bar']}) "
+                                                   f"{'PASS' if v[k]['pass'] else 'FAIL'}" for k in v))
+        elif key.endswith("within_1pt_of_labels"):
+            lines.append(f"- {key}: quality@25% labels {_pct(v['labels'])}, production {_pct(v['production'])}, "
+                         f"gap {100 * v['gap']:+.1f} points: {'PASS' if v['pass'] else 'FAIL'}")
+        else:
+            miss = "; ".join(f"{n} {e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for n, (e, lo, hi) in v["not_beaten"].items())
+            lines.append(f"- {key}: router beats every baseline but the oracle on AIQ with the 95% interval above 0: "
+                         + ("PASS" if v["beats_every_baseline_aiq_ci_above_0"] else f"FAIL (not beaten: {miss})"))
+    for dataset, conds in results.items():
+        for condition, r in conds.items():
+            rep = r["report"]
+            lines += ["", f"### {dataset}, {condition}", "",
+                      f"Relative to `{rep.reference}` on {rep.n_queries} test queries ({rep.unknown_quality_cells} "
+                      f"unknown quality cells counted as 0, {rep.excluded_queries} queries excluded).", ""]
+            lines += _table(r)
+            if len(r["seeds"]) > 1:
+                lines += ["", f"Router and ablation over seeds {r['seeds']} (mean ± std):", "",
+                          "| policy | quality @10% | quality @25% | cost for 97% quality | AIQ |",
+                          "| --- | --- | --- | --- | --- |"]
+                for name in r["per_seed"]:
+                    s = r["seed_stats"][name]
+                    cells = [f"{_pct(s[k][0])} ± {100 * s[k][1]:.1f}" for k in HEADLINE[:3]]
+                    lines.append(f"| {name} | {' | '.join(cells)} | {s['aiq'][0]:.4f} ± {s['aiq'][1]:.4f} |")
+            if condition == "labels":
+                known = "logged" if r["completion_tokens_known"] else (
+                    "unknown: the router learns each LLM's cost directly from `cost_usd` (LightGBM on its features), "
+                    "so predicted cost = expected logged cost, here the prompt's cost only")
+                lines += ["", f"Cost prediction, per LLM (MdAPE = median |predicted − logged| / logged over test "
+                          f"queries; completion tokens {known}): " + ", ".join(
+                              f"{m} {100 * v:.1f}%" for m, v in r["cost_mdape"].items()) + "."]
+            if rep.latency or rep.online:
+                md = rep.to_markdown()
+                lines += ["", md[md.index("Latency-constrained"):].rstrip() if "Latency-constrained" in md else md]
+    timings = {f"{d}/{c}": sum(v for k, v in r["timings"].items() if not k.startswith(" "))
+               for d, conds in results.items() for c, r in conds.items()}
+    lines += ["", "Wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+              + f"; total {total_s:.0f}.", ""]
     return "\n".join(lines)
 
 
