@@ -265,7 +265,8 @@ def _table(r: dict) -> list[str]:
 
 
 def _markdown(results: dict, bars: dict, total_s: float, args) -> str:
-    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} ({_cores()} cores, "
+    lines = [f"Command: `python bench/quality.py {' '.join(sys.argv[1:])}`.", "",
+             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} ({_cores()} cores, "
              f"shared) by `bench/quality.py`; train split -> test split, library defaults (chosen by grouped CV on "
              f"train, `bench/tune.py`; nothing tuned on test). Intervals: paired bootstrap over test queries, "
              f"{args.resamples} resamples shared by every policy (`mixllm.stats`), router (seed 0) − policy; ✓ = "
