@@ -8,7 +8,10 @@ logged requests with the rows the champion was trained on (the store's rows up t
 - **far from every tag**: the share of prompts whose similarity to the nearest tag centroid is below what 95% of
   training prompts reach (questions the tags do not cover);
 - **calibration per model**: predicted vs observed quality on labelled decisions (observed quality, or ratings
-  joined exactly as the nightly snapshot joins them: `mixllm.feedback.label_decisions`);
+  joined exactly as the nightly snapshot joins them: `mixllm.feedback.label_decisions`); it fires only when the
+  worst model's error is both beyond the threshold and unlikely to be label noise (a z-test, Bonferroni over the
+  models checked): without the test, 45 labels of a model with quality near 0.5 crossed 0.15 on a stationary day
+  in `bench/ops.py`;
 - **cost per request**: the champion's predicted spend at the service's default willingness to pay, window over
   training prompts (the mix moved toward questions that need dear models).
 Crossing a threshold is a *reason*; the flow (`mixllm_flows.drift`) turns reasons into a nightly run and logs the
@@ -48,6 +51,7 @@ class DriftConfig(BaseModel):
     far_share_max: float = Field(0.15, gt=0, le=1)
     calibration_max_abs_error: float = Field(0.15, gt=0, le=1)
     calibration_min_labels: int = Field(30, ge=1)
+    calibration_alpha: float = Field(0.01, gt=0, lt=1)
     cost_ratio_max: float = Field(1.5, gt=1)
     seed: int = 0
 
@@ -177,17 +181,39 @@ def _calibration_check(router: Any, labelled: pd.DataFrame, cfg: DriftConfig, rn
     col = {m: j for j, m in enumerate(router.models)}
     predicted = np.asarray(pred.quality, float)[row[row >= 0].to_numpy(), labelled["model"].map(col).to_numpy()]
     frame = labelled.assign(predicted=predicted)
-    per_model = {m: {"labels": int(len(g)), "predicted": float(g["predicted"].mean()),
-                     "observed": float(g["quality"].mean())} for m, g in frame.groupby("model")}
+    per_model = {m: _calibration_of(g) for m, g in frame.groupby("model")}
     enough = {m: v for m, v in per_model.items() if v["labels"] >= cfg.calibration_min_labels}
     if not enough:
         return Check("calibration", None, cfg.calibration_max_abs_error, False,
                      f"no model has {cfg.calibration_min_labels} labelled decisions yet", {"per_model": per_model})
     worst = max(enough, key=lambda m: abs(enough[m]["predicted"] - enough[m]["observed"]))
-    err = enough[worst]["predicted"] - enough[worst]["observed"]
-    return Check("calibration", abs(err), cfg.calibration_max_abs_error, abs(err) > cfg.calibration_max_abs_error,
-                 f"{worst}: predicted quality {enough[worst]['predicted']:.3f} vs observed "
-                 f"{enough[worst]['observed']:.3f} on {enough[worst]['labels']} labels", {"per_model": per_model})
+    w = enough[worst]
+    err = w["predicted"] - w["observed"]
+    p = _two_sided_p(err, w["se"])
+    alpha = cfg.calibration_alpha / len(enough)  # Bonferroni: the worst of several models is looked at
+    fired = abs(err) > cfg.calibration_max_abs_error and p < alpha
+    return Check("calibration", abs(err), cfg.calibration_max_abs_error, fired,
+                 f"{worst}: predicted quality {w['predicted']:.3f} vs observed {w['observed']:.3f} on {w['labels']} "
+                 f"labels (p = {p:.2g} that the error is noise; fires beyond {cfg.calibration_max_abs_error} with "
+                 f"p < {alpha:.2g})", {"per_model": per_model, "p": p})
+
+
+def _calibration_of(g: pd.DataFrame) -> dict[str, float]:
+    """Mean predicted and observed quality of one model's labelled decisions, and the standard error of their
+    per-decision difference (labels are noisy: 45 thumbs of a coin-flip model move the mean by +-0.15)."""
+    diff = (g["predicted"] - g["quality"]).to_numpy(float)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    return {"labels": int(len(g)), "predicted": float(g["predicted"].mean()), "observed": float(g["quality"].mean()),
+            "se": se}
+
+
+def _two_sided_p(err: float, se: float) -> float:
+    """Normal-approximation p-value of a mean error this large if the model were calibrated."""
+    from math import erfc, sqrt
+
+    if not np.isfinite(se) or se <= 0:
+        return 0.0 if err else 1.0
+    return float(erfc(abs(err) / se / sqrt(2)))
 
 
 def _cost_check(router: Any, ref: Any, win: Any, wtp: float, cfg: DriftConfig) -> Check:

@@ -101,3 +101,25 @@ def test_flow_logs_the_report_and_starts_the_nightly_deployment(trained_router_d
     with get_client(sync_client=True) as client:
         started = client.read_flow_run(out["triggered"])
     assert str(started.deployment_id) == str(deployment_id) and "drift-triggered" in started.tags
+
+
+
+def test_calibration_fires_on_a_real_miss_not_on_label_noise(trained_router_dir: Path, bundled) -> None:
+    """45 thumbs whose mean sits 0.16 below the prediction of a coin-flip-like model: beyond the 0.15 threshold,
+    but within label noise (z ~ 2.2, Bonferroni alpha 0.01): quiet. The same decisions all rated 0: fires."""
+    train, _ = bundled
+    router = load_router(trained_router_dir)
+    reqs = train.drop_duplicates("query_id").head(45)
+    pred = np.clip(np.asarray(router.predict(reqs["prompt"].tolist()).quality, float), 0, 1)
+    j = int(np.argmin(np.abs(pred.mean(0) - 0.5)))  # the model whose labels are noisiest
+    p = pred[:, j]
+    assert 0.3 < p.mean() < 0.8
+    ones = int(round((p.mean() - 0.16) * 45))
+    labels = np.r_[np.ones(ones), np.zeros(45 - ones)]
+    base = pd.DataFrame({"query_id": reqs["query_id"].to_numpy(), "prompt": reqs["prompt"].to_numpy(),
+                         "model": router.models[j], "prompt_tokens": reqs["prompt_tokens"].to_numpy()})
+    rng = np.random.default_rng(0)
+    noisy = D._calibration_check(router, base.assign(quality=labels), D.DriftConfig(), rng)
+    assert noisy.value > 0.15 and not noisy.fired, noisy.detail  # the raw-gap rule would have fired here
+    missed = D._calibration_check(router, base.assign(quality=0.0), D.DriftConfig(), rng)
+    assert missed.fired and missed.value > 0.3 and "p = " in missed.detail
