@@ -115,14 +115,8 @@ def read(store: Any, since: datetime | None = None) -> pd.DataFrame:
     q = sa.select(*[SHADOW.c[c] for c in COLUMNS]).order_by(SHADOW.c.id)
     if since is not None:
         q = q.where(SHADOW.c.ts >= _naive_utc(since))
-    try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-    except sa.exc.SQLAlchemyError as e:
-        raise StoreError(f"cannot read shadow decisions from {store.url!r}: {e}") from e
-    df = pd.DataFrame([dict(r) for r in rows], columns=list(COLUMNS))
-    for c in ("ts", "decided_at"):
-        df[c] = pd.to_datetime(df[c]).dt.tz_localize("UTC")
+    df = store._frame(q, COLUMNS)  # the store's own reader: StoreError on failure, `ts` in UTC
+    df["decided_at"] = pd.to_datetime(df["decided_at"]).dt.tz_localize("UTC")
     df["agree"] = df["agree"].astype(bool)
     return df
 

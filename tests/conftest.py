@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,15 @@ def trained_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = RouterConfig(representation="adapter", epochs=1, batch_size=16, progress=False, cache_dir=base / "cache",
                           seed=0)  # the tag-enhanced option (the default is plain MiniLM since issue 14)
     return MixLLMRouter(config).fit(log).save(base / "router")
+
+
+@pytest.fixture(scope="session")
+def challenger_dir(trained_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained router under another version stamp (`challenger-test`): what the log records tells a canary's or
+    a shadow's arms apart."""
+    dst = tmp_path_factory.mktemp("challenger") / "router"
+    shutil.copytree(trained_router_dir, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["router_version"] = "challenger-test"
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst

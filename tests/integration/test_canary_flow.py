@@ -5,7 +5,6 @@ alias removed), with the evidence in the version's tags; the Prefect flow does t
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,16 +21,6 @@ pytestmark = pytest.mark.integration
 CFG = C.CanaryConfig(min_labels=30)
 
 
-@pytest.fixture(scope="module")
-def challenger_dir(trained_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dst = tmp_path_factory.mktemp("challenger") / "router"
-    shutil.copytree(trained_router_dir, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["router_version"] = "challenger-it"
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
-
-
 def _setup(trained_router_dir: Path, challenger_dir: Path, champion_q: float, challenger_q: float, n: int = 80):
     """Champion v1 and challenger v2 registered; n labelled decisions per arm in the store since the start."""
     settings = get_settings()
@@ -43,7 +32,7 @@ def _setup(trained_router_dir: Path, challenger_dir: Path, champion_q: float, ch
     reg.set_tags(v2, {C.STARTED_TAG: start.isoformat()})
     rng = np.random.default_rng(0)
     stamps = {"champion": json.loads((trained_router_dir / "manifest.json").read_text())["router_version"],
-              "challenger": "challenger-it"}
+              "challenger": "challenger-test"}
     rows = []
     for arm, q in (("champion", champion_q), ("challenger", challenger_q)):
         for i in range(n):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,6 @@ from mixllm.store import Store
 pytestmark = pytest.mark.model
 PROMPTS = ["What is the capital of France?", "Write a Python function that reverses a list.",
            "Solve 12 * 17 and explain.", "Summarise the causes of World War I in two sentences."]
-
-
-@pytest.fixture(scope="module")
-def challenger_dir(trained_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained router under another version stamp: what the log records tells the arms apart."""
-    dst = tmp_path_factory.mktemp("challenger") / "router"
-    shutil.copytree(trained_router_dir, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["router_version"] = "challenger-test"
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
 
 
 @pytest.fixture
