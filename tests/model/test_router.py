@@ -264,7 +264,13 @@ def test_training_accepts_a_bandit_log_mixed_with_full_information_rows(routerbe
     router = MixLLMRouter(RouterConfig(epochs=0, progress=False, cache_dir=tmp_path / "cache")).fit(mixed)
     metas = {n: p.meta for n, p in router.predictors.llms.items()}
     assert sum(m.get("logged_policy_rows", 0) for m in metas.values()) == len(logged)
-    assert all(p.quality.w is not None for n, p in router.predictors.llms.items() if metas[n].get("logged_policy_rows"))
+    # default bandit_labels="residual": the models keep their full-information rows, labelled logged rows correct them
+    assert all("residual" in m and m["residual_rows"] == m_rows for m, m_rows in
+               ((metas[n], int(logged[logged["model"] == n]["quality"].notna().sum())) for n in metas
+                if metas[n].get("logged_policy_rows")))
+    ips = MixLLMRouter(RouterConfig(epochs=0, progress=False, cache_dir=tmp_path / "cache",
+                                    predictor={"bandit_labels": "ips"})).fit(mixed)  # the rows join, weighted
+    assert all(p.quality.w is not None for p in ips.predictors.llms.values() if p.meta.get("logged_policy_rows"))
     assert router.manifest["training_data_digest"] != data_digest(mixed.assign(propensity=None))
     assert len(router.route(["Write a python function that sorts a list."], 1.0)) == 1
 
