@@ -155,3 +155,12 @@ def _link_feedback(spec: dict[str, Any], path: str, request_id: str) -> None:
         ok["links"] = {"RateThisDecision": {"operationRef": "#/paths/~1feedback/post",
                                             "requestBody": {"request_id": request_id},
                                             "description": "Feedback on this decision."}}
+
+
+def request_header(context: Any, name: str) -> str | None:
+    """A header of the current request from BentoML's per-request context (not a `ctx` parameter: with one, BentoML
+    replaces the status of every returned error response by ctx.response's 200); None outside an HTTP request."""
+    try:
+        return context.request.headers.get(name)
+    except LookupError:
+        return None

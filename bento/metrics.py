@@ -10,6 +10,7 @@ the outbox backlog. Under ``bentoml serve`` prometheus_client runs in multi-proc
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -62,6 +63,20 @@ class ServiceMetrics:
                                   multiprocess_mode="mostrecent")
 
         self._router_labels: tuple[str, str] | None = None
+
+    def refresh(self, engine: Any, shadow: bool) -> None:
+        """Set the gauges from the engine's state at scrape time (outbox, source, spend controller, shadow queue)."""
+        self.outbox_pending.set(engine.outbox.pending())
+        self.source_up.set(1 if engine.holder.source_ok else 0)
+        if engine.spend is not None:
+            spend = engine.spend.status()
+            self.spend_wtp.set(spend["willingness_to_pay"])
+            self.spend_today.set(spend["spent_today_usd"])
+            self.spend_target.set(spend["target_usd"])
+        if shadow and engine.outbox is not None:
+            queue = engine.outbox.shadow_status()
+            self.shadow_queued.set(queue["queued"])
+            self.shadow_decided.set(queue.get("decided", 0))
 
     def set_router(self, router_version: str, source_version: str | None) -> None:
         if self._router_labels is not None:  # clear() is not supported in multi-process mode

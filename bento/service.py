@@ -29,7 +29,7 @@ from mixllm.serving.settings import BUNDLED_ROUTER_DIRNAME, ServingSettings
 from mixllm.serving.shadow_worker import ShadowProcess, challenger_source
 from mixllm.telemetry import go_offline
 
-from .guards import ApiGuardMiddleware
+from .guards import ApiGuardMiddleware, request_header
 from .http_models import (AllowedModels, Budget, FeedbackResult, Messages, ModelName, NonNegative, Probability,
                           Prompt, QueryId, ReloadResult, RouteBatchResult, RouteResult, SessionId, StreamOptions,
                           Tokens, Wtp, as_openai_error, http_error, openai_error, rejected)
@@ -60,7 +60,8 @@ class RouterService:
         outbox.start(store_url=self.settings.store_url if self.cfg.forwarder == "process" else None)
         self.engine = ServingEngine(self._source(), self.cfg, outbox, self._open_store, self.settings.max_prompt_chars,
                                     self.settings.default_willingness_to_pay, self.metrics.batch_size.observe,
-                                    self._on_swap, self._challenger())
+                                    self._on_swap,  # the canary arm's source; a missing alias: champion serves all
+                                    challenger_source(self.cfg, self.settings) if self.cfg.canary_share > 0 else None)
         self.engine.start()
         self.shadow: ShadowProcess | None = None
         if self.cfg.shadow_sample > 0:  # the challenger decides sampled requests in its own low-priority process
@@ -81,11 +82,6 @@ class RouterService:
         from mixllm.registry import Registry
 
         return RegistrySource(Registry(self.settings), self.cfg.router_alias)
-
-    def _challenger(self) -> Any:
-        """The canary arm's source (None: no canary). A missing challenger alias is not an error: the champion
-        serves every request until one is registered, and /readyz says so."""
-        return challenger_source(self.cfg, self.settings) if self.cfg.canary_share > 0 else None
 
     def _open_store(self) -> Any:
         from mixllm.store import Store
@@ -110,24 +106,14 @@ class RouterService:
 
     def __metrics__(self, content: str) -> str:
         """Refresh the gauges; append our metrics only when BentoML's multi-process collector does not export them."""
-        self.metrics.outbox_pending.set(self.engine.outbox.pending())
-        self.metrics.source_up.set(1 if self.engine.holder.source_ok else 0)
-        if self.engine.spend is not None:
-            spend = self.engine.spend.status()
-            self.metrics.spend_wtp.set(spend["willingness_to_pay"])
-            self.metrics.spend_today.set(spend["spent_today_usd"])
-            self.metrics.spend_target.set(spend["target_usd"])
-        if self.cfg.shadow_sample > 0 and self.engine.outbox is not None:
-            shadow = self.engine.outbox.shadow_status()
-            self.metrics.shadow_queued.set(shadow["queued"])
-            self.metrics.shadow_decided.set(shadow.get("decided", 0))
+        self.metrics.refresh(self.engine, shadow=self.cfg.shadow_sample > 0)
         return content if self.metrics.exported_by_bentoml() else content + self.metrics.render()
 
     # ------------------------------------------------------------------------------------ routing ------------
     async def _route(self, prompts: list[str], field: str, wtp: float | None, allowed: list[str] | None,
                      max_cost: float | None, session_id: str | None, endpoint: str) -> list[Routed] | JSONResponse:
         t0 = time.perf_counter()
-        tenant = self._tenant()
+        tenant = request_header(RouterService.context, self.cfg.tenant_header)
         try:
             requests = self.engine.requests(prompts, field, wtp, allowed, max_cost, session_id, tenant)
         except RequestRejected as e:
@@ -148,14 +134,6 @@ class RouterService:
         self.metrics.route_requests.labels(endpoint, "ok").inc()
         self.metrics.route_latency.observe((time.perf_counter() - t0) / max(len(prompts), 1))
         return routed
-
-    def _tenant(self) -> str | None:
-        """The request's tenant header, read from BentoML's per-request context (not a `ctx` parameter: with one,
-        BentoML replaces the status of every returned error response by ctx.response's 200)."""
-        try:
-            return RouterService.context.request.headers.get(self.cfg.tenant_header)
-        except LookupError:  # called outside an HTTP request
-            return None
 
     def _result(self, r: Routed) -> RouteResult:
         d, c = r.decision, r.choice
