@@ -312,7 +312,8 @@ def merge(files: list[Path], out: Path) -> int:
     from mixllm.router import RouterConfig
 
     defaults = RouterConfig().model_dump(include={"representation", "untagged", "task_labels"})
-    doc = {**docs[0], "router_defaults": docs[0].get("router_defaults", defaults), "argv": " --merge " + " ".join(d["argv"].strip() or "(defaults)" for d in docs),
+    doc = {**docs[0], "router_defaults": docs[0].get("router_defaults", defaults),
+           "argv": "` runs merged: `" + "` and `".join(d["argv"].strip() or "(defaults)" for d in docs),
            "seconds": max(d["seconds"] for d in docs), "results": results, "verdicts": verdicts(results)}
     out.write_text(json.dumps(doc, indent=1, default=str))
     write_section(ROOT / "BENCHMARKS.md", markdown(doc))
