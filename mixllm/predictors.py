@@ -70,8 +70,11 @@ class PredictorConfig(BaseModel):
                          "not LightGBM's 255, for speed (at 36k rows 0.70 -> 0.57 CPU s per LLM; AIQ on the "
                          "RouterBench test split 0.9759 +- 0.0007 -> 0.9760 +- 0.0004 over 3 seeds: not tuned on it).")
     min_rows: int = Field(default=2, ge=1, description="Fewer labelled rows than this for an LLM is an error.")
-    quality_model: Literal["knn", "lgbm"] = Field(default="knn", description="knn: neighbour average shrunk to "
-                                                   "the tag prior; lgbm: trees boosted from the tag prior.")
+    quality_model: Literal["knn", "lgbm", "blend"] = Field(
+        default="knn", description="knn: neighbour average shrunk to the tag prior; lgbm: trees boosted from the tag "
+        "prior (from the global mean with tag_prior=False); blend: both, mixed by blend_knn_weight (BlendQuality).")
+    blend_knn_weight: float = Field(default=0.5, ge=0, le=1, description="quality_model='blend': weight of the kNN "
+                                    "estimate, 1 - it of the trees' (CV on train: bench/tune.py).")
     knn_k: int = Field(default=150, ge=1, description="Neighbours (same predicted tag) per query (CV on train).")
     knn_smoothing: float = Field(default=60.0, ge=0, description="Pseudo-rows of the tag prior in the neighbour "
                                  "average (CV on train).")
@@ -357,8 +360,35 @@ class KNNQuality(QualityModel):
                 "tagged": self.tags is not None}
 
 
+@dataclass
+class BlendQuality(QualityModel):
+    """A weighted mean of a kNN memory's estimate and trees' (`quality_model="blend"`). Why: the shrunk neighbour
+    average is local and tag-bound, LightGBM on the features is global and sees the tag similarities as soft
+    features; their errors differ, so their mean can beat both (CV on train, both datasets: bench/tune.py
+    --experiment quality_blend). The kNN part searches per LLM (not through `_KNNGroup`): a bank no grouped
+    memory saved is saved here."""
+
+    knn: KNNQuality
+    trees: QualityModel
+    knn_weight: float
+
+    def output(self, x, tags, emb, llm):
+        w = self.knn_weight
+        return w * self.knn.output(x, tags, emb, llm) + (1.0 - w) * self.trees.output(x, tags, emb, llm)
+
+    def entry(self, path, stem, banks):
+        if id(self.knn.bank) not in banks:
+            np.save(path / f"{stem}.bank.npy", self.knn.bank, allow_pickle=False)
+            banks[id(self.knn.bank)] = f"{stem}.bank.npy"
+        return {"blend": self.knn_weight, "knn_part": self.knn.entry(path, f"{stem}.knn", banks),
+                "trees_part": self.trees.entry(path, f"{stem}.trees", banks)}
+
+
 def load_quality(path: Path, entry: dict, banks: dict[str, np.ndarray]) -> QualityModel:
     """The quality model an index entry names (kNN banks loaded once, shared)."""
+    if "blend" in entry:
+        return BlendQuality(load_quality(path, entry["knn_part"], banks),
+                            load_quality(path, entry["trees_part"], banks), float(entry["blend"]))
     if "constant" in entry:
         return ConstantQuality(float(entry["constant"]))
     if "knn" in entry:
@@ -629,18 +659,19 @@ def _fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig,
         meta["logged_policy_rows"] = int(pd.to_numeric(rows["propensity"], errors="coerce").notna().sum())
     if cfg.tag_prior and tags is not None:
         meta["tag_prior"] = tag_prior(y, np.asarray(tags)[labelled], cfg.prior_smoothing, wq)
-    if cfg.quality_model == "knn":
+    if cfg.quality_model in ("knn", "blend"):
         if bank is None:
             bank, cols = _unit(x), np.arange(len(x))
         row_tags = np.asarray(tags, dtype=object) if cfg.tag_prior and tags is not None else None
         q_model: QualityModel = KNNQuality(bank, np.asarray(cols, np.int64), quality, row_tags, cfg.knn_k,
                                            cfg.knn_smoothing, weight)
-    else:  # trees boost from the tag prior (the same base scores prediction adds back)
+    if cfg.quality_model in ("lgbm", "blend"):  # trees boost from the tag prior (the base prediction adds back)
         base = None if "tag_prior" not in meta else LLMPredictor(
             name, ConstantQuality(0.0), kind, 0.0, "tokens", meta=meta).prior(np.asarray(tags)[labelled],
                                                                               int(labelled.sum()))
         trees = _train(x[labelled], y, kind, cfg, seed, base, cfg.quality_n_estimators, wq)
-        q_model = ConstantQuality(trees) if isinstance(trees, float) else LGBMQuality(trees)
+        t_model = ConstantQuality(trees) if isinstance(trees, float) else LGBMQuality(trees)
+        q_model = t_model if cfg.quality_model == "lgbm" else BlendQuality(q_model, t_model, cfg.blend_knn_weight)
     tokens = pd.to_numeric(rows["completion_tokens"], errors="coerce").to_numpy(float)
     cost = pd.to_numeric(rows["cost_usd"], errors="coerce").to_numpy(float)
     if np.mean(~np.isnan(tokens)) >= 0.5:
@@ -670,7 +701,7 @@ class PredictorBank:
         row; `emb` = unit embeddings the kNN quality models search, default the normalised feature rows)."""
         from tqdm.auto import tqdm
 
-        emb = _unit(x) if emb is None and self.config.quality_model == "knn" else emb
+        emb = _unit(x) if emb is None and self.config.quality_model != "lgbm" else emb
         for name in tqdm(names, desc="train predictors", disable=not progress, leave=False):
             self.add(name, x, log, row_index, tags, emb)
         return self
