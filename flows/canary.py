@@ -63,15 +63,19 @@ def config_of(overrides: dict[str, Any]) -> C.CanaryConfig:
 
 
 @flow(name="mixllm-canary", log_prints=True)
-def canary(alpha: float = 0.05, rollback_alpha: float = 0.20, min_labels: int = 30, max_hours: float = 72.0,
-           dry_run: bool = False, deliver_promoted: bool = True) -> dict[str, Any]:
+def canary(alpha: float = 0.025, rollback_alpha: float = 0.20, min_labels: int = 30, max_hours: float = 72.0,
+           exposure_budget: float | None = 0.02, budget_margin: float = 0.05, budget_alpha: float = 0.20,
+           check_minutes: float = 15.0, dry_run: bool = False, deliver_promoted: bool = True) -> dict[str, Any]:
     """Decide the running canary: promote (then deliver, unless `deliver_promoted` is off: the service still
-    follows the champion alias at its next poll), roll back, expire, or extend."""
+    follows the champion alias at its next poll), roll back (worse, or its exposure budget spent before it was
+    shown not worse), expire, or extend (tagging the challenger cleared when it passes the budget look, so the
+    service may raise its share). `check_minutes` is the deployment's schedule."""
     logger = get_run_logger()
     cfg = config_of({"alpha": alpha, "rollback_alpha": rollback_alpha, "min_labels": min_labels,
-                     "max_hours": max_hours})
+                     "max_hours": max_hours, "exposure_budget": exposure_budget, "budget_margin": budget_margin,
+                     "budget_alpha": budget_alpha, "check_minutes": check_minutes})
     decision = verdict(cfg)
-    out: dict[str, Any] = {"verdict": decision.verdict, "reason": decision.reason,
+    out: dict[str, Any] = {"verdict": decision.verdict, "reason": decision.reason, "cleared": decision.cleared,
                            "challenger_version": decision.challenger_version, "metrics": decision.metrics()}
     logger.info("canary: %s (%s)", decision.verdict, decision.reason)
     if decision.verdict == "idle" or dry_run:

@@ -16,7 +16,18 @@ checked (an always-valid test: the flow may look every few minutes). Crossing wi
 with d < 0 rolls back (level `rollback_alpha`, 0.2, looser: a worse challenger should stop early, and a rollback
 that was not needed only keeps the champion); past `max_hours`
 undecided, the canary expires (the challenger stops serving, the champion stays). Each arm needs `min_labels`
-labelled decisions first. The flow (`mixllm_flows.canary`) applies the verdict and tags the challenger's version
+labelled decisions first.
+
+The always-valid test pays for looking often: on a few dozen labels it cannot tell even a 15-point gap, so a worse
+challenger could serve several percent of a day's traffic before it is rolled back (bench/canary.py). Hence an
+**exposure budget**: the challenger may serve at most `exposure_budget` of a day's requests (2%) before it is shown
+not to be worse. At the last check before its requests (served so far + what it may serve until the next check, at
+twice its average rate) would pass the budget, one non-inferiority look decides: a one-sided z-test of
+H0: difference <= -`budget_margin` at level `budget_alpha`. Rejected: the challenger is *cleared* (tag
+`canary_cleared_at`) and the canary goes on to promotion or expiry as before. Not rejected (or too few labels to
+test): roll back. One look, so a challenger worse by the margin or more keeps serving past the budget with
+probability at most `budget_alpha`; the looks of the mSPRT before it only stop earlier. The budget is a share of the
+day's traffic because the harm of a bad router is the share of users it served, whatever the canary share. The flow (`mixllm_flows.canary`) applies the verdict and tags the challenger's version
 with the evidence; nothing here is on the request path.
 """
 
@@ -25,7 +36,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +48,7 @@ from mixllm.exceptions import RegistryError
 
 Verdict = Literal["promote", "rollback", "extend", "expire", "idle"]
 STARTED_TAG = "canary_started_at"
+CLEARED_TAG = "canary_cleared_at"  # shown not worse at the exposure budget: the service may raise the share
 
 
 class CanaryConfig(BaseModel):
@@ -43,7 +56,9 @@ class CanaryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    alpha: float = Field(0.05, gt=0, lt=1, description="error rate of a promotion (always valid)")
+    alpha: float = Field(0.025, gt=0, lt=1, description="error rate of a promotion (always valid in theory; the "
+                         "plug-in variance makes it anti-conservative on few labels: 0.05 promoted 8 of 100 equal "
+                         "challengers in bench/canary.py, 0.025 promotes 5)")
     rollback_alpha: float = Field(0.20, gt=0, lt=1, description="error rate of a rollback (looser: stop early; "
                                   "a false rollback only keeps the champion; bench/canary.py)")
     tau: float = Field(0.1, gt=0, description="sd of the mixture over the utility difference (the effect size "
@@ -53,6 +68,13 @@ class CanaryConfig(BaseModel):
     willingness_to_pay: float | None = Field(None, gt=0, description="utility's operating point (None: "
                                              "Settings.default_willingness_to_pay)")
     utility_floor: float = Field(-1.0, lt=0, description="utilities are clipped to [floor, 1]")
+    exposure_budget: float | None = Field(0.02, gt=0, le=1, description="most a challenger not yet shown not "
+                                          "worse may serve, as a share of a day's requests (None: no budget)")
+    budget_margin: float = Field(0.05, ge=0, description="non-inferiority margin of the budget look (utility)")
+    budget_alpha: float = Field(0.20, gt=0, lt=1, description="chance that a challenger worse by the margin is "
+                                "cleared at the budget look")
+    check_minutes: float = Field(15.0, gt=0, description="period of the checks (the deployment's schedule): the "
+                                 "budget look comes one check before the budget would be passed")
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,9 @@ class CanaryDecision:
     elapsed_hours: float = 0.0
     champion_version: str | None = None
     challenger_version: str | None = None
+    served: int = 0  # the challenger's requests since the canary started (labelled or not)
+    budget: float = math.inf  # exposure budget in requests (exposure_budget x a day's requests)
+    cleared: bool = False  # shown not worse at the budget look (now or at an earlier check)
 
     def evidence(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +114,9 @@ class CanaryDecision:
         return {"canary/champion_n": self.champion.n, "canary/challenger_n": self.challenger.n,
                 "canary/champion_utility": self.champion.mean, "canary/challenger_utility": self.challenger.mean,
                 "canary/difference": self.difference, "canary/std_error": self.std_error,
-                "canary/likelihood_ratio": self.likelihood_ratio, "canary/elapsed_hours": self.elapsed_hours}
+                "canary/likelihood_ratio": self.likelihood_ratio, "canary/elapsed_hours": self.elapsed_hours,
+                "canary/served": self.served,
+                "canary/budget": self.budget if math.isfinite(self.budget) else -1.0, "canary/cleared": float(self.cleared)}
 
 
 def msprt(champion: np.ndarray, challenger: np.ndarray, tau: float) -> tuple[float, float, float]:
@@ -102,31 +129,72 @@ def msprt(champion: np.ndarray, challenger: np.ndarray, tau: float) -> tuple[flo
     return diff, math.sqrt(var), math.exp(min(log_lr, 700.0))
 
 
-def decide(champion: np.ndarray, challenger: np.ndarray, config: CanaryConfig,
-           elapsed_hours: float) -> CanaryDecision:
-    """The verdict on the arms' utilities so far (see the module docstring)."""
+def budget_look_due(served: int, elapsed_hours: float, budget: float, config: CanaryConfig) -> bool:
+    """Would the challenger pass its exposure budget before the next check (at twice its average rate so far)?"""
+    if served <= 0 or not math.isfinite(budget):
+        return False
+    rate = served / max(elapsed_hours, config.check_minutes / 60)
+    return served + 2 * rate * config.check_minutes / 60 >= budget
+
+
+def not_worse(champion: np.ndarray, challenger: np.ndarray, config: CanaryConfig) -> tuple[bool, str]:
+    """The budget look: one-sided z-test of H0 difference <= -margin at level `budget_alpha` (one look only)."""
+    if min(len(champion), len(challenger)) < 2:
+        return False, f"{len(champion)} champion and {len(challenger)} challenger labels: nothing to test"
+    diff = float(np.mean(challenger) - np.mean(champion))
+    se = math.sqrt(max(np.var(challenger, ddof=1) / len(challenger) + np.var(champion, ddof=1) / len(champion),
+                       1e-12))
+    z, crit = (diff + config.budget_margin) / se, NormalDist().inv_cdf(1 - config.budget_alpha)
+    verdict = "not worse" if z > crit else "not shown not worse"
+    return z > crit, (f"{verdict} than the champion by {config.budget_margin:g}: difference {diff:+.4f} +- "
+                      f"{se:.4f} on {len(challenger)} challenger labels (z {z:.2f} vs {crit:.2f})")
+
+
+def decide(champion: np.ndarray, challenger: np.ndarray, config: CanaryConfig, elapsed_hours: float,
+           served: int = 0, day_requests: float = math.inf, cleared: bool = False) -> CanaryDecision:
+    """The verdict on the arms' utilities so far (see the module docstring). `served`: the challenger's requests
+    since the start; `day_requests`: a day's requests (both arms); `cleared`: passed an earlier budget look."""
     champion, challenger = np.asarray(champion, float), np.asarray(challenger, float)
     arms = (ArmStats.of(champion), ArmStats.of(challenger))
-    expired = elapsed_hours >= config.max_hours
-    if min(len(champion), len(challenger)) < config.min_labels:
-        why = (f"{len(champion)} champion and {len(challenger)} challenger labelled decisions; each arm needs "
-               f"{config.min_labels}")
-        return CanaryDecision("expire" if expired else "extend", why + (" and the canary ran out of time" if expired
-                                                                         else ""), *arms,
-                              elapsed_hours=elapsed_hours)
-    diff, se, lr = msprt(champion, challenger, config.tau)
-    stats = {"difference": diff, "std_error": se, "likelihood_ratio": lr, "elapsed_hours": elapsed_hours}
-    if diff > 0 and lr >= 1 / config.alpha:
-        return CanaryDecision("promote", f"challenger better by {diff:+.4f} utility (likelihood ratio {lr:.3g} >= "
-                              f"1/alpha = {1 / config.alpha:.3g})", *arms, **stats)
-    if diff < 0 and lr >= 1 / config.rollback_alpha:
-        return CanaryDecision("rollback", f"challenger worse by {diff:+.4f} utility (likelihood ratio {lr:.3g} >= "
-                              f"1/rollback_alpha = {1 / config.rollback_alpha:.3g})", *arms, **stats)
-    if expired:
-        return CanaryDecision("expire", f"undecided after {elapsed_hours:.1f} h (max {config.max_hours:g} h): "
-                              f"difference {diff:+.4f}, likelihood ratio {lr:.3g}", *arms, **stats)
-    return CanaryDecision("extend", f"undecided: difference {diff:+.4f} +- {se:.4f}, likelihood ratio {lr:.3g}",
-                          *arms, **stats)
+    budget = config.exposure_budget * day_requests if config.exposure_budget else math.inf
+    stats: dict[str, Any] = {"elapsed_hours": elapsed_hours, "served": served, "budget": budget,
+                             "cleared": cleared}
+    enough = min(len(champion), len(challenger)) >= config.min_labels
+    if enough:
+        diff, se, lr = msprt(champion, challenger, config.tau)
+        stats.update(difference=diff, std_error=se, likelihood_ratio=lr)
+        if diff > 0 and lr >= 1 / config.alpha:
+            return CanaryDecision("promote", f"challenger better by {diff:+.4f} utility (likelihood ratio {lr:.3g} "
+                                  f">= 1/alpha = {1 / config.alpha:.3g})", *arms, **stats)
+        if diff < 0 and lr >= 1 / config.rollback_alpha:
+            return CanaryDecision("rollback", f"challenger worse by {diff:+.4f} utility (likelihood ratio {lr:.3g} "
+                                  f">= 1/rollback_alpha = {1 / config.rollback_alpha:.3g})", *arms, **stats)
+    if not cleared and budget_look_due(served, elapsed_hours, budget, config):
+        ok, why = not_worse(champion, challenger, config)
+        if not ok:
+            return CanaryDecision("rollback", f"exposure budget: {served} requests served of {budget:.0f} allowed "
+                                  f"before being shown not worse; {why}", *arms, **stats)
+        stats["cleared"] = True
+    return _undecided(arms, config, enough, stats)
+
+
+def _undecided(arms: tuple[ArmStats, ArmStats], config: CanaryConfig, enough: bool,
+               stats: dict[str, Any]) -> CanaryDecision:
+    """Extend, or expire past `max_hours`: no verdict yet."""
+    hours = stats["elapsed_hours"]
+    expired = hours >= config.max_hours
+    if not enough:
+        why = (f"{arms[0].n} champion and {arms[1].n} challenger labelled decisions; each arm needs "
+               f"{config.min_labels}" + (" and the canary ran out of time" if expired else ""))
+    elif expired:
+        why = (f"undecided after {hours:.1f} h (max {config.max_hours:g} h): difference {stats['difference']:+.4f}, "
+               f"likelihood ratio {stats['likelihood_ratio']:.3g}")
+    else:
+        why = (f"undecided: difference {stats['difference']:+.4f} +- {stats['std_error']:.4f}, likelihood ratio "
+               f"{stats['likelihood_ratio']:.3g}")
+    if stats["cleared"]:
+        why += f"; cleared at the exposure budget ({stats['served']} of {stats['budget']:.0f} requests)"
+    return CanaryDecision("expire" if expired else "extend", why, *arms, **stats)
 
 
 # ------------------------------------------------------------------------------------------- live feedback --
@@ -181,9 +249,29 @@ def started_at(registry: Any, version: str, now: datetime) -> datetime:
     return now
 
 
+def traffic(logs: pd.DataFrame, version: str, start: datetime, now: datetime,
+            check_minutes: float = 15.0) -> tuple[int, float]:
+    """(requests `version` decided since `start`, a day's requests) from the log rows of the last 24 h or more.
+
+    A day's requests are the decisions of the last 24 h, scaled up to 24 h when the log is younger than that (a
+    service started an hour ago at 400 requests an hour has a 9,600-request day)."""
+    d = logs[logs["propensity"].notna()].drop_duplicates(["query_id", "model"])
+    if d.empty:
+        return 0, 0.0
+    ts = pd.to_datetime(d["ts"], utc=True)
+    served = int(((d["router_version"] == version) & (ts >= pd.Timestamp(start))).sum())
+    day_start = pd.Timestamp(now) - pd.Timedelta(hours=24)
+    recent = ts[ts >= day_start]
+    if recent.empty:
+        return served, 0.0
+    hours = (pd.Timestamp(now) - max(recent.min(), day_start)).total_seconds() / 3600
+    return served, len(recent) * 24 / max(hours, check_minutes / 60)
+
+
 def evaluate(registry: Any, store: Any, config: CanaryConfig, wtp: float, now: datetime | None = None) -> \
         CanaryDecision:
-    """Read the aliases and the store's feedback since the canary started; the verdict (not applied)."""
+    """Read the aliases, the store's decisions of the last day and feedback since the canary started; the verdict
+    (not applied)."""
     from mixllm.registry import CHALLENGER, CHAMPION
 
     now = now or datetime.now(timezone.utc)
@@ -194,10 +282,13 @@ def evaluate(registry: Any, store: Any, config: CanaryConfig, wtp: float, now: d
             "the challenger is the champion"
         return CanaryDecision("idle", why, empty, empty, champion_version=champ, challenger_version=chal)
     start = started_at(registry, chal, now)
+    cleared = CLEARED_TAG in registry.client.get_model_version(registry.name, chal).tags
     versions = {"champion": _router_version(registry, champ), "challenger": _router_version(registry, chal)}
-    logs, feedback = store.logs(since=start, policy_only=False), store.feedback(since=start)
-    u = arm_utilities(logs, feedback, versions, config.willingness_to_pay or wtp, start, config.utility_floor)
-    out = decide(u["champion"], u["challenger"], config, (now - start).total_seconds() / 3600)
+    logs = store.logs(since=min(start, now - timedelta(hours=24)), policy_only=False)
+    served, day = traffic(logs, versions["challenger"], start, now, config.check_minutes)
+    u = arm_utilities(logs, store.feedback(since=start), versions, config.willingness_to_pay or wtp, start,
+                      config.utility_floor)
+    out = decide(u["champion"], u["challenger"], config, (now - start).total_seconds() / 3600, served, day, cleared)
     return replace(out, champion_version=champ, challenger_version=chal)
 
 
@@ -214,6 +305,8 @@ def apply(registry: Any, decision: CanaryDecision, who: str = "canary") -> None:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tags = {"canary_last_check": now, "canary_verdict": decision.verdict, "canary_reason": decision.reason,
             "canary_evidence": json.dumps(decision.evidence(), default=str)}
+    if decision.cleared and CLEARED_TAG not in registry.client.get_model_version(registry.name, version).tags:
+        tags[CLEARED_TAG] = now
     registry.set_tags(version, tags)
     if decision.verdict == "promote":
         registry.promote(version, reason=f"canary: {decision.reason}", who=who)

@@ -613,10 +613,15 @@ def shadow_report(
 def canary_check(
     apply_verdict: bool = typer.Option(False, "--apply", help="Apply the verdict: promote, or remove the "
                                        "challenger alias (rollback/expiry). Without it: report only."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Error rate of a promotion (always-valid mSPRT)."),
+    alpha: float = typer.Option(0.025, "--alpha", help="Error rate of a promotion (always-valid mSPRT)."),
     rollback_alpha: float = typer.Option(0.20, "--rollback-alpha", help="Error rate of a rollback."),
     min_labels: int = typer.Option(30, "--min-labels", help="Labelled decisions each arm needs first."),
     max_hours: float = typer.Option(72.0, "--max-hours", help="Undecided this long: expire the canary."),
+    exposure_budget: float = typer.Option(0.02, "--exposure-budget", help="Most a challenger not yet shown not "
+                                          "worse may serve, as a share of a day's requests (0: no budget)."),
+    budget_margin: float = typer.Option(0.05, "--budget-margin", help="Non-inferiority margin at the budget."),
+    budget_alpha: float = typer.Option(0.20, "--budget-alpha", help="Chance of clearing a challenger worse by "
+                                       "the margin at the budget look."),
     store_url: str | None = typer.Option(None, "--store-url", help="Store URL (default: MIXLLM_STORE_URL)."),
 ) -> None:
     """The canary's verdict on the live feedback since it started (what the `canary` deployment runs)."""
@@ -627,7 +632,8 @@ def canary_check(
 
     try:
         cfg = canary.CanaryConfig(alpha=alpha, rollback_alpha=rollback_alpha, min_labels=min_labels,
-                                  max_hours=max_hours)
+                                  max_hours=max_hours, exposure_budget=exposure_budget or None,
+                                  budget_margin=budget_margin, budget_alpha=budget_alpha)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     reg, store = _registry(), _store(store_url)

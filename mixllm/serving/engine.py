@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mixllm.canary import CLEARED_TAG
 from mixllm.catalogue import estimate_tokens
 from mixllm.exceptions import MixLLMError, RoutingError, StoreError
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteDecision, utc_now
@@ -169,7 +170,8 @@ class ServingEngine:
         status["replay"] = dict(vars(self.replay))
         if self.challenger is not None:
             c = self.challenger.status()
-            status["canary"] = {"share": self.settings.canary_share, "active": self._canary_live(),
+            status["canary"] = {"share": self.canary_share(), "cleared": self._canary_cleared(),
+                                "active": self._canary_live(),
                                 **{k: c[k] for k in ("router_version", "source", "source_version",
                                                      "source_reachable", "last_error")}}
         if self.spend is not None:
@@ -331,11 +333,23 @@ class ServingEngine:
     def _arms(self, requests: list[RouteRequest]) -> list[str]:
         """Which router decides each request: the challenger for a stable `canary_share` of session ids (a request
         without a session is its own), the champion otherwise or while no challenger is loaded."""
-        share = self.settings.canary_share
+        share = self.canary_share()
         if not self._canary_live():
             return [CHAMPION_ARM] * len(requests)
         return [CANARY_ARM if canary_bucket(r.session_id or r.request_id or "", self.settings.canary_salt) < share
                 else CHAMPION_ARM for r in requests]
+
+    def canary_share(self) -> float:
+        """The challenger's share now: `canary_cleared_share` once the canary flow cleared it at its exposure
+        budget (a tag on its version, read at each poll), else `canary_share`. Growing the share keeps every
+        session already on the challenger there (bucket < 0.05 is inside bucket < 0.2)."""
+        cleared = self.settings.canary_cleared_share
+        if cleared is not None and self._canary_cleared():
+            return max(self.settings.canary_share, cleared)
+        return self.settings.canary_share
+
+    def _canary_cleared(self) -> bool:
+        return self.challenger is not None and CLEARED_TAG in self.challenger.source.tags
 
     def _canary_live(self) -> bool:
         """A challenger is loaded and its source still names it (an alias removed by a rollback, or a registry

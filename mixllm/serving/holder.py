@@ -13,7 +13,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ class RouterSource:
     """Where routers come from: a version reference that is cheap to poll, and a loader for a reference."""
 
     description: str = ""
+    tags: Mapping[str, str] = MappingProxyType({})  # facts about the current version (registry tags), if any
 
     def current_ref(self) -> str | None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -62,7 +64,17 @@ class RegistrySource(RouterSource):
         self.description = f"registry:{registry.name}@{alias}"
 
     def current_ref(self) -> str | None:
-        return self.registry.version_for(self.alias)
+        """The alias's version, keeping its tags from the same call (the canary's `canary_cleared_at` raises the
+        challenger's share without a second request per poll)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.registry.client.get_model_version_by_alias(self.registry.name, self.alias)
+        except MlflowException:  # no such alias, nothing registered, or the registry does not answer
+            self.tags = MappingProxyType({})
+            return None
+        self.tags = MappingProxyType(dict(mv.tags or {}))
+        return str(mv.version)
 
     def load(self, ref: str) -> Any:
         return self.registry.load_router(ref)

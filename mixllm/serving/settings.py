@@ -55,6 +55,11 @@ class ServingSettings(BaseSettings):
                                   "dropped (and counted) past it, so a starved shadow never grows the spool.")
     canary_share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of sessions (per session_id, else "
                                 "per request) routed by the challenger (0 = no canary).")
+    canary_cleared_share: float | None = Field(default=0.2, ge=0.0, le=1.0, description="Share once the canary "
+                                               "flow has shown the challenger not worse at its exposure budget "
+                                               "(tag canary_cleared_at on its version; mixllm.canary), when "
+                                               "larger than canary_share: more traffic, an earlier verdict. "
+                                               "None = keep canary_share.")
     daily_spend_target_usd: float | None = Field(default=None, gt=0, description="Hold this observed spend per UTC "
                                                  "day by moving the default willingness to pay (None = off; see "
                                                  "mixllm.serving.spend).")

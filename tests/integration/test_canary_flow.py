@@ -56,7 +56,8 @@ def test_a_worse_challenger_is_rolled_back_and_its_alias_removed(trained_router_
     assert reg.version_for(CHALLENGER) == v2
     decision = C.evaluate(reg, store, CFG, wtp=100.0)
     assert decision.verdict == "rollback", decision.reason
-    assert (decision.champion.n, decision.challenger.n) == (80, 80)
+    assert (decision.champion.n, decision.challenger.n) == (80, 80) and decision.served == 80
+    assert 30 < decision.budget < 45  # 2% of a day of 160 requests in 2 h
     assert (decision.champion_version, decision.challenger_version) == (v1, v2)
     C.apply(reg, decision, who="test")
     assert reg.version_for(CHALLENGER) is None and reg.version_for(CHAMPION) == v1

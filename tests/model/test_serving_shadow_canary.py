@@ -66,6 +66,24 @@ def test_the_canary_share_is_sticky_per_session_and_logged_with_the_challengers_
     assert {r.arm for r in _route(all_in, PROMPTS)} == {"challenger"}  # no session: per request
 
 
+def test_a_cleared_challenger_takes_the_larger_share_and_keeps_its_sessions(make, challenger_dir):
+    """The canary flow tags a challenger cleared at its exposure budget; the source reports its version's tags at
+    each poll (RegistrySource reads them with the alias) and the share grows from 10% to 60% of sessions."""
+    from types import MappingProxyType
+
+    from mixllm.canary import CLEARED_TAG
+
+    engine = make(challenger_dir, canary_share=0.1, canary_cleared_share=0.6)
+    sessions = [f"s{i}" for i in range(24)]
+    before = {s: _route(engine, PROMPTS[:1], session_id=s)[0].arm for s in sessions}
+    assert engine.canary_share() == 0.1 and engine.status()["canary"]["cleared"] is False
+    engine.challenger.source.tags = MappingProxyType({CLEARED_TAG: "2026-12-03T12:00:00+00:00"})
+    after = {s: _route(engine, PROMPTS[1:2], session_id=s)[0].arm for s in sessions}
+    assert engine.status()["canary"]["share"] == 0.6 and engine.status()["canary"]["cleared"] is True
+    assert all(after[s] == "challenger" for s in sessions if before[s] == "challenger")  # nobody switches back
+    assert sum(a == "challenger" for a in after.values()) > sum(a == "challenger" for a in before.values()) + 5
+
+
 def test_a_missing_challenger_leaves_every_request_with_the_champion(make, tmp_path):
     engine = make(tmp_path / "no-such-router", canary_share=1.0)
     routed = _route(engine, PROMPTS, session_id="s")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixllm.canary import CanaryConfig, arm_utilities, decide
+from mixllm.canary import CanaryConfig, arm_utilities, decide, traffic
 from mixllm.schemas import FEEDBACK_COLUMNS, LOG_COLUMNS
 
 pytestmark = pytest.mark.unit
@@ -85,3 +85,43 @@ def test_arm_utilities_label_decisions_per_router_and_clip_a_hostile_cost():
     assert u["challenger"].min() == -1.0  # 0.8 - 1e12/100 clipped to the floor
     assert np.isclose(u["champion"][0], 0.8 - 0.01 / 100)
     assert u["champion"][-1] <= 1.0  # rating-only: charged the model's mean observed cost
+
+
+BUDGET = CanaryConfig(min_labels=30, exposure_budget=0.02, budget_margin=0.05, budget_alpha=0.2, check_minutes=15)
+
+
+def test_the_exposure_budget_rolls_back_a_challenger_not_shown_not_worse_and_clears_a_good_one():
+    """A day of 10,000 requests: 200 may go to a challenger not yet shown not worse. 8 h at 24 requests an hour
+    (192 served) puts the next check past it: the one look happens now."""
+    rng = np.random.default_rng(3)
+    champion = _arm(rng, 0.75, 2000)
+    slightly_worse = _arm(rng, 0.68, 58)  # no mSPRT verdict on 58 labels, but not shown within 0.05 either
+    early = decide(champion, slightly_worse, BUDGET, elapsed_hours=4, served=96, day_requests=10_000)
+    assert early.verdict == "extend" and not early.cleared and early.budget == 200  # 96 + 2 x 6 < 200: no look
+    look = decide(champion, slightly_worse, BUDGET, elapsed_hours=8, served=192, day_requests=10_000)
+    assert look.verdict == "rollback" and "exposure budget" in look.reason and "not shown not worse" in look.reason
+    good = decide(champion, _arm(rng, 0.85, 58), BUDGET, elapsed_hours=8, served=192, day_requests=10_000)
+    assert good.verdict == "extend" and good.cleared and "cleared at the exposure budget" in good.reason
+    later = decide(champion, slightly_worse, BUDGET, elapsed_hours=20, served=480, day_requests=10_000, cleared=True)
+    assert later.verdict == "extend" and later.cleared  # one look only: a cleared challenger is not looked at again
+
+
+def test_the_budget_look_rolls_back_without_labels_and_never_fires_without_traffic_or_budget():
+    rng = np.random.default_rng(4)
+    few = decide(_arm(rng, 0.75, 500), _arm(rng, 0.95, 1), BUDGET, elapsed_hours=8, served=199, day_requests=10_000)
+    assert few.verdict == "rollback" and "nothing to test" in few.reason  # 199 served, 1 label: cannot be cleared
+    assert decide(np.array([]), np.array([]), BUDGET, elapsed_hours=1, served=0, day_requests=0).verdict == "extend"
+    unbounded = CanaryConfig(min_labels=30, exposure_budget=None)
+    assert decide(_arm(rng, 0.75, 500), _arm(rng, 0.95, 1), unbounded, 8, served=10**6,
+                  day_requests=10_000).verdict == "extend"
+
+
+def test_traffic_counts_the_challengers_decisions_and_scales_a_young_log_to_a_day():
+    now = datetime(2026, 12, 3, 12, tzinfo=timezone.utc)
+    start = now - timedelta(hours=1)
+    rows = [{"query_id": f"q{i}", "prompt": "p", "model": "m", "ts": now - timedelta(minutes=120 - i),
+             "router_version": "v-chal" if i % 4 == 0 else "v-champ", "propensity": 1.0} for i in range(120)]
+    rows.append({**rows[0], "quality": 1.0})  # an observation of a decision is not a second request
+    served, day = traffic(_log(rows), "v-chal", start, now)
+    assert served == 15  # i = 60, 64, ..., 116: the challenger's decisions since the start
+    assert day == pytest.approx(120 * 12)  # 120 requests in the 2 h the log covers
