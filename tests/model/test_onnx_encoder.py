@@ -95,6 +95,40 @@ def test_torch_bf16_is_close_keyed_apart_and_saved_with_the_weights(torch_encode
         QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="bf16")
 
 
+def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts, tmp_path, monkeypatch):
+    """An fp32 encoder's bulk call (>= BULK_MIN_PROMPTS prompts: training, evaluation) runs at the bulk precision
+    and caches under that precision's keys; a small call (serving) stays fp32. The bf16 twin (Linear weights stored
+    in bf16) gives exactly autocast's vectors. "auto" follows the CPU flags. Cost: ~300 short prompts in bf16 and
+    fp32 (~10 s)."""
+    import torch
+
+    from mixllm import embeddings
+
+    assert embeddings.resolve_bulk_precision("auto") == ("bf16" if embeddings.cpu_has_bf16() else "fp32")
+    monkeypatch.setenv("MIXLLM_ENCODER_BULK_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="bulk precision"):
+        QueryEncoder(torch_encoder.model, torch_encoder.weights_id)
+    monkeypatch.setenv("MIXLLM_ENCODER_BULK_PRECISION", "bf16")
+    enc = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="torch")
+    enc.truncation = "tail"
+    bulk = [f"Question {i}: what is {i} + {i}?" for i in range(embeddings.BULK_MIN_PROMPTS)]
+    assert (enc.precision_for(len(bulk)), enc.precision_for(len(bulk) - 1)) == ("bf16", "fp32")
+    assert QueryEncoder(torch_encoder.model, torch_encoder.weights_id, precision="int8", backend="onnx") \
+        .precision_for(len(bulk)) == "int8"
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    got = enc.encode(bulk, cache)
+    assert set(cache.get_many([enc._key(p, "bf16") for p in bulk])) == {enc._key(p, "bf16") for p in bulk}
+    assert not cache.get_many([enc._key(bulk[0])])  # the fp32 key of the same prompt is another entry
+    assert np.array_equal(got, enc._embed(bulk, 64, False, "bf16"))
+    small = enc.encode(bulk[:3], cache)
+    assert np.array_equal(small, enc._embed(bulk[:3], 64, False, "fp32")) and len(cache) == len(bulk) + 3
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = enc.model.preprocess(prompts[:8])
+        auto = torch.nn.functional.normalize(enc.model.forward(feats)["sentence_embedding"].float(), dim=-1)
+        twin = torch.nn.functional.normalize(enc._bf16_model().forward(feats)["sentence_embedding"].float(), dim=-1)
+    assert torch.equal(auto, twin)
+
+
 def _decisions(router, prompts):
     return [d.model for d in router.route(prompts, willingness_to_pay=1000.0)]
 

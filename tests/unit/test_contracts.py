@@ -220,3 +220,17 @@ def test_generated_rows_split_exactly_into_accepted_and_quarantined(case) -> Non
     for r, (_, a) in zip(good, result.accepted.iterrows()):
         assert a.prompt == r["prompt"]
         assert (math.isnan(a.quality) if r["quality"] is None else a.quality == float(r["quality"]))
+
+
+def test_the_same_rows_are_validated_once_and_different_ones_again() -> None:
+    """The nightly validates a landing file in its contract check and again in the store's ingest: the second call
+    on identical rows gets the first result (a copy), a frame differing only in a cell's type is validated anew.
+    Cost: three validations of 2 rows (< 1 s)."""
+    raw = frame([row(0), row(1, quality="2")])
+    first = validate_log(raw)
+    first.accepted.loc[:, "quality"] = -1.0  # a caller's edit must not reach the kept copy
+    second = validate_log(raw.copy())
+    assert list(second.accepted["quality"]) == [1.0] and len(second.quarantined) == 1
+    assert second.accepted_digests == first.accepted_digests
+    assert len(validate_log(frame([row(0, prompt="42")])).accepted) == 1
+    assert len(validate_log(frame([row(0, prompt=42)])).quarantined) == 1  # pandas hashes 42 and "42" alike
