@@ -52,10 +52,20 @@ def read_store(settings: Any) -> tuple[Any, Any]:
         store.dispose()
 
 
+@task(name="read-held-out", **IO_RETRY)
+def read_held_out(pipeline_config: str | None) -> Any:
+    """The nightly's held-out slice, the calibration check's baseline (None, with a warning, when none is set)."""
+    rows = D.held_out_slice(pipeline_config)
+    if rows is None:
+        get_run_logger().warning("drift: no held-out files configured: calibration is compared with zero")
+    return rows
+
+
 @task(name="drift-checks", **COMPUTE)
-def checks(router: Any, logs: Any, feedback: Any, config: D.DriftConfig, wtp: float, now: datetime) -> D.DriftReport:
+def checks(router: Any, logs: Any, feedback: Any, config: D.DriftConfig, wtp: float, now: datetime,
+           held_out: Any = None) -> D.DriftReport:
     reference, window, start, end = D.split_window(logs, router.manifest.get("data_until"), config, now)
-    return D.monitor(router, reference, window, config, wtp, feedback, start, end)
+    return D.monitor(router, reference, window, config, wtp, feedback, start, end, held_out)
 
 
 @task(name="log-drift-report", **IO_RETRY)
@@ -84,15 +94,18 @@ def trigger(deployment: str, reasons: list[str]) -> str:
 
 @flow(name="mixllm-drift", log_prints=True)
 def drift_monitor(config_path: str | None = None, deployment: str | None = None,
-                  report_dir: str | None = None, now: str | None = None) -> dict[str, Any]:
-    """Check the last window of traffic; trigger `deployment` (e.g. mixllm-nightly/nightly) when it drifted."""
+                  report_dir: str | None = None, now: str | None = None,
+                  pipeline_config: str | None = None) -> dict[str, Any]:
+    """Check the last window of traffic; trigger `deployment` (e.g. mixllm-nightly/nightly) when it drifted.
+    `pipeline_config`: the nightly's config file, for its held-out slice (default: environment / packaged)."""
     logger = get_run_logger()
     settings = get_settings()
     config = D.load_drift_config(config_path)
     when = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
     router = load_champion(settings)
     logs, feedback = read_store(settings)
-    report = checks(router, logs, feedback, config, settings.default_willingness_to_pay, when)
+    report = checks(router, logs, feedback, config, settings.default_willingness_to_pay, when,
+                    read_held_out(pipeline_config))
     logged = log_report(report, settings, Path(report_dir) if report_dir else None)
     out = {"drifted": report.drifted, "decided": report.decided, "reasons": report.reasons, "note": report.note,
            "router_version": report.router_version, "metrics": report.metrics(), **logged, "triggered": None}

@@ -123,3 +123,31 @@ def test_calibration_fires_on_a_real_miss_not_on_label_noise(trained_router_dir:
     assert noisy.value > 0.15 and not noisy.fired, noisy.detail  # the raw-gap rule would have fired here
     missed = D._calibration_check(router, base.assign(quality=0.0), D.DriftConfig(), rng)
     assert missed.fired and missed.value > 0.3 and "p = " in missed.detail
+
+
+def test_calibration_is_judged_against_the_held_out_gap_not_zero(trained_router_dir: Path, bundled) -> None:
+    """A router whose chosen models' quality sits 0.3 below its predictions on held-out rows as well as in the window
+    (an unchanged world with the optimizer's curse): no drift once the held-out gap is the baseline, though the
+    raw gap fires against zero. The window 0.3 worse again than held-out: fires."""
+    train, _ = bundled
+    router = load_router(trained_router_dir)
+    reqs = train.drop_duplicates("query_id").head(60)
+    pred = np.asarray(router.predict(reqs["prompt"].tolist()).quality, float)
+    rows = pd.DataFrame([{"query_id": q, "prompt": p, "model": m, "prompt_tokens": t, "quality": pred[i, j] - 0.3}
+                         for i, (q, p, t) in enumerate(zip(reqs["query_id"], reqs["prompt"], reqs["prompt_tokens"]))
+                         for j, m in enumerate(router.models)])
+    cfg = D.DriftConfig()
+    chosen = np.asarray(router.choose(router.predict(reqs["prompt"].tolist()), 1000.0), dtype=int)
+    window = rows.set_index(["query_id", "model"]).loc[
+        list(zip(reqs["query_id"], [router.models[j] for j in chosen]))].reset_index()
+    window["quality"] += np.random.default_rng(1).normal(0, 0.05, len(window))  # label noise, so se > 0
+    base = D.reference_calibration(router, rows, 1000.0, cfg, np.random.default_rng(0))
+    assert sum(v["labels"] for v in base.values()) == len(reqs)
+    assert all(abs(v["predicted"] - v["observed"] - 0.3) < 1e-9 for v in base.values())
+    rng = np.random.default_rng(0)
+    against_zero = D._calibration_check(router, window, cfg, rng)
+    assert against_zero.fired and "zero" in against_zero.detail
+    same_gap = D._calibration_check(router, window, cfg, rng, base)
+    assert not same_gap.fired and same_gap.value < 0.1 and "held-out error +0.300" in same_gap.detail
+    worse = D._calibration_check(router, window.assign(quality=window["quality"] - 0.3), cfg, rng, base)
+    assert worse.fired and worse.value > 0.25
