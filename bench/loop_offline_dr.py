@@ -114,8 +114,8 @@ def main() -> None:
             print(f"  explore {e}: explored {explored:.1%}, rated {b.quality.notna().sum()}, picks {counts}",
                   flush=True)
             log = pd.concat([seed_log, b[seed_log.columns]], ignore_index=True)
-            for t in [t for t in args.treatments if t in ("ips", "residual")]:
-                cand = router(log, bandit_labels=t, **(extra if t == "residual" else {}))
+            for t in [t for t in args.treatments if t in ("ips", "residual", "relative")]:
+                cand = router(log, bandit_labels=t, **(extra if t in ("residual", "relative") else {}))
                 print(f"    {t:9s}: val {paired(per_query(val, cand), base['val'], rng)} test "
                       f"{paired(per_query(test, cand), base['test'], rng)}", flush=True)
 

@@ -84,12 +84,19 @@ class PredictorConfig(BaseModel):
     prior_smoothing: float = Field(default=5.0, ge=0, description="Pseudo-rows of the global mean in a tag's mean.")
     propensity_clip: float = Field(default=0.05, gt=0, le=1, description="Rows a policy chose with propensity p "
                                    "weigh 1 / max(p, clip) (bandit logs; see row_weights).")
-    bandit_labels: Literal["ips", "residual"] = Field(default="residual", description="How rows a logging policy "
-                                                      "chose train an LLM that also has full-information rows: "
-                                                      "ips: they join its model, weighted; residual: they only "
-                                                      "correct it (see fit_llm and bench/loop_offline_dr.py).")
-    residual_smoothing: float = Field(default=20.0, ge=0, description="Pseudo-rows of zero correction in an "
-                                      "LLM's per-tag mean residual (bandit_labels='residual').")
+    bandit_labels: Literal["ips", "residual", "relative"] = Field(
+        default="residual", description="How rows a logging policy chose train an LLM that also has "
+        "full-information rows: ips: they join its model, weighted; residual: they only correct it (see fit_llm "
+        "and bench/loop_offline_dr.py); relative: they correct it by what it did better or worse than the models "
+        "logged on similar queries (PredictorBank.relate).")
+    relative_k: int = Field(default=20, ge=1, description="Logged neighbours (same tag, any LLM) whose mean "
+                            "residual is a query's shared difficulty (bandit_labels='relative').")
+    residual_smoothing: float = Field(default=200.0, ge=0, description="Pseudo-rows of zero correction in an "
+                                      "LLM's per-tag mean residual (bandit_labels='residual'). 200, not 20: "
+                                      "routing at a fixed willingness to pay flips on small quality shifts, and "
+                                      "per-tag corrections from ~50-170 selected rows carry the queries the policy "
+                                      "chose them on; on bench/loop_offline_dr.py's split 1 (validation part of "
+                                      "train) 20 cost -0.106 utility against the seed, 200 +0.002.")
 
     def params(self, objective: str, seed: int) -> dict:
         return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
@@ -604,7 +611,7 @@ def fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, 
     logged = pd.to_numeric(rows["propensity"], errors="coerce").notna().to_numpy() if "propensity" in rows else \
         np.zeros(len(rows), bool)
     full = ~logged & pd.to_numeric(rows["quality"], errors="coerce").notna().to_numpy()
-    if cfg.bandit_labels == "residual" and logged.any() and full.sum() >= cfg.min_rows:
+    if cfg.bandit_labels in ("residual", "relative") and logged.any() and full.sum() >= cfg.min_rows:
         at = np.arange(len(x)) if cols is None else np.asarray(cols)
         space = _unit(x) if bank is None else bank  # the kNN memory's rows (the base model ignores it otherwise)
         tag = (lambda sel: None) if tags is None else (lambda sel: np.asarray(tags)[sel])
@@ -629,15 +636,49 @@ def residual_correction(model: LLMPredictor, x: np.ndarray, rows: pd.DataFrame, 
     pred = np.clip(model.quality_output(x[ok], None if tags is None else tags[ok],
                                         None if emb is None else emb[ok]), 0.0, 1.0)
     r, w = label[ok] - pred, row_weights(rows[ok], cfg.propensity_clip)
-    s = cfg.residual_smoothing
+    out["residual"] = _tag_means(r, w, None if tags is None else np.asarray(tags, dtype=object)[ok],
+                                 cfg.residual_smoothing)
+    return out
+
+
+def relative_rows(log: pd.DataFrame, bank: "PredictorBank") -> np.ndarray:
+    """Positions of the labelled logged rows of LLMs trained with a residual correction (full-information base
+    plus logged rows)."""
+    if "propensity" not in log:
+        return np.zeros(0, np.int64)
+    logged = pd.to_numeric(log["propensity"], errors="coerce").notna().to_numpy()
+    labelled = pd.to_numeric(log["quality"], errors="coerce").notna().to_numpy()
+    corrected = np.array([m in bank.llms and "residual" in bank.llms[m].meta for m in log["model"]], bool)
+    return np.flatnonzero(logged & labelled & corrected)
+
+
+def shared_difficulty(r: np.ndarray, emb: np.ndarray, tags: np.ndarray | None, k: int) -> np.ndarray:
+    """Per logged row, the mean residual of its k most similar other logged rows of the same tag (any LLM); 0
+    for a row alone in its tag (nothing to compare it with, so it corrects nothing)."""
+    out = np.zeros(len(r))
+    groups = [np.arange(len(r))] if tags is None else [np.flatnonzero(tags == g) for g in pd.unique(tags)]
+    for idx in groups:
+        if len(idx) < 2:
+            out[idx] = r[idx]
+            continue
+        sims = emb[idx] @ emb[idx].T
+        np.fill_diagonal(sims, -np.inf)
+        kk = min(k, len(idx) - 1)
+        nb = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        out[idx] = r[idx][nb].mean(axis=1)
+    return out
+
+
+def _tag_means(r: np.ndarray, w: np.ndarray, tags: np.ndarray | None, s: float) -> dict:
+    """{"global": c, "tags": {tag: c}}: weighted means of r shrunk toward 0 (global) and toward the global one
+    (per tag) with `s` pseudo-rows, as `residual_correction` stores them."""
     glob = float(shrunk_mean(r[None], w[None], s, np.zeros(1))[0])
     by_tag = {}
     if tags is not None:
-        t = np.asarray(tags, dtype=object)[ok].astype(str)
+        t = np.asarray(tags, dtype=object).astype(str)
         by_tag = {str(k): float(shrunk_mean(r[t == k][None], w[t == k][None], s, np.array([glob]))[0])
                   for k in np.unique(t)}
-    out["residual"] = {"global": glob, "tags": by_tag}
-    return out
+    return {"global": glob, "tags": by_tag}
 
 
 def _fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
@@ -704,6 +745,7 @@ class PredictorBank:
         emb = _unit(x) if emb is None and self.config.quality_model != "lgbm" else emb
         for name in tqdm(names, desc="train predictors", disable=not progress, leave=False):
             self.add(name, x, log, row_index, tags, emb)
+        self.relate(x, log, row_index, tags, emb)
         return self
 
     def add(self, name: str, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray,
@@ -721,6 +763,42 @@ class PredictorBank:
 
     def remove(self, name: str) -> None:
         self.llms.pop(name)
+
+    def relate(self, x: np.ndarray, log: pd.DataFrame, row_index: np.ndarray, tags: np.ndarray | None,
+               emb: np.ndarray | None) -> None:
+        """`bandit_labels="relative"`: replace each LLM's residual correction by a relative one (no-op otherwise).
+
+        Why: the service picks a model where it looks good, e.g. the reference model on a task's hard queries, so
+        a model's residuals (label - its own prediction) on its logged rows carry those queries' difficulty, which
+        every model shares and which must not move routing. The difficulty of a logged query is estimated as the
+        mean residual of the `relative_k` most similar OTHER logged queries of its tag, whichever LLM answered them
+        (one LLM per query: this is the only way to tell a hard query from a weak model); each LLM's correction
+        is then the shrunk, inverse-propensity weighted mean per tag of (its residual - that difficulty), i.e. how
+        much better or worse it did than the models logged around it. Where the policy never varied its choice
+        the correction stays ~0 (nothing learned), where exploration tried another model it moves by the
+        difference. Needs every LLM's base model, hence a step over the whole bank after per-LLM training."""
+        if self.config.bandit_labels != "relative":
+            return
+        pos = relative_rows(log, self)
+        if not len(pos):
+            return
+        rows, at = log.iloc[pos], row_index[pos]
+        t = None if tags is None else np.asarray(tags, dtype=object)[at]
+        e = _unit(x[at]) if emb is None else np.asarray(emb, np.float32)[at]
+        r = np.empty(len(rows))
+        for name in rows["model"].unique():
+            sel = (rows["model"] == name).to_numpy()
+            p = self.llms[name].quality_output(x[at[sel]], None if t is None else t[sel], e[sel])
+            r[sel] = rows["quality"].to_numpy(float)[sel] - np.clip(p, 0.0, 1.0)
+        rel = r - shared_difficulty(r, e, t, self.config.relative_k)
+        w = row_weights(rows, self.config.propensity_clip)
+        for name in rows["model"].unique():
+            sel = (rows["model"] == name).to_numpy()
+            meta = dict(self.llms[name].meta)
+            meta["residual"] = _tag_means(rel[sel], w[sel], None if t is None else t[sel],
+                                          self.config.residual_smoothing)
+            meta["relative_rows"] = int(sel.sum())
+            self.llms[name].meta = meta
 
     def _knn_groups(self) -> list[tuple[np.ndarray, list[_KNNGroup]]]:
         """[(bank, [groups])]: equal banks (by content) searched once; LLMs of one bank with the same k, the same

@@ -449,3 +449,49 @@ def test_residual_labels_correct_the_full_information_model_by_what_logged_rows_
     assert abs(q.mean() - truth) < abs(q0.mean() - truth) / 3  # most of the offset is undone
     again = PredictorBank.load(tmp_path, bank.save(tmp_path))
     np.testing.assert_array_equal(again.predict(x, np.full(len(x), 10.0), SPECS, tags=tags, emb=emb)[0][:, 0], q)
+
+
+def _difficulty_log(seed: int = 0, n_full: int = 200, n_logged: int = 2000):
+    """Two LLMs; half the queries are hard (visible in the neighbour space), and on every query `a` is 0.1 better
+    than `b` (P(good): a 0.8 / 0.2, b 0.7 / 0.1 on easy / hard). `n_full` full-information queries, then a
+    logging policy that picks `a` on hard queries with probability 0.9 and `b` otherwise (always on easy ones:
+    a choice no inverse propensity can undo); one LLM per logged query, all rated. Returns (features, emb, log,
+    row index, hard)."""
+    rng = np.random.default_rng(seed)
+    n = n_full + n_logged
+    hard = rng.random(n) < 0.5
+    emb = _unit_rows(np.column_stack([hard * 3.0, rng.normal(size=(n, 3))]))
+    p = {"a": np.where(hard, 0.2, 0.8), "b": np.where(hard, 0.1, 0.7)}
+    rows = []
+    for i in range(n):
+        if i < n_full:
+            chosen, prop = ("a", "b"), None
+        else:
+            pick_a = hard[i] and rng.random() < 0.9
+            chosen, prop = ("a" if pick_a else "b",), (0.9 if pick_a else 0.1 if hard[i] else 1.0)
+        for m in chosen:
+            rows.append({"query_id": f"q{i}", "prompt": "p", "model": m, "quality": float(rng.random() < p[m][i]),
+                         "propensity": prop, "cost_usd": 1e-4, "prompt_tokens": 10, "completion_tokens": 20,
+                         "task": None, "row": i})
+    log = pd.DataFrame(rows)
+    return emb, emb, log.drop(columns="row"), log["row"].to_numpy(), hard
+
+
+def test_relative_labels_keep_a_querys_difficulty_out_of_the_models_corrections():
+    """The policy logged `a` on the hard queries and `b` on the easy ones. Residual labels carry that difficulty
+    into the corrections (a's falls, b's rises: b ends up predicted better than a, the reverse of the truth);
+    relative labels compare each logged answer with the others logged on similar queries, so the corrections
+    stay near equal and `a` stays ahead on both halves by about its true 0.1. ~1 s."""
+    x, emb, log, rows, hard = _difficulty_log()
+    tags = np.full(len(x), "t")
+    out = {}
+    for labels in ("residual", "relative"):
+        cfg = PredictorConfig(n_estimators=20, min_child_samples=20, knn_k=400, knn_smoothing=0.0,
+                              bandit_labels=labels, residual_smoothing=5.0, relative_k=20)
+        bank = PredictorBank(cfg).fit(x, log, rows, ["a", "b"], tags=tags, emb=emb)
+        corr = {m: bank.llms[m].meta["residual"]["tags"]["t"] for m in ("a", "b")}
+        q = bank.predict(x, np.full(len(x), 10.0), SPECS, tags=tags, emb=emb)[0]
+        out[labels] = (corr["a"] - corr["b"], [float((q[h, 0] - q[h, 1]).mean()) for h in (hard, ~hard)])
+    assert out["residual"][0] < -0.3 and min(out["residual"][1]) < 0, out
+    assert abs(out["relative"][0]) < 0.08 and min(out["relative"][1]) > 0.02, out
+    assert bank.llms["a"].meta["relative_rows"] == int(((log["model"] == "a") & log["propensity"].notna()).sum())
