@@ -386,6 +386,7 @@ class MixLLMRouter(Router):
         for name in prepared.names:
             self.predictors.llms[name] = by_name[name]
             self.bandit.add_arm(name)
+        self.predictors.relate(prepared.features, prepared.log, prepared.codes, prepared.tags, prepared.embeddings)
         self._memory.clear()
         self._stamp(prepared.log, prepared.n_queries)
         return self
