@@ -230,8 +230,8 @@ class Loop:
 
     def from_store(self, rows: np.ndarray, decided: list[dict[str, Any]], q: np.ndarray) -> dict[str, Any]:
         """The day's decisions as the service logged them (propensities: how much it explored) and mixllm.ope's
-        doubly robust estimate of the serving champion (greedy, as registered) on the labelled ones, next to what
-        that champion realises on all the day's queries."""
+        doubly robust estimate of the champion as served (`ope_estimate`) on the labelled ones, next to that
+        policy's true value on the same queries."""
         try:
             from mixllm import ope
             from mixllm.feedback import label_decisions
@@ -248,8 +248,7 @@ class Loop:
                                if len(day) else None}
         labelled = day[day["quality"].notna() & day["cost_usd"].notna()]
         if len(labelled) >= 2:
-            at = {x["request_id"]: x["row"] for x in decided}
-            out["ope"] = self.ope_estimate(labelled, np.array([at[i] for i in labelled["query_id"]]), rows, q)
+            out["ope"] = self.ope_estimate(labelled, {x["request_id"]: x for x in decided}, q)
         return out
 
     def feedback_config(self) -> Any:
@@ -258,11 +257,48 @@ class Loop:
 
         return FeedbackConfig(mapping=RatingMapping(noise=self.args.noise if self.args.known_noise else None))
 
-    def ope_estimate(self, d: pd.DataFrame, at: np.ndarray, rows: np.ndarray, q: np.ndarray) -> dict[str, Any]:
-        """DR (reward model: the champion's own predictions; no estimate below --ope-min-ess effective decisions)
-        of the serving champion as registered (greedy, no online state: what the gates evaluate) on the labelled
-        decisions `d` (world rows `at`). Truth: the same policy's value on the same queries, from the world table
-        (the estimand); also its value on all the day's queries `rows`."""
+    def ope_estimate(self, d: pd.DataFrame, by_id: dict[str, dict[str, Any]], q: np.ndarray) -> dict[str, Any]:
+        """mixllm.ope's DR estimate of the champion AS SERVED, on the day's labelled logged decisions `d`, against
+        that same policy's true value on the same queries (the world table is full-information).
+
+        The target: the service's own policy at the moment it decided (the registered champion plus the online
+        corrections it had learned by then, LinUCB bonus included) run greedily, i.e. without the exploration
+        that logged the data. Why this target: it is what users are served, its probabilities are known exactly
+        (one-hot on each decision's best-scoring eligible candidate, read from the decision's trace), and it
+        overlaps the logging policy wherever the service did not explore, so the estimate is informative every
+        day. It is not on-policy: explored decisions get weight 0, the others 1 / propensity, and DR's reward
+        model (the served predicted quality - cost / wtp of every candidate) fills in for the explored ones; the
+        rewards are users' debiased thumbs, the truth is the world's quality. The registered champion without its
+        online state (what the gates compare) is also estimated (`registered`): its overlap with what was served
+        is small (ESS 2-6 a day in the 2026-12-03 run), which is why it cannot be the day's bar."""
+        from mixllm import ope
+
+        wtp, models = self.args.wtp, self.world.models
+        dec = [by_id[i] for i in d["query_id"]]
+        at = np.array([x["row"] for x in dec])
+        probs = np.zeros((len(d), len(models)))
+        probs[np.arange(len(d)), [self.world.col(x["greedy"]) for x in dec]] = 1.0
+        rhat = np.array([[x["reward_hat"].get(m, 0.0) for m in models] for x in dec])
+        logged = np.array([self.world.col(m) for m in d["model"]])
+        reward = d["quality"].to_numpy(float) - d["cost_usd"].to_numpy(float) / wtp
+        prop = d["propensity"].to_numpy(float)
+        est = ope.estimate(prop, reward, ope.TargetPolicy(probs, logged, rhat), "dr", min_ess=self.args.ope_min_ess)
+        cols = probs.argmax(1)
+        truth = float(utility(q[at, cols], self.world.cost[at, cols], wtp).mean())
+        all_cols = np.array([self.world.col(by_id[k]["greedy"]) for k in by_id])
+        all_rows = np.array([by_id[k]["row"] for k in by_id])
+        return {"target": "champion as served, greedy", "estimate": est.value if est.available else None,
+                "low": est.low if est.available else None, "high": est.high if est.available else None,
+                "ess": est.ess, "n": est.n, "truth": truth, "logged_value": float(reward.mean()),
+                "matched": int((logged == cols).sum()),
+                "realised_all_queries": float(utility(q[all_rows, all_cols], self.world.cost[all_rows, all_cols],
+                                                      wtp).mean()),
+                "within_ci": bool(est.low <= truth <= est.high) if est.available else None,
+                "registered": self.registered_estimate(d, at, prop, reward, q)}
+
+    def registered_estimate(self, d: pd.DataFrame, at: np.ndarray, prop: np.ndarray, reward: np.ndarray,
+                            q: np.ndarray) -> dict[str, Any]:
+        """The registered champion (greedy, no online state: what the gates evaluate) on the same decisions."""
         from mixllm import ope, policy
 
         wtp, router = self.args.wtp, self.champion_router
@@ -270,26 +306,23 @@ class Loop:
         probs = policy.probabilities(router.scores(pred, wtp, greedy=True), None)
         rhat = np.clip(np.nan_to_num(pred.quality), 0, 1) - np.nan_to_num(pred.cost) / wtp
         logged = np.array([router.models.index(m) if m in router.models else -1 for m in d["model"]])
-        reward = d["quality"].to_numpy(float) - d["cost_usd"].to_numpy(float) / wtp
-        est = ope.estimate(d["propensity"].to_numpy(float), reward, ope.TargetPolicy(probs, logged, rhat), "dr",
-                           min_ess=self.args.ope_min_ess)
+        est = ope.estimate(prop, reward, ope.TargetPolicy(probs, logged, rhat), "dr", min_ess=self.args.ope_min_ess)
         cols = np.array([self.world.col(router.models[j]) for j in probs.argmax(1)])
         truth = float(utility(q[at, cols], self.world.cost[at, cols], wtp).mean())
-        all_pred = router.predict([self.world.prompts[i] for i in rows])
-        cols = choices_in(self.world, router, all_pred, np.arange(len(rows)), wtp, router.models)
-        realised = float(utility(q[rows, cols], self.world.cost[rows, cols], wtp).mean())
         return {"estimate": est.value if est.available else None, "low": est.low if est.available else None,
-                "high": est.high if est.available else None, "ess": est.ess, "n": est.n, "truth": truth,
-                "realised_all_queries": realised, "logged_value": float(reward.mean()),
+                "high": est.high if est.available else None, "ess": est.ess, "truth": truth,
                 "within_ci": bool(est.low <= truth <= est.high) if est.available else None}
 
     def _feedback(self, svc: Service, client: Any, i: int, dec: dict[str, Any], q: np.ndarray) -> dict[str, Any]:
         a = self.args
         j = self.world.col(dec["model"])
+        eligible = [c for c in dec["candidates"] if c.get("eligible", True)]
+        greedy = max(eligible, key=lambda c: c["score"])["model"]  # the served policy's own choice, unexplored
         out = {"row": i, "request_id": dec["request_id"], "model": dec["model"], "quality": float(q[i, j]),
                "cost_usd": float(self.world.cost[i, j]), "source_version": dec.get("source_version"), "rating": None,
-               "explored": dec["model"] != max((c for c in dec["candidates"] if c.get("eligible", True)),
-                                               key=lambda c: c["score"])["model"]}
+               "explored": dec["model"] != greedy, "greedy": greedy,
+               "reward_hat": {c["model"]: float(c["predicted_quality"]) - float(c["predicted_cost_usd"]) / a.wtp
+                              for c in eligible}}
         if self.rng.random() < a.feedback_share:
             rating = 1.0 if q[i, j] >= 0.5 else 0.0
             if self.rng.random() < a.noise:
