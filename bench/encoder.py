@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 AIQ_TOLERANCE = 0.001
 BACKENDS = (("torch", "torch", "fp32"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"),
-            ("torch-bf16", "torch", "bf16"))  # bf16: torch autocast (AMX / AVX512-BF16 matmuls on CPUs with them)
+            ("torch-bf16", "torch", "bf16"),  # bf16: torch autocast (AMX / AVX512-BF16 matmuls on CPUs with them)
+            ("hybrid", "hybrid", "fp32"))  # one query on ONNX fp32, batches on torch at the bulk precision (auto)
 # dataset -> (catalogue, train source, test source, reference LLM), as bench/quality.py and bench/tune.py use them.
 DATASETS = {"routerbench": ("routerbench", "data/routerbench", "data/routerbench", "gpt-4-1106-preview"),
             "llmrouter": ("llmrouter", "data/llmrouter/llmrouter_train.csv.gz", "data/llmrouter/llmrouter_test.csv.gz",
@@ -60,13 +61,14 @@ def _encoders(max_len: int, truncation: str):
     from mixllm.embeddings import QueryEncoder
 
     base = QueryEncoder.base(max_len, truncation, backend="torch")
-    return {label: QueryEncoder(base.model, base.weights_id, backend=b, precision=p, bulk_precision=_bulk(p))
+    return {label: QueryEncoder(base.model, base.weights_id, backend=b, precision=p, bulk_precision=_bulk(b, p))
             for label, b, p in BACKENDS}
 
 
-def _bulk(precision: str) -> str:
-    """The bulk precision that keeps an encoder at `precision` whatever the batch ("fp32" for int8: unused)."""
-    return "bf16" if precision == "bf16" else "fp32"
+def _bulk(backend: str, precision: str) -> str | None:
+    """The bulk precision that keeps an encoder at `precision` whatever the batch ("fp32" for int8: unused);
+    hybrid keeps the library's (auto: bf16 batches on CPUs with bf16)."""
+    return None if backend == "hybrid" else "bf16" if precision == "bf16" else "fp32"
 
 
 def _select(labels: list[str]) -> None:
@@ -233,7 +235,7 @@ def routing(dataset: str, epochs: int, workdir: Path) -> tuple[dict, Path, list[
     choices = {}
     for label, backend, precision in BACKENDS:
         enc = QueryEncoder(trained.model, trained.weights_id, backend=backend, precision=precision,
-                           bulk_precision=_bulk(precision))
+                           bulk_precision=_bulk(backend, precision))
         enc.truncation = router.config.truncation
         t0 = time.perf_counter()
         enc._embed(ts.prompts[:2], 64, False)  # exports the fine-tuned weights (cached by digest)
@@ -261,9 +263,11 @@ def routing(dataset: str, epochs: int, workdir: Path) -> tuple[dict, Path, list[
 
 
 def rss(router_dir: Path, prompt: str) -> dict[str, float]:
-    """Peak RSS (MiB) of a fresh process that loads the saved encoder on each backend and encodes one query."""
+    """Peak RSS (MiB) of a fresh process that loads the saved encoder on each backend and encodes one query, then
+    two (hybrid: both engines)."""
     code = ("import sys; from mixllm.embeddings import QueryEncoder; "
             "e = QueryEncoder.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3]); e.encode([sys.argv[4]]); "
+            "e.encode([sys.argv[4], sys.argv[4] + '?']); "
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
             "print(int(hwm) / 1024, 'torch' in sys.modules)")  # VmHWM: ru_maxrss survives fork+exec
     out = {}
@@ -400,7 +404,7 @@ def markdown(doc: dict) -> str:
               "Router save with the export: "
               + ", ".join(f"{d} {r['save_s']:.1f} s" for d, r in doc["routing"].items())
               + f". Training (torch, bulk precision {doc.get('bulk_precision', 'fp32')}): " + ", ".join(f"{d} {r['train_s']:.0f} s" for d, r in doc["routing"].items())
-              + ".", "", doc.get("note", ""), "", f"Peak RSS of a process loading the saved encoder and encoding one query: {rss_cells}.", "",
+              + ".", "", doc.get("note", ""), "", f"Peak RSS of a process loading the saved encoder and encoding one query, then two: {rss_cells}.", "",
               f"Total {doc['total_s']:.0f} s.", ""]
     return "\n".join(lines)
 

@@ -86,7 +86,7 @@ def weights_digest(model: "SentenceTransformer") -> str:
     return h.hexdigest()[:16]
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "hybrid")
 # bench/encoder.py (BENCHMARKS.md "Encoder backends", 2026-12-02): ONNX fp32 made the same decisions as torch on both
 # datasets (AIQ delta 0.0000) and had the lower single-query p50, but 0.84x torch's batch-64 throughput at 1 thread
 # on a shared machine; int8 was faster on both but moved AIQ by +0.0015 / +0.0053 (bar: 0.001). So torch stays the
@@ -105,6 +105,9 @@ TORCH_PRECISIONS = ("fp32", "bf16")
 BULK_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_BULK_PRECISION = "auto"
 BULK_MIN_PROMPTS = 256
+# Backend "hybrid" (serving, opt-in): a single query on ONNX Runtime fp32 (the same vectors as torch fp32, the lowest
+# one-query latency), two or more on torch at the bulk precision (bf16 batches: the highest throughput).
+HYBRID_MIN_PROMPTS = 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,6 +148,9 @@ def resolve_precision(precision: str | None = None, backend: str | None = None) 
     from mixllm.onnx_encoder import check_precision
 
     chosen = precision or os.environ.get("MIXLLM_ENCODER_PRECISION") or DEFAULT_PRECISION
+    if backend == "hybrid" and chosen != "fp32":
+        raise ConfigError(f"backend 'hybrid' runs fp32 single queries (ONNX) and bulk-precision batches (torch); "
+                          f"precision {chosen!r} is for backend 'torch' or 'onnx'")
     if chosen == "bf16":
         if backend == "onnx":
             raise ConfigError("precision 'bf16' is a torch precision; use backend 'torch' or ONNX 'fp32'/'int8'")
@@ -234,22 +240,26 @@ class QueryEncoder:
         if self._model is not None:
             self._model.tokenizer.truncation_side = "left" if side == "tail" else "right"
 
-    def _key(self, prompt: str, precision: str | None = None) -> str:
-        """Cache key of `prompt` encoded at `precision` (default: the encoder's own): a bulk bf16 vector and a
-        single-query fp32 vector of the same prompt are different entries."""
-        precision = precision or self.precision
+    def _key(self, prompt: str, engine: str | None = None, precision: str | None = None) -> str:
+        """Cache key of `prompt` run on `engine` at `precision` (default: how one query runs): a bulk bf16 vector
+        and a single-query fp32 vector of the same prompt are different entries."""
+        if precision is None:
+            engine, precision = self.engine_for(1)
         side = () if self.truncation == "head" else ("tail",)  # head keys unchanged: old caches stay valid
         backend = ("bf16",) if precision == "bf16" else \
-            ("onnx", precision) if self.backend == "onnx" else ()  # torch fp32 keys unchanged too
+            ("onnx", precision) if engine == "onnx" else ()  # torch fp32 keys unchanged too
         return _digest(self.weights_id, str(self.max_seq_length), *side, *backend, prompt)
 
-    def precision_for(self, n_prompts: int) -> str:
-        """The precision an `encode` call of `n_prompts` prompts runs at: the bulk precision for bulk calls of an
-        fp32 encoder (training, evaluation), the encoder's own otherwise (serving, int8, an explicit bf16). Decided
+    def engine_for(self, n_prompts: int) -> tuple[str, str]:
+        """(engine, precision) an `encode` call of `n_prompts` prompts runs on: bulk calls of an fp32 encoder
+        (training, evaluation) at the bulk precision, other calls at the encoder's own (serving, int8, an explicit
+        bf16); "hybrid": one prompt on ONNX fp32, more on torch at the bulk precision. bf16 runs on torch. Decided
         by the call's size, not by how many prompts miss the cache, so the keys are known before the lookup."""
-        if n_prompts >= BULK_MIN_PROMPTS and self.precision == "fp32":
-            return self.bulk_precision
-        return self.precision
+        if self.backend == "hybrid":
+            return ("onnx", "fp32") if n_prompts < HYBRID_MIN_PROMPTS else ("torch", self.bulk_precision)
+        precision = self.bulk_precision if n_prompts >= BULK_MIN_PROMPTS and self.precision == "fp32" \
+            else self.precision
+        return ("torch" if self.backend == "torch" or precision == "bf16" else "onnx"), precision
 
     @contextmanager
     def cached(self, cache: EmbeddingCache | None) -> Iterator["QueryEncoder"]:
@@ -269,9 +279,9 @@ class QueryEncoder:
         """L2-normalised float32 embeddings [n, 384]; cached prompts are not re-encoded."""
         prompts = list(prompts)
         cache = cache if cache is not None else self._default_cache
-        precision = self.precision_for(len(prompts))
+        engine, precision = self.engine_for(len(prompts))
         out = np.zeros((len(prompts), EMBEDDING_DIM), dtype=np.float32)
-        keys = [self._key(p, precision) for p in prompts] if cache is not None else []
+        keys = [self._key(p, engine, precision) for p in prompts] if cache is not None else []
         found = cache.get_many(keys) if cache is not None else {}
         todo = [i for i in range(len(prompts)) if cache is None or keys[i] not in found]
         for i in range(len(prompts)):
@@ -279,15 +289,16 @@ class QueryEncoder:
                 out[i] = found[keys[i]]
         if todo:
             unique = list(dict.fromkeys(prompts[i] for i in todo))
-            vecs = self._embed(unique, batch_size, progress and len(unique) > batch_size, precision)
+            vecs = self._embed(unique, batch_size, progress and len(unique) > batch_size, precision, engine)
             by_prompt = dict(zip(unique, vecs))
             for i in todo:
                 out[i] = by_prompt[prompts[i]]
             if cache is not None:
-                cache.put_many({self._key(p, precision): v for p, v in by_prompt.items()})
+                cache.put_many({self._key(p, engine, precision): v for p, v in by_prompt.items()})
         return out
 
-    def _embed(self, texts: list[str], batch_size: int, progress: bool, precision: str | None = None) -> np.ndarray:
+    def _embed(self, texts: list[str], batch_size: int, progress: bool, precision: str | None = None,
+               engine: str | None = None) -> np.ndarray:
         """Tokenise, forward, mean-pool, normalise: the model's own modules, without `SentenceTransformer.encode`.
 
         Why not `encode`: for one query its per-call bookkeeping (switching every module to eval mode, device
@@ -298,8 +309,10 @@ class QueryEncoder:
         batches are a function of the SET of texts, never of the order they came in (reproducible retraining).
         The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch
         (an ONNX encoder's bulk calls load the torch weights)."""
-        precision = precision or self.precision
-        if self.backend == "onnx" and precision != "bf16":
+        if precision is None:
+            engine, precision = self.engine_for(len(texts))
+        engine = engine or ("torch" if precision == "bf16" or self.backend == "torch" else "onnx")
+        if engine == "onnx":
             return self.onnx_session().embed(texts, self.max_seq_length, self.truncation, batch_size)
         import torch
         from tqdm.auto import tqdm
@@ -509,7 +522,8 @@ class QueryEncoder:
         backend/precision: the argument, else MIXLLM_ENCODER_BACKEND / _PRECISION, else the defaults. ONNX with the
         export saved in the folder loads without torch. A folder saved before ONNX (no export) loads on torch when
         ONNX is only the default, and is exported into the per-machine cache on first use (~20-30 s) when ONNX was
-        asked for explicitly (argument or environment)."""
+        asked for explicitly (argument or environment). "hybrid" loads both: the torch weights (batches) and the
+        saved export (single queries)."""
         from mixllm import onnx_encoder
         from mixllm.telemetry import go_offline
 

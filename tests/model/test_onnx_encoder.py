@@ -112,12 +112,13 @@ def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts
     enc = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="torch")
     enc.truncation = "tail"
     bulk = [f"Question {i}: what is {i} + {i}?" for i in range(embeddings.BULK_MIN_PROMPTS)]
-    assert (enc.precision_for(len(bulk)), enc.precision_for(len(bulk) - 1)) == ("bf16", "fp32")
+    assert (enc.engine_for(len(bulk)), enc.engine_for(len(bulk) - 1)) == (("torch", "bf16"), ("torch", "fp32"))
     assert QueryEncoder(torch_encoder.model, torch_encoder.weights_id, precision="int8", backend="onnx") \
-        .precision_for(len(bulk)) == "int8"
+        .engine_for(len(bulk)) == ("onnx", "int8")
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
     got = enc.encode(bulk, cache)
-    assert set(cache.get_many([enc._key(p, "bf16") for p in bulk])) == {enc._key(p, "bf16") for p in bulk}
+    keys = {enc._key(p, "torch", "bf16") for p in bulk}
+    assert set(cache.get_many(list(keys))) == keys
     assert not cache.get_many([enc._key(bulk[0])])  # the fp32 key of the same prompt is another entry
     assert np.array_equal(got, enc._embed(bulk, 64, False, "bf16"))
     small = enc.encode(bulk[:3], cache)
@@ -127,6 +128,22 @@ def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts
         auto = torch.nn.functional.normalize(enc.model.forward(feats)["sentence_embedding"].float(), dim=-1)
         twin = torch.nn.functional.normalize(enc._bf16_model().forward(feats)["sentence_embedding"].float(), dim=-1)
     assert torch.equal(auto, twin)
+
+
+def test_hybrid_runs_one_query_on_onnx_and_batches_on_torch(trained_router_dir, prompts, monkeypatch):
+    """Backend "hybrid": one prompt on the saved ONNX fp32 export (same vectors as torch fp32), two or more on torch
+    at the bulk precision; each keyed by what ran it; other precisions refused. Cost: one router load (~5 s)."""
+    monkeypatch.setenv("MIXLLM_ENCODER_BULK_PRECISION", "bf16")
+    hybrid = QueryEncoder.load(trained_router_dir / "encoder", backend="hybrid")
+    hybrid.truncation = "tail"
+    assert (hybrid.engine_for(1), hybrid.engine_for(2)) == (("onnx", "fp32"), ("torch", "bf16"))
+    one = hybrid.encode(prompts[:1])
+    assert np.array_equal(one, hybrid.onnx_session().embed(prompts[:1], hybrid.max_seq_length, "tail", 64))
+    assert np.abs(one - hybrid._embed(prompts[:1], 64, False, "fp32", "torch")).max() < 1e-5
+    assert np.array_equal(hybrid.encode(prompts[:3]), hybrid._embed(prompts[:3], 64, False, "bf16"))
+    assert hybrid._key("a") != hybrid._key("a", "torch", "bf16")
+    with pytest.raises(ConfigError, match="hybrid"):
+        QueryEncoder.load(trained_router_dir / "encoder", backend="hybrid", precision="int8")
 
 
 def _decisions(router, prompts):
