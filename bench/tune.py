@@ -70,6 +70,7 @@ class Experiment:
     variants: tuple[Variant, ...]
     common: dict = field(default_factory=dict)  # overrides shared by every variant
     online: bool = False  # also replay each held-out fold as a stream with feedback (mixllm.replay.online_replay)
+    baselines: tuple[str, ...] = ()  # registered task-free baselines scored on the same folds (e.g. "lgbm")
 
 
 def _knn(k: int, s: float, **extra: Any) -> dict:
@@ -78,6 +79,11 @@ def _knn(k: int, s: float, **extra: Any) -> dict:
 
 def _lgbm(trees: int, prior: bool = True, **extra: Any) -> dict:
     return {"predictor": {"quality_model": "lgbm", "quality_n_estimators": trees, "tag_prior": prior}, **extra}
+
+
+def _blend(trees: int, knn_weight: float = 0.5, **extra: Any) -> dict:
+    return {"predictor": {"quality_model": "blend", "quality_n_estimators": trees, "blend_knn_weight": knn_weight},
+            **extra}
 
 
 _FORMER = {"representation": "adapter", "untagged": "taxonomy", "task_labels": True}  # the defaults before issue 14
@@ -157,8 +163,34 @@ EXPERIMENTS = {e.name: e for e in (
                                                         "representation": "plain"}),
         Variant("k=150 s=200", _knn(150, 200, **_FORMER)),
     )),
+    Experiment("quality_blend", "Issue 14, both datasets x both conditions: which quality model, against the "
+               "LightGBM-on-MiniLM baseline (scored on the same folds)? kNN shrunk to the tag prior (default), "
+               "LightGBM trees boosted from the tag prior on the router's features (PCA of the embedding, "
+               "similarity to every tag centroid: the tags as soft features, log prompt tokens), or their blend; "
+               "and, for logs without labels, how many k-means clusters.", (
+        Variant("kNN k=150 s=60 (default)", {}),
+        Variant("LightGBM 100 trees from the prior", _lgbm(100)),
+        Variant("LightGBM 300 trees from the prior", _lgbm(300)),
+        Variant("blend kNN 0.5 + LightGBM 100", _blend(100)),
+        Variant("blend kNN 0.5 + LightGBM 300", _blend(300)),
+        Variant("blend kNN 0.25 + LightGBM 300", _blend(300, 0.25)),
+        Variant("blend kNN 0.75 + LightGBM 300", _blend(300, 0.75)),
+        Variant("blend kNN 0.5 + LightGBM 300, 60 clusters", _blend(300, tag_clusters=60)),
+        Variant("kNN, 60 clusters", {"tag_clusters": 60}),
+    ), baselines=("lgbm",)),
+    Experiment("knn_both", "Issue 14: kNN neighbours (k) and prior pseudo-rows (s) on both datasets x both "
+               "conditions (knn_grid ran on RouterBench only). Why ask: LLMRouter's small tasks (human_eval, "
+               "agentverse, commongen: ~150-200 train queries each) have fewer rows in their tag than k=150, so "
+               "their estimate is the tag mean with no local signal.", (
+        Variant("k=150 s=60 (default)", _knn(150, 60)),
+        Variant("k=100 s=60", _knn(100, 60)),
+        Variant("k=50 s=60", _knn(50, 60)),
+        Variant("k=50 s=20", _knn(50, 20)),
+        Variant("k=30 s=20", _knn(30, 20)),
+        Variant("k=20 s=10", _knn(20, 10)),
+    )),
 )}
-
+BASELINE_LABELS = {"lgbm": "LightGBM baseline (plain MiniLM, head 128)", "knn": "KNN-20 baseline"}
 
 
 # ------------------------------------------------------------------------------------------- folds ------------
@@ -280,7 +312,7 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
     from mixllm.catalogue import estimate_tokens, load_catalogue
     from mixllm.evaluation import default_wtps, policy_result
     from mixllm.router import MixLLMRouter
-    from mixllm.routers.baselines import TaskPriorRouter
+    from mixllm.routers.baselines import KNNRouter, LGBMRouter, TaskPriorRouter
 
     wtps = default_wtps()
     row_fold = grouped_folds(log["query_id"], log["prompt"], n_folds, fold_seed)
@@ -328,6 +360,10 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
         prior = TaskPriorRouter().fit(fold_log)
         pred = prior.predict(held.prompts, tokens.tolist(), tasks=[str(t) for t in held.tasks])
         pool("task prior", rows, *_decide(prior, pred, held, wtps))
+        for name in experiment.baselines:  # task-free: the same in both conditions
+            rival = {"lgbm": LGBMRouter, "knn": KNNRouter}[name](seed=0, catalogue=catalogue).fit(fold_log)
+            pred = rival.predict(held.prompts, tokens.tolist())
+            pool(BASELINE_LABELS[name], rows, *_decide(rival, pred, held, wtps))
     ref = test.models.index(reference) if reference in test.models else int(np.argmax(test.cost.mean(axis=0)))
     out: dict[str, dict[str, float]] = {}
     for label, (params, choices) in pooled.items():
@@ -379,7 +415,8 @@ def _machine() -> str:
 
 
 def summarise(experiment: Experiment, per_seed: dict[str, list[dict[str, float]]], meta: dict) -> dict:
-    labels = [v.label for v in experiment.variants] + ["task prior"]
+    labels = [v.label for v in experiment.variants] + ["task prior"] + \
+        [BASELINE_LABELS[n] for n in experiment.baselines]
     records = {v.label: v.record for v in experiment.variants}
     rows = []
     for label in labels:
