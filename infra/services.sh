@@ -5,7 +5,9 @@
 # Idempotent: `up` starts only what is not already healthy; `down` stops only what it started.
 #
 #   infra/services.sh up        install PostgreSQL/Chromium/Prometheus if missing, start them and the worker
-#   infra/services.sh service   start the routing service (`mixllm serve`) on the registry's champion
+#   infra/services.sh service   start the routing service (`mixllm serve`) on the registry's champion; it reads
+#                               MIXLLM_* serving settings from the environment (MIXLLM_SHADOW_SAMPLE, ...)
+#   infra/services.sh service-down  stop only the service (e.g. to start it again with other settings)
 #   infra/services.sh status    one line per component
 #   infra/services.sh env       `export` lines for the tests (MIXLLM_TEST_*): eval "$(infra/services.sh env)"
 #   infra/services.sh client-env  `export` lines that point your shell's mixllm/prefect/mlflow at the servers
@@ -404,6 +406,7 @@ cmd_logs() {
 case ${1:-} in
   up) cmd_up ;;
   service) service_up ;;
+  service-down) stop service; service_target remove ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;

@@ -50,6 +50,10 @@ class ServingSettings(BaseSettings):
                                         "challenger instead of the registry alias (quickstart, tests).")
     shadow_sample: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of champion-routed requests the "
                                  "challenger also decides, off the response path (0 = no shadow process).")
+    shadow_priority: Literal["idle", "nice"] = Field(default="idle", description="CPU priority of the shadow "
+                                                     "process: SCHED_IDLE (runs only on idle CPU: never slows "
+                                                     "/route, but starves behind any batch job on a shared "
+                                                     "machine) or nice 19 (progresses beside batch jobs).")
     shadow_batch: int = Field(default=64, ge=1, description="Queued shadow requests decided per forward pass.")
     shadow_queue_max: int = Field(default=20_000, ge=1, description="Most shadow requests waiting; the oldest are "
                                   "dropped (and counted) past it, so a starved shadow never grows the spool.")

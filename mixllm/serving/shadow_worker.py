@@ -233,14 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None, help="exit once this process is no longer our parent")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s mixllm.shadow %(levelname)s %(message)s")
-    lowest_priority()
+    cfg = ServingSettings()
+    if cfg.shadow_priority == "idle":
+        lowest_priority()
+    else:  # a machine shared with batch jobs: SCHED_IDLE would never run while they do
+        os.nice(19)
     from mixllm.serving.batcher import limit_blas_threads
     from mixllm.store import Store
     from mixllm.telemetry import go_offline
 
     go_offline()
     limit_blas_threads()
-    cfg = ServingSettings()
     url = os.environ.get(FORWARDER_STORE_ENV) or None
     worker = ShadowWorker(args.spool, challenger_source(cfg), lambda: Store(url), cfg.shadow_batch,
                           cfg.shadow_queue_max, cfg.poll_seconds or 5.0)
