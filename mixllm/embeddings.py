@@ -87,13 +87,15 @@ def weights_digest(model: "SentenceTransformer") -> str:
 
 
 BACKENDS = ("torch", "onnx", "hybrid")
-# bench/encoder.py (BENCHMARKS.md "Encoder backends", 2026-12-02): ONNX fp32 made the same decisions as torch on both
-# datasets (AIQ delta 0.0000) and had the lower single-query p50, but 0.84x torch's batch-64 throughput at 1 thread
-# on a shared machine; int8 was faster on both but moved AIQ by +0.0015 / +0.0053 (bar: 0.001). So torch stays the
-# default; fp32 is the precision `save` exports. MIXLLM_ENCODER_BACKEND / MIXLLM_ENCODER_PRECISION override them.
-# Training-time (bulk) encoding, `bench/encoder.py --only bulk` (BENCHMARKS.md "Encoder backends", 2026-12-03):
-# ONNX fp32 took 1.3-1.4x torch's CPU per long (128-token) prompt, so it does not speed up a night either. "bf16"
-# (torch only: autocast to bfloat16, AMX/AVX512-BF16 matmuls where the CPU has them) is an opt-in precision.
+# bench/encoder.py (BENCHMARKS.md "Encoder backends", 2026-12-03, 1 thread): ONNX fp32 gives torch fp32's vectors
+# (2e-7) and 0.51x its single-query p50 but 0.78x its batch-64 throughput; int8 moved LLMRouter's AIQ by +0.0118
+# (bar 0.001); bf16 (torch, Linear weights stored in bf16: `_bf16_model`) 0.73x p50, 2.76x throughput; "hybrid"
+# (one query on ONNX fp32, batches on torch bf16) 0.53x p50, 3.05x throughput; bf16 vectors moved AIQ by +0.0001 /
+# +0.0006. The bench names hybrid, yet torch fp32 stays the default for small calls: hybrid loads both engines
+# (+169 MiB per process; the service measured 0.94 GiB on torch, so ~1.1 GiB against its 1.0 GiB bar), and as a
+# library default every single-query call of an unsaved fine-tuned encoder would wait for an ONNX export (20-74 s).
+# The service opts in by environment:
+# MIXLLM_ENCODER_BACKEND=hybrid (or MIXLLM_ENCODER_PRECISION=bf16 for torch bf16 throughout, ~+25 MiB).
 DEFAULT_BACKEND = "torch"
 DEFAULT_PRECISION = "fp32"
 TORCH_PRECISIONS = ("fp32", "bf16")
