@@ -163,7 +163,20 @@ def run_condition(dataset: str, condition: str, logs, seeds: list[int], args, la
     stats = {n: {k: _stats([r[k] for r in rows]) for k in rows[0]} for n, rows in per_seed.items()}
     return {"report": main, "per_seed": per_seed, "seeds": seeds, "seed_stats": stats, "intervals": ivs,
             "cost_mdape": mdape, "timings": timings, "completion_tokens_known": bool(train["completion_tokens"]
-                                                                                   .notna().any())}
+                                                                                   .notna().any()),
+            "task_shares": {"train": _shares(logs[0]), "test": _shares(logs[1]), "repeated": _repeated(*logs)}}
+
+
+def _shares(log) -> dict[str, float]:
+    """Each task's share of the split's queries (the labelled log's task column)."""
+    return log.drop_duplicates("query_id")["task"].astype(str).value_counts(normalize=True).to_dict()
+
+
+def _repeated(train, test) -> dict[str, float]:
+    """Per task: the share of its test queries whose exact prompt is also a train query (LLMRouter's split repeats
+    prompts under new ids; grouped CV on train never does, as folds are grouped by prompt)."""
+    first = test.drop_duplicates("query_id")
+    return first["prompt"].isin(set(train["prompt"])).groupby(first["task"].astype(str)).mean().to_dict()
 
 
 def verdicts(results: dict) -> dict:
@@ -228,7 +241,7 @@ def _publish(args, results: dict, total_s: float) -> None:
                 "report": rep, "seeds": r["seeds"], "per_seed": r["per_seed"],
                 "mean_std": {n: {k: list(v) for k, v in s.items()} for n, s in r["seed_stats"].items()},
                 "intervals_router_minus": r["intervals"], "cost_mdape": r["cost_mdape"],
-                "completion_tokens_known": r["completion_tokens_known"],
+                "completion_tokens_known": r["completion_tokens_known"], "task_shares": r["task_shares"],
                 "timings_s": {k: round(v, 2) for k, v in r["timings"].items()}}
     (args.out / "quality.json").write_text(json.dumps(_clean(doc), indent=1, allow_nan=False), encoding="utf-8")
     for dataset, png in (("routerbench", "quality.png"), ("llmrouter", "quality_llmrouter.png")):
@@ -261,6 +274,26 @@ def _table(r: dict) -> list[str]:
     singles = [(n.split(":", 1)[1], p.metrics) for n, p in rep.policies.items() if p.kind == "single"]
     lines += ["", "Single LLMs (quality / cost relative to the reference): " + ", ".join(
         f"{n} {_pct(m['max_quality'])} / {_pct(m['cost_at_max_quality'])}" for n, m in singles) + "."]
+    return lines
+
+
+def _task_table(r: dict) -> list[str]:
+    """Per-task AIQ of the router and the learned baselines beside each task's share of train and test queries.
+    Why: a router chosen by CV on train can lose on test while winning in CV (bench/results/tune.md,
+    quality_blend) when the test split differs from train's folds: LLMRouter's test split holds 10 of 14 tasks at
+    50 queries each (its small tasks weigh 3-4x their train share) and repeats train prompts under new ids (every
+    gpqa and human_eval test query), which a model that memorises prompts exploits and grouped CV never shows."""
+    rep, shares = r["report"], r["task_shares"]
+    names = [n for n in ("router", "lgbm", "knn20", "mlp", "task_prior") if n in rep.policies]
+    lines = ["", "Per task (AIQ on that task's test queries; share of train / test queries; share of the task's test "
+             "queries whose exact prompt is in train):", "",
+             "| task | train | test | prompt in train | " + " | ".join(names) + " |",
+             "| --- | --- | --- | --- |" + " --- |" * len(names)]
+    for task in rep.policies["router"].tasks:
+        cells = [rep.policies[n].tasks.get(task, {}).get("aiq") for n in names]
+        lines.append(f"| {task} | {_pct(shares['train'].get(task, 0.0))} | {_pct(shares['test'].get(task, 0.0))} | "
+                     f"{_pct(shares['repeated'].get(task, 0.0))} | "
+                     + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     return lines
 
 
@@ -303,6 +336,7 @@ def _markdown(results: dict, bars: dict, total_s: float, args) -> str:
                     cells = [f"{_pct(s[k][0])} ± {100 * s[k][1]:.1f}" for k in HEADLINE[:3]]
                     lines.append(f"| {name} | {' | '.join(cells)} | {s['aiq'][0]:.4f} ± {s['aiq'][1]:.4f} |")
             if condition == "labels":
+                lines += _task_table(r)
                 known = "logged" if r["completion_tokens_known"] else (
                     "unknown: the router learns each LLM's cost directly from `cost_usd` (LightGBM on its features), "
                     "so predicted cost = expected logged cost, here the prompt's cost only")
