@@ -141,6 +141,23 @@ stop() {  # stop NAME [SIGNAL]: first TERM the sessions its children opened (a w
   log "$name stopped"
 }
 
+stop_service() {  # the service's BentoML arbiter restarts a worker that dies, and the worker leads a session of its
+  # own: TERM the arbiter first (it stops its workers), then what is left. Stopping the worker first, as `stop` does
+  # for the Prefect worker's runs, made the arbiter start a new one that outlived it, still holding the port.
+  local f pid p kids
+  f=$(pidfile service)
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  read -r -a kids <<<"$(own_sessions "$pid" | tr '\n' ' ')"
+  term_wait 15 "$pid" || log "service: its arbiter is still alive after 15s"
+  if ! term_wait 10 "$pid" "${kids[@]}"; then
+    log "service did not stop: SIGKILL"
+    for p in "$pid" "${kids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; kill -KILL "$p" 2>/dev/null || true; done
+  fi
+  rm -f "$f"
+  log "service stopped"
+}
+
 admin_token() {  # the service's admin token (POST /admin/reload), shared with the worker's pipeline runs
   local f=$STATE/run/admin_token
   if [ ! -s "$f" ]; then
@@ -378,7 +395,7 @@ EOF
 }
 
 cmd_down() {
-  stop service
+  stop_service
   service_target remove
   stop worker INT
   stop prefect
@@ -388,7 +405,7 @@ cmd_down() {
 }
 
 cmd_purge() {
-  stop service; service_target remove; stop worker INT; stop prefect; stop mlflow; stop prometheus
+  stop_service; service_target remove; stop worker INT; stop prefect; stop mlflow; stop prometheus
   if pg_lsclusters -h 2>/dev/null | grep -q online; then
     psql_admin -c "drop database if exists \"$PG_DB\"" -c "drop database if exists \"$PG_PREFECT_DB\""
     log "databases $PG_DB, $PG_PREFECT_DB dropped"
@@ -406,7 +423,7 @@ cmd_logs() {
 case ${1:-} in
   up) cmd_up ;;
   service) service_up ;;
-  service-down) stop service; service_target remove ;;
+  service-down) stop_service; service_target remove ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;

@@ -240,13 +240,20 @@ def _router_version(registry: Any, version: str) -> str:
 
 
 def started_at(registry: Any, version: str, now: datetime) -> datetime:
-    """When the canary of `version` started: its tag, set to `now` on the first check."""
-    tags = registry.client.get_model_version(registry.name, version).tags
-    if STARTED_TAG in tags:
-        ts = datetime.fromisoformat(tags[STARTED_TAG])
+    """When the canary of `version` started: its tag, else (first check) its registration, written to the tag.
+
+    Not the first check's time: the service routes the canary share to a new challenger from its next alias poll
+    (seconds after registration), while the scheduled check may come up to 15 minutes later; feedback on the
+    decisions in between would be left out (seen on the infra servers: a check right after the traffic counted 0
+    labels)."""
+    mv = registry.client.get_model_version(registry.name, version)
+    if STARTED_TAG in mv.tags:
+        ts = datetime.fromisoformat(mv.tags[STARTED_TAG])
         return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-    registry.set_tags(version, {STARTED_TAG: now.isoformat(timespec="seconds")})
-    return now
+    created = mv.creation_timestamp
+    start = min(now, datetime.fromtimestamp(created / 1000, tz=timezone.utc)) if created else now
+    registry.set_tags(version, {STARTED_TAG: start.isoformat(timespec="seconds")})
+    return start
 
 
 def traffic(logs: pd.DataFrame, version: str, start: datetime, now: datetime,

@@ -15,6 +15,7 @@ from mixllm import canary as C
 from mixllm.config import get_settings
 from mixllm.registry import CHALLENGER, CHAMPION, Registry
 from mixllm.schemas import LogRecord
+from mixllm.serving.holder import RegistrySource
 from mixllm.store import Store
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,10 @@ def test_a_worse_challenger_is_rolled_back_and_its_alias_removed(trained_router_
     shown = CliRunner().invoke(app, ["canary", "check", "--store-url", store.url])  # reports, changes nothing
     assert shown.exit_code == 0 and json.loads(shown.output.strip().splitlines()[-1])["verdict"] == "rollback"
     assert reg.version_for(CHALLENGER) == v2
+    source = RegistrySource(reg, CHALLENGER)  # what the service polls: the version and its tags in one call
+    assert source.current_ref() == v2 and C.CLEARED_TAG not in source.tags
+    reg.set_tags(v2, {C.CLEARED_TAG: datetime.now(timezone.utc).isoformat()})  # as apply() does at a passed look
+    assert source.current_ref() == v2 and C.CLEARED_TAG in source.tags  # the service now takes the cleared share
     decision = C.evaluate(reg, store, CFG, wtp=100.0)
     assert decision.verdict == "rollback", decision.reason
     assert (decision.champion.n, decision.challenger.n) == (80, 80) and decision.served == 80
