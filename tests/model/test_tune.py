@@ -69,3 +69,14 @@ def test_shared_representation_predicts_like_a_router_fitted_alone(tune, log, tm
     got, want = shared.predict(prompts), alone.predict(prompts)
     np.testing.assert_allclose(got.quality, want.quality, atol=1e-6)
     np.testing.assert_allclose(got.cost, want.cost, rtol=1e-6)
+
+
+def test_blend_variant_and_a_baseline_row_score_on_the_same_folds(tune, log, tmp_path):
+    """quality_blend's two additions: a blend variant runs through the shared representation, and a registered
+    task-free baseline (LightGBM on MiniLM) is scored on the same folds as a row of its own. Cost: ~30 s."""
+    exp = tune.Experiment("tiny_blend", "", (tune.Variant("blend", tune._blend(5)),), tune.PLAIN, baselines=("lgbm",))
+    summary = tune.run(exp, log, [0], 2, tmp_path / "home", None, "pytest", quick=True)
+    labels = [v["label"] for v in summary["variants"]]
+    assert labels == ["blend", "task prior", tune.BASELINE_LABELS["lgbm"]]
+    for v in summary["variants"]:
+        assert 0 < v["per_seed"][0]["aiq/predicted"] <= 1.5
