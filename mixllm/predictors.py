@@ -371,9 +371,10 @@ class KNNQuality(QualityModel):
 class BlendQuality(QualityModel):
     """A weighted mean of a kNN memory's estimate and trees' (`quality_model="blend"`). Why: the shrunk neighbour
     average is local and tag-bound, LightGBM on the features is global and sees the tag similarities as soft
-    features; their errors differ, so their mean can beat both (CV on train, both datasets: bench/tune.py
-    --experiment quality_blend). The kNN part searches per LLM (not through `_KNNGroup`): a bank no grouped
-    memory saved is saved here."""
+    features; their errors might differ. Cross-validation on train did not bear that out (bench/tune.py
+    --experiment quality_blend, both datasets x both conditions: best blend 0.75 kNN + 300 trees, four-cell mean
+    AIQ 1.0028 vs kNN alone 1.0032), so it is an option, not the default. The kNN part searches per LLM (not
+    through `_KNNGroup`): a bank no grouped memory saved is saved here."""
 
     knn: KNNQuality
     trees: QualityModel
