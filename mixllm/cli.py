@@ -594,6 +594,11 @@ def shadow_report(
     finally:
         store.dispose()
     reg = _registry() if (mlflow_run or (ope and not (champion_dir and challenger_dir))) else None
+    if ope and not challenger_dir and reg.version_for("challenger") is None:
+        # the canary may have rolled it back (or promoted it) since: the decisions are still worth reporting
+        typer.echo("off-policy estimate skipped: no version has the alias 'challenger' now (rolled back or "
+                   "promoted since?); pass --challenger-dir DIR to estimate it", err=True)
+        ope = False
     if ope:
         from mixllm.ope import OPEConfig, production_metrics
 
