@@ -47,7 +47,6 @@ TARGETS = (0.10, 0.25, 0.50)  # spend targets as shares of always routing to the
 FEEDBACK_SHARE = 0.30
 SPEND_TOLERANCE = 0.10
 SPEND_DAY_REQUESTS = 2880  # requests per simulated day for the online controller (2 a minute)
-SPEND_BOUNDS = 100.0  # the controller's willingness-to-pay bounds: calibrated value / and x this
 
 
 @dataclass
@@ -199,11 +198,11 @@ def spend_online(fold: Fold, start_wtp: float, target_per_1k: float, rows: np.nd
     budget of `target_per_1k` per 1,000 requests, starting from the calibrated one and observing each decision's true
     cost as it lands. Returns (realised spend per 1k requests, the willingness to pay at midnight)."""
     from mixllm.serving.settings import ServingSettings
-    from mixllm.serving.spend import DAY, SpendController
+    from mixllm.serving.spend import DAY, SpendController, spend_bounds
 
     s = ServingSettings()
     now = [0.0]  # epoch 0 is midnight UTC: one whole UTC day
-    lo, hi = start_wtp / SPEND_BOUNDS, start_wtp * SPEND_BOUNDS  # what an operator sets around the calibrated value
+    lo, hi = spend_bounds(start_wtp, s.spend_wtp_min, s.spend_wtp_max)  # the service's rule (default /100, x100)
     ctl = SpendController(target_per_1k * len(rows) / 1000, start_wtp, lo, hi, s.spend_gain,
                           s.spend_interval_seconds, clock=lambda: now[0])
     arrive = np.sort(fold.rng.uniform(0, DAY - 1e-3, len(rows)))

@@ -683,7 +683,8 @@ def drift(
         store.dispose()
     reference, window, start, end = D.split_window(logs, router.manifest.get("data_until"), cfg,
                                                    datetime.now(timezone.utc))
-    report = D.monitor(router, reference, window, cfg, settings.default_willingness_to_pay, feedback, start, end)
+    report = D.monitor(router, reference, window, cfg, settings.default_willingness_to_pay, feedback, start, end,
+                       held_out=D.held_out_slice())  # the calibration check's baseline (the nightly's held-out slice)
     out = {**report.metrics(), "drifted": report.drifted, "decided": report.decided, "reasons": report.reasons,
            "note": report.note, "router_version": report.router_version}
     with tempfile.TemporaryDirectory(prefix="mixllm-drift-") as tmp:

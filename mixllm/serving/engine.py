@@ -45,7 +45,7 @@ from mixllm.serving.outbox import DecisionRef, Outbox
 from mixllm.serving.replay import Learnable, snapshot_time, spooled_events, stored_events
 from mixllm.serving.schemas import FeedbackRequest, RequestRejected, RouteRequest, constraints_of
 from mixllm.serving.sessions import SessionTracker, StickyChoice
-from mixllm.serving.spend import SpendController, TenantBudgets
+from mixllm.serving.spend import SpendController, TenantBudgets, spend_bounds
 from mixllm.serving.settings import CANARY_ARM, CHAMPION_ARM, ServingSettings
 
 log = logging.getLogger("mixllm.service")
@@ -574,11 +574,9 @@ def canary_bucket(key: str, salt: str) -> float:
 def _spend_controller(cfg: ServingSettings, default_wtp: float) -> SpendController | None:
     if cfg.daily_spend_target_usd is None:
         return None
-    if cfg.spend_wtp_min > cfg.spend_wtp_max:
-        raise ValueError(f"spend_wtp_min {cfg.spend_wtp_min} > spend_wtp_max {cfg.spend_wtp_max}")
-    start = min(max(default_wtp, cfg.spend_wtp_min), cfg.spend_wtp_max)
-    return SpendController(cfg.daily_spend_target_usd, start, cfg.spend_wtp_min, cfg.spend_wtp_max, cfg.spend_gain,
-                           cfg.spend_interval_seconds)
+    lo, hi = spend_bounds(default_wtp, cfg.spend_wtp_min, cfg.spend_wtp_max)
+    start = min(max(default_wtp, lo), hi)
+    return SpendController(cfg.daily_spend_target_usd, start, lo, hi, cfg.spend_gain, cfg.spend_interval_seconds)
 
 
 def _budgets(cfg: ServingSettings) -> TenantBudgets | None:

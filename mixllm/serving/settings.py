@@ -67,8 +67,10 @@ class ServingSettings(BaseSettings):
     daily_spend_target_usd: float | None = Field(default=None, gt=0, description="Hold this observed spend per UTC "
                                                  "day by moving the default willingness to pay (None = off; see "
                                                  "mixllm.serving.spend).")
-    spend_wtp_min: float = Field(default=0.1, gt=0, description="Lowest willingness to pay the controller may set.")
-    spend_wtp_max: float = Field(default=10_000.0, gt=0, description="Highest willingness to pay it may set.")
+    spend_wtp_min: float | None = Field(default=None, gt=0, description="Lowest willingness to pay the controller "
+                                        "may set (None: the starting one / 100; mixllm.serving.spend.bounds).")
+    spend_wtp_max: float | None = Field(default=None, gt=0, description="Highest willingness to pay it may set "
+                                        "(None: the starting one x 100).")
     spend_gain: float = Field(default=0.5, gt=0, le=1, description="Damping of each step (1 = the full ratio).")
     spend_max_request_cost_usd: float = Field(default=5.0, gt=0, description="Most one request's observed cost "
                                               "counts toward the day's spend and its tenant's budget.")

@@ -81,3 +81,13 @@ def test_a_tenant_past_its_cap_is_refused_until_the_next_day():
     assert budgets.over("team-a") is None and budgets.status() == {}
     with pytest.raises(ValueError):
         TenantBudgets({"x": -1.0})
+
+
+def test_bounds_default_around_the_starting_willingness_to_pay():
+    """Prices set the scale: unset bounds are the start / 100 and x 100; set ones are kept; crossed ones refused."""
+    from mixllm.serving.spend import spend_bounds
+
+    assert spend_bounds(0.06) == pytest.approx((0.0006, 6.0))
+    assert spend_bounds(30.0, wtp_min=1.0) == pytest.approx((1.0, 3000.0))
+    with pytest.raises(ValueError, match="spend_wtp_min"):
+        spend_bounds(30.0, wtp_min=10.0, wtp_max=5.0)
