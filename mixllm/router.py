@@ -62,18 +62,12 @@ class RouterConfig(BaseModel):
       (quality_model="blend", blend_knn_weight). LLMRouter's test split rewards memorising prompts (every gpqa and
       human_eval test prompt is a train prompt: BENCHMARKS "quality", per-task table); grouped CV never does.
     - predictor.knn_k=150, knn_smoothing=60 [knn_grid; knn_both: both datasets x both conditions]: k 150-400 at
-      s=60 tie within the fold-seed spread; fewer neighbours with less shrinkage (k <= 100, s <= 60) score lower
-      on each fold seed; on LLMRouter too (k 100 / 150 / 50 / 30 / 20: 1.0609 / 1.0596 / 1.0581 / 1.0537 / 1.0444
-      with labels, 1.0390 / 1.0397 / 1.0353 / 1.0318 / 1.0181 without), although its small tasks have fewer rows
-      per tag than k.
+      s=60 tie within the fold-seed spread; fewer neighbours with less shrinkage score lower, on LLMRouter too.
     - truncation="tail", max_seq_length=128 [truncation]: the end of a few-shot prompt is the question, its head
       the examples every ARC / Winogrande query shares; tail >= head at each k, 256 tokens tie with 128 (2x encoding).
     - representation="plain" [defaults, representation; both datasets, both conditions]: the tag-enhanced adapter
-      could not be told from plain MiniLM by CV (AIQ, fold seed 0: LLMRouter with labels 1.0605 vs 1.0593, without
-      labels and 30 clusters 1.0368 vs 1.0361, taxonomy tags 1.0169 vs 1.0219; RouterBench with labels 0.9617 vs
-      0.9621, without: clusters 0.9558 vs 0.9554, taxonomy 0.9611 vs 0.9582; 3 fold seeds with labels 0.9635 vs
-      0.9636): mixed signs, each gap within ~0.005, so the plain encoder is the default; the adapter stays an
-      option (`representation="adapter"`, the registered `tagged_router`), fine-tuning too.
+      could not be told from plain MiniLM by CV (mixed signs, each gap within ~0.005 AIQ), so the plain encoder is
+      the default; the adapter stays an option (`representation="adapter"`, `tagged_router`), fine-tuning too.
     - task_labels=True [defaults]: told each held-out query's task, the router uses it as the tag (LLMRouter AIQ
       1.0605 vs 1.0471 guessing by nearest centroid; task prior 1.0615). Serving has no labels: centroid, as before.
     - untagged="clusters", tag_clusters=30 [defaults, production condition]: a log without task labels is tagged by
