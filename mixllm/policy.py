@@ -17,6 +17,10 @@ score = (predicted quality + online correction) - predicted cost / willingness_t
   candidates, with bounds on the share of non-greedy choices and on the expected extra spend. Every choice comes
   with the exact probability the policy had of making it (its propensity), which off-policy training and evaluation
   divide by; the LinUCB bonus stays a term of the score.
+- LLMs on probation (`ExplorationConfig.probation`: a model just added to the catalogue, known from a few benchmark
+  rows) are never the greedy choice (evaluation, `choose`, the gates' held-out comparison see the router without
+  them) and get a reserved, bounded share of the decisions where they are predicted near the best, so feedback on
+  them arrives without betting routing on a few-row estimate.
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ class Scores:
     score: np.ndarray
     eligible: np.ndarray
     reasons: list[dict[int, str]]
+    probation: np.ndarray | None = None  # [m] True: the candidate is chosen by exploration only (never greedy)
 
 
 def constraint_mask(models: Sequence[str], cost: np.ndarray, constraints: RouteConstraints | None,
@@ -186,21 +191,47 @@ def constraint_mask(models: Sequence[str], cost: np.ndarray, constraints: RouteC
     return ok, reasons
 
 
+PROBATION_REASON = "on probation: chosen by exploration only (ExplorationConfig.probation)"
+
+
 def score(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float, bonus: np.ndarray,
           penalty: np.ndarray, alpha: float, beta: float, eligible: np.ndarray,
-          reasons: list[dict[int, str]]) -> Scores:
-    """MixLLM's score; ineligible candidates get -inf."""
+          reasons: list[dict[int, str]], probation: np.ndarray | None = None) -> Scores:
+    """MixLLM's score; ineligible candidates get -inf. `probation` ([m] bool, `probation_mask`): candidates that
+    `best` never picks while another is eligible (their eligible entries say so in `reasons`)."""
     cost_term = cost / willingness_to_pay
     s = quality - cost_term + alpha * bonus - beta * penalty
+    if probation is not None and np.any(probation):
+        probation = np.asarray(probation, bool)
+        for i, j in zip(*np.nonzero(eligible & probation[None, :])):
+            reasons[i].setdefault(int(j), PROBATION_REASON)
+    else:
+        probation = None
     return Scores(quality, cost, cost_term, alpha * bonus, beta * penalty, np.where(eligible, s, -np.inf),
-                  eligible, reasons)
+                  eligible, reasons, probation)
+
+
+def probation_mask(models: Sequence[str], exploration: "ExplorationConfig | None") -> np.ndarray | None:
+    """[m] True for the models `exploration` has on probation (None when there are none)."""
+    if exploration is None or not exploration.probation:
+        return None
+    return np.array([m in exploration.probation for m in models], bool)
+
+
+def _greedy_scores(scores: Scores) -> np.ndarray:
+    """The scores `best` ranks: a probation candidate's is -inf wherever another candidate is eligible."""
+    if scores.probation is None:
+        return scores.score
+    others = (scores.eligible & ~scores.probation[None, :]).any(axis=1, keepdims=True)
+    return np.where(others & scores.probation[None, :], -np.inf, scores.score)
 
 
 def best(scores: Scores) -> np.ndarray:
-    """Index of the best eligible candidate per query (lowest index on ties), -1 when none is eligible."""
+    """Index of the best eligible candidate per query (lowest index on ties), -1 when none is eligible. A candidate
+    on probation is the best only where nothing else is eligible (e.g. a request that allows only it)."""
     if scores.score.shape[1] == 0:
         return np.full(scores.score.shape[0], -1)
-    idx = np.argmax(scores.score, axis=1)
+    idx = np.argmax(_greedy_scores(scores), axis=1)
     return np.where(scores.eligible.any(axis=1), idx, -1)
 
 
@@ -222,6 +253,12 @@ class ExplorationConfig(BaseModel):
     `max_share` (so at most that share of traffic, in expectation); the expected predicted cost of a decision
     exceeds greedy's by at most `max_extra_cost` x greedy's cost. The bounds scale all non-greedy probabilities
     by one factor, so their ranking is kept.
+
+    `probation`: LLMs never chosen greedily (a newcomer known from a few rows: the nightly adds it so, see
+    `mixllm.pipeline.add_newcomers`). On each decision where such an LLM's score is within `probation_margin` of
+    the greedy choice's (and its cost within `max_cost_ratio`), it gets `probation_share` (split among the
+    probation LLMs that qualify), whatever `mode` says (also with mode ``off``): a share of traffic reserved for
+    learning where it is best, costing at most probation_share x probation_margin predicted utility per decision.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -234,9 +271,17 @@ class ExplorationConfig(BaseModel):
     max_share: float = Field(default=0.1, ge=0.0, le=1.0)
     max_cost_ratio: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
     max_extra_cost: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    probation: tuple[str, ...] = ()
+    probation_share: float = Field(default=0.25, ge=0.0, le=0.5, allow_inf_nan=False)
+    probation_margin: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _explores_when_on(self) -> "ExplorationConfig":
+        if self.probation and self.probation_share == 0.0:
+            raise ValueError(f"probation {list(self.probation)} with probation_share=0 never tries them; set a "
+                             "share or leave probation empty")
+        if self.probation and self.mode != "off" and self.max_share + self.probation_share > 1.0:
+            raise ValueError(f"max_share {self.max_share} + probation_share {self.probation_share} exceed 1")
         if self.mode != "off" and self.max_share == 0.0:
             raise ValueError(f"mode {self.mode!r} with max_share=0 never explores; use mode='off'")
         if self.mode == "epsilon" and self.epsilon == 0.0:
@@ -253,7 +298,7 @@ def probabilities(scores: Scores, exploration: ExplorationConfig | None) -> np.n
     p = np.zeros((n, m))
     rows = np.nonzero(greedy >= 0)[0]
     p[rows, greedy[rows]] = 1.0
-    if exploration is None or exploration.mode == "off" or not len(rows):
+    if not _explores(scores, exploration) or not len(rows):
         return p
     g = greedy[rows]
     s, cost = scores.score[rows], np.asarray(scores.cost, float)[rows]
@@ -263,6 +308,34 @@ def probabilities(scores: Scores, exploration: ExplorationConfig | None) -> np.n
     if exploration.max_cost_ratio is not None:
         with np.errstate(invalid="ignore"):
             explorable &= ~(cost > exploration.max_cost_ratio * c_g)
+    on_probation = np.zeros(m, bool) if scores.probation is None else scores.probation
+    reserved = _probation_share(s, s_g, explorable & on_probation[None, :], exploration)
+    explorable &= ~on_probation[None, :]
+    q = _regular_share(s, s_g, cost, c_g, explorable, exploration) + reserved
+    p[rows] = q
+    p[rows, g] = 1.0 - q.sum(axis=1)
+    return p
+
+
+def _explores(scores: Scores, exploration: ExplorationConfig | None) -> bool:
+    """Whether `exploration` makes any decision stochastic (a mode, or a probation candidate present)."""
+    if exploration is None:
+        return False
+    return exploration.mode != "off" or (scores.probation is not None and bool(scores.probation.any()))
+
+
+def _probation_share(s: np.ndarray, s_g: np.ndarray, allowed: np.ndarray, cfg: ExplorationConfig) -> np.ndarray:
+    """`probation_share` split among the probation candidates scoring within `probation_margin` of greedy."""
+    near = allowed & (s >= s_g - cfg.probation_margin)
+    k = near.sum(axis=1, keepdims=True)
+    return np.where(near, cfg.probation_share / np.maximum(k, 1), 0.0)
+
+
+def _regular_share(s: np.ndarray, s_g: np.ndarray, cost: np.ndarray, c_g: np.ndarray, explorable: np.ndarray,
+                   exploration: ExplorationConfig) -> np.ndarray:
+    """The mode's non-greedy probabilities (softmax / epsilon, floor), scaled by the bounds; 0 with mode off."""
+    if exploration.mode == "off":
+        return np.zeros(s.shape)
     if exploration.mode == "softmax":
         q = np.where(explorable, np.exp(np.minimum(np.where(explorable, s - s_g, 0.0), 0.0)
                                         / exploration.temperature), 0.0)
@@ -271,10 +344,7 @@ def probabilities(scores: Scores, exploration: ExplorationConfig | None) -> np.n
         q = _epsilon_share(s, explorable, exploration)
     if exploration.floor > 0:
         q = np.where(explorable, np.maximum(q, exploration.floor), 0.0)
-    q *= _bound_factor(q, cost, c_g, exploration)[:, None]
-    p[rows] = q
-    p[rows, g] = 1.0 - q.sum(axis=1)
-    return p
+    return q * _bound_factor(q, cost, c_g, exploration)[:, None]
 
 
 def _epsilon_share(s: np.ndarray, explorable: np.ndarray, cfg: ExplorationConfig) -> np.ndarray:
@@ -307,7 +377,7 @@ def select(scores: Scores, exploration: ExplorationConfig | None,
     Greedy when `exploration` is None or off: ``(best(scores), ones)``, no draw. A query with no eligible candidate
     gets -1 (propensity 1: nothing was chosen at random)."""
     greedy = best(scores)
-    if exploration is None or exploration.mode == "off":
+    if not _explores(scores, exploration):
         return greedy, np.ones(len(greedy))
     if rng is None:
         raise ConfigError("exploration is on but no random generator was given; pass np.random.default_rng(seed)")

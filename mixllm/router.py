@@ -472,7 +472,7 @@ class MixLLMRouter(Router):
         ok, reasons = policy.constraint_mask(self.models, cost, constraints, self.catalogue)
         penalty = np.broadcast_to(self._waiting(waiting_ms), cost.shape)
         return policy.score(quality, cost, willingness_to_pay, bonus, penalty, self.config.alpha,
-                            self.config.beta, ok, reasons)
+                            self.config.beta, ok, reasons, policy.probation_mask(self.models, self.exploration))
 
     def route(self, prompts: Sequence[str], willingness_to_pay: float, constraints: RouteConstraints | None = None,
               greedy: bool = True, query_ids: Sequence[str | None] | None = None,

@@ -255,3 +255,53 @@ def test_validation_says_what_is_wrong():
                 {"max_extra_cost": -1}, {"tempreature": 1}, {"floor": -0.1}, {"floor": 0.9}):
         with pytest.raises(ValidationError):
             policy.ExplorationConfig(**bad)
+
+
+# ------------------------------------------------------------------ probation (a newcomer, exploration only)
+def _probation_scores(quality, cost, probation, wtp=0.05, eligible=None) -> policy.Scores:
+    q, c = np.atleast_2d(quality).astype(float), np.atleast_2d(cost).astype(float)
+    ok = np.ones(q.shape, bool) if eligible is None else np.atleast_2d(eligible).astype(bool)
+    zeros = np.zeros_like(q)
+    return policy.score(q, c, wtp, zeros, zeros, 0.0, 0.0, ok, [{} for _ in q], np.asarray(probation, bool))
+
+
+@pytest.mark.parametrize("mode", ["off", "softmax"])
+def test_probation_candidate_is_never_greedy_and_gets_its_reserved_share_where_near_best(mode):
+    """Candidate 2 is on probation: scored best on query 0, 0.05 below greedy on query 1, 0.3 below on query 2;
+    alone eligible on query 3. Greedy never picks it where another is eligible; exploration gives it exactly
+    probation_share where it is within the margin, nothing elsewhere; the regular mode ignores it."""
+    cfg = policy.ExplorationConfig(mode=mode, temperature=0.02, max_share=0.1, probation=("x",),
+                                   probation_share=0.2, probation_margin=0.1)
+    quality = [[0.7, 0.6, 0.9], [0.7, 0.6, 0.65], [0.7, 0.6, 0.4], [0.7, 0.6, 0.5]]
+    cost = [[1e-3, 1e-3, 1e-3]] * 4
+    eligible = [[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 1]]
+    s = _probation_scores(quality, cost, [False, False, True], eligible=eligible)
+    assert policy.best(s).tolist() == [0, 0, 0, 2]
+    assert s.reasons[0] == {2: policy.PROBATION_REASON}
+    p = policy.probabilities(s, cfg)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert p[0, 2] == pytest.approx(0.2) and p[1, 2] == pytest.approx(0.2) and p[2, 2] == 0.0
+    assert p[3].tolist() == [0.0, 0.0, 1.0]  # the only eligible one: chosen, not explored
+    regular = policy.probabilities(s, cfg.model_copy(update={"probation": ()}))[:, 1]  # candidate 1's share alone
+    np.testing.assert_allclose(p[:3, 1], regular[:3] if mode != "off" else 0.0)
+    greedy_only = policy.probabilities(s, None)
+    assert greedy_only[:3, 0].tolist() == [1.0, 1.0, 1.0]  # the target policy the gates and OPE evaluate
+    chosen, prop = policy.select(s, cfg, np.random.default_rng(0))
+    np.testing.assert_array_equal(prop, p[np.arange(4), chosen])
+
+
+def test_probation_share_matches_draws_and_validation():
+    n = 20_000
+    s = _probation_scores(np.tile([0.7, 0.6, 0.69], (n, 1)), np.full((n, 3), 1e-3), [False, False, True])
+    cfg = policy.ExplorationConfig(probation=("x",), probation_share=0.25, probation_margin=0.05)
+    chosen, prop = policy.select(s, cfg, np.random.default_rng(3))
+    assert abs(np.mean(chosen == 2) - 0.25) < 5 * np.sqrt(0.25 * 0.75 / n) and (chosen != 1).all()
+    assert set(prop.round(6)) == {0.75, 0.25}
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="probation_share=0"):
+        policy.ExplorationConfig(probation=("x",), probation_share=0.0)
+    with pytest.raises(ValidationError, match="exceed 1"):
+        policy.ExplorationConfig(mode="softmax", max_share=0.9, probation=("x",), probation_share=0.3)
+    assert policy.probation_mask(("a", "x"), cfg).tolist() == [False, True]
+    assert policy.probation_mask(("a", "x"), policy.ExplorationConfig()) is None
