@@ -222,10 +222,21 @@ class ShadowProcess:
         self._proc = None
 
 
+def apply_priority(cfg: ServingSettings) -> str:
+    """Lower this process's CPU priority as `shadow_priority` says; returns the policy applied ("idle" or "nice").
+
+    "idle" is SCHED_IDLE (nice 19 where the OS refuses it); "nice" is nice 19 only, for a machine shared with batch
+    jobs, where SCHED_IDLE would never run while they do."""
+    from mixllm.serving.forwarder import lowest_priority
+
+    if cfg.shadow_priority == "idle":
+        return lowest_priority()
+    os.nice(19 - os.nice(0))  # to 19 whatever it started at
+    return "nice"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
-
-    from mixllm.serving.forwarder import lowest_priority
 
     parser = argparse.ArgumentParser(prog="python -m mixllm.serving.shadow_worker",
                                      description="Let the challenger decide a service's queued shadow requests.")
@@ -234,10 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s mixllm.shadow %(levelname)s %(message)s")
     cfg = ServingSettings()
-    if cfg.shadow_priority == "idle":
-        lowest_priority()
-    else:  # a machine shared with batch jobs: SCHED_IDLE would never run while they do
-        os.nice(19)
+    apply_priority(cfg)
     from mixllm.serving.batcher import limit_blas_threads
     from mixllm.store import Store
     from mixllm.telemetry import go_offline
