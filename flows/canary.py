@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -26,14 +27,14 @@ from .delivery import deliver
 
 
 @task(name="canary-verdict", **IO_RETRY)
-def verdict(config: C.CanaryConfig) -> C.CanaryDecision:
+def verdict(config: C.CanaryConfig, now: datetime | None = None) -> C.CanaryDecision:
     from mixllm.registry import Registry
     from mixllm.store import Store
 
     settings = get_settings()
     store = Store(settings.store_url)
     try:
-        return C.evaluate(Registry(settings), store, config, settings.default_willingness_to_pay)
+        return C.evaluate(Registry(settings), store, config, settings.default_willingness_to_pay, now)
     finally:
         store.dispose()
 
@@ -65,16 +66,18 @@ def config_of(overrides: dict[str, Any]) -> C.CanaryConfig:
 @flow(name="mixllm-canary", log_prints=True)
 def canary(alpha: float = 0.025, rollback_alpha: float = 0.20, min_labels: int = 30, max_hours: float = 72.0,
            exposure_budget: float | None = 0.02, budget_margin: float = 0.05, budget_alpha: float = 0.20,
-           check_minutes: float = 15.0, dry_run: bool = False, deliver_promoted: bool = True) -> dict[str, Any]:
+           check_minutes: float = 15.0, dry_run: bool = False, deliver_promoted: bool = True,
+           now: datetime | None = None) -> dict[str, Any]:
     """Decide the running canary: promote (then deliver, unless `deliver_promoted` is off: the service still
     follows the champion alias at its next poll), roll back (worse, or its exposure budget spent before it was
     shown not worse), expire, or extend (tagging the challenger cleared when it passes the budget look, so the
-    service may raise its share). `check_minutes` is the deployment's schedule."""
+    service may raise its share). `check_minutes` is the deployment's schedule. `now`: decide as of this time
+    (a replay or a simulation whose day runs faster than the clock, bench/loop_canary.py); default the clock."""
     logger = get_run_logger()
     cfg = config_of({"alpha": alpha, "rollback_alpha": rollback_alpha, "min_labels": min_labels,
                      "max_hours": max_hours, "exposure_budget": exposure_budget, "budget_margin": budget_margin,
                      "budget_alpha": budget_alpha, "check_minutes": check_minutes})
-    decision = verdict(cfg)
+    decision = verdict(cfg, now)
     out: dict[str, Any] = {"verdict": decision.verdict, "reason": decision.reason, "cleared": decision.cleared,
                            "challenger_version": decision.challenger_version, "metrics": decision.metrics()}
     logger.info("canary: %s (%s)", decision.verdict, decision.reason)
