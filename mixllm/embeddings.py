@@ -89,7 +89,7 @@ def weights_digest(model: "SentenceTransformer") -> str:
 BACKENDS = ("torch", "onnx", "hybrid")
 # bench/encoder.py (BENCHMARKS.md "Encoder backends", 2026-12-03, 1 thread): ONNX fp32 gives torch fp32's vectors
 # (2e-7) and 0.51x its single-query p50 but 0.78x its batch-64 throughput; int8 moved LLMRouter's AIQ by +0.0118
-# (bar 0.001); bf16 (torch, Linear weights stored in bf16: `_bf16_model`) 0.73x p50, 2.76x throughput; "hybrid"
+# (bar 0.001); bf16 (torch, Linear weights stored in bf16: `_lean_model`) 0.73x p50, 2.76x throughput; "hybrid"
 # (one query on ONNX fp32, batches on torch bf16) 0.53x p50, 3.05x throughput; bf16 vectors moved AIQ by +0.0001 /
 # +0.0006. The bench names hybrid, yet torch fp32 stays the default for small calls: hybrid loads both engines
 # (+169 MiB per process; the service measured 0.94 GiB on torch, so ~1.1 GiB against its 1.0 GiB bar), and as a
@@ -196,8 +196,10 @@ class QueryEncoder:
         self._onnx_for: tuple[str, str] | None = None
         self.export_seconds: float | None = None  # set when this encoder had to export (training-time cost)
         self._default_cache: EmbeddingCache | None = None  # `encode`'s cache when the caller gives none
-        self._bf16: Any = None  # the bf16 twin of `model` for weights `_bf16_for` (`_bf16_model`)
-        self._bf16_for: str | None = None
+        self._lean: Any = None  # mixllm.lean_encoder.LeanBert for weights `_lean_for` (bf16 calls: `_lean_model`)
+        self._lean_for: str | None = None
+        self._tok: Any = None  # the fast tokenizer for bf16 calls without the torch model, set for `_tok_for`
+        self._tok_for: tuple[int, str] | None = None
 
     @classmethod
     def base(cls, max_seq_length: int = 256, truncation: str = "head", backend: str | None = None,
@@ -309,8 +311,8 @@ class QueryEncoder:
         single queries); longest texts first so each batch pads little, as `encode` does, ties by the text itself:
         a text's vector depends (in the last float bits) on its batch mates' padding and the batch's shape, so the
         batches are a function of the SET of texts, never of the order they came in (reproducible retraining).
-        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch
-        (an ONNX encoder's bulk calls load the torch weights)."""
+        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch,
+        through `LeanBert` (mixllm.lean_encoder: the same vectors, without needing the SentenceTransformer)."""
         if precision is None:
             engine, precision = self.engine_for(len(texts))
         engine = engine or ("torch" if precision == "bf16" or self.backend == "torch" else "onnx")
@@ -319,44 +321,54 @@ class QueryEncoder:
         import torch
         from tqdm.auto import tqdm
 
-        if self.model.training:  # fine_tune leaves eval mode on; a caller's model.train() must not add dropout
-            self.model.eval()
+        if self._model is not None and self._model.training:  # fine_tune leaves eval mode on; a caller's
+            self._model.eval()  # model.train() must not add dropout
         bf16 = precision == "bf16"
-        net = self._bf16_model() if bf16 else self.model
         order = np.array(sorted(range(len(texts)), key=lambda i: (-len(texts[i]), texts[i])), dtype=np.int64)
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for s in tqdm(starts, desc="encode", disable=not progress, leave=False):
                 idx = order[s:s + batch_size]
-                emb = net.forward(self.model.preprocess([texts[i] for i in idx]))["sentence_embedding"]
+                batch = [texts[i] for i in idx]
+                emb = self._bf16_forward(batch) if bf16 else \
+                    self.model.forward(self.model.preprocess(batch))["sentence_embedding"]
                 out[idx] = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
         return out
 
-    def _bf16_model(self) -> Any:
-        """`model` with its Linear layers stored in bfloat16, built once per weights (runs under autocast).
+    def _bf16_forward(self, batch: list[str]) -> Any:
+        """A bf16 batch on `LeanBert` (Linear weights stored in bf16, run under autocast): the model's own
+        tokeniser when the torch model is loaded, else the saved fast tokenizer (the same ids: the ONNX path's
+        test checks them), so a serving process never loads transformers for it."""
+        lean = self._lean_model()
+        if self._model is not None:
+            feats = self._model.preprocess(batch)
+            return lean.forward(feats["input_ids"], feats["attention_mask"])
+        return lean.embed(self._token_ids(batch))
 
-        Why: autocast rounds every Linear weight to bf16 on every call, which made one query slower than fp32;
-        storing the rounded weights gives the same vectors (the same rounding, max |diff| 0) without the per-call
-        cast. Embeddings and LayerNorms are shared with `model`, so the twin adds the Linear weights in bf16
-        (~21 MB for MiniLM); tokenising stays with `model` (its truncation side)."""
-        import copy
+    def _lean_model(self) -> Any:
+        """The bf16 `LeanBert` of the current weights, built once per weights: from the loaded model (sharing its
+        fp32 embedding and LayerNorm tensors; the Linear weights copied to bf16, ~21 MB for MiniLM) or, without
+        one, from the saved folder (only what bf16 reads: the fp32 Linear weights are dropped after the cast).
 
-        import torch
+        Why not autocast over the model itself: autocast rounds every Linear weight to bf16 on every call, which
+        made one query slower than fp32; storing the rounded weights gives the same vectors (the same rounding)."""
+        from mixllm.lean_encoder import LeanBert
 
-        if self._bf16 is None or self._bf16_for != self.weights_id:
-            model = self.model
-            linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
-            shared: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in linear}
-            tokenizer = getattr(model, "tokenizer", None)
-            if tokenizer is not None:
-                shared[id(tokenizer)] = tokenizer
-            twin = copy.deepcopy(model, memo=shared)
-            for m in twin.modules():
-                if isinstance(m, torch.nn.Linear):
-                    m.to(torch.bfloat16)
-            self._bf16, self._bf16_for = twin.eval(), self.weights_id
-        return self._bf16
+        if self._lean is None or self._lean_for != self.weights_id:
+            self._lean = None  # the old weights go before the new ones are built
+            self._lean = LeanBert.from_model(self._model) if self._model is not None or self._source is None \
+                else LeanBert.from_folder(self._source)
+            self._lean_for = self.weights_id
+        return self._lean
+
+    def _token_ids(self, batch: list[str]) -> list[list[int]]:
+        from mixllm.lean_encoder import fast_tokenizer
+
+        wanted = (self.max_seq_length, self.truncation)
+        if self._tok is None or self._tok_for != wanted:
+            self._tok, self._tok_for = fast_tokenizer(self._tokenizer_json(), *wanted), wanted
+        return [e.ids for e in self._tok.encode_batch(batch)]
 
     def onnx_session(self) -> Any:
         """The ONNX Runtime session for the current weights and precision: the export saved beside the weights
@@ -524,8 +536,8 @@ class QueryEncoder:
         backend/precision: the argument, else MIXLLM_ENCODER_BACKEND / _PRECISION, else the defaults. ONNX with the
         export saved in the folder loads without torch. A folder saved before ONNX (no export) loads on torch when
         ONNX is only the default, and is exported into the per-machine cache on first use (~20-30 s) when ONNX was
-        asked for explicitly (argument or environment). "hybrid" loads both: the torch weights (batches) and the
-        saved export (single queries)."""
+        asked for explicitly (argument or environment). "hybrid" loads the saved export (single queries) and, for
+        bf16 batches, only the weights `LeanBert` reads (no transformers; `_runs_without_torch_model`)."""
         from mixllm import onnx_encoder
         from mixllm.telemetry import go_offline
 
@@ -540,9 +552,9 @@ class QueryEncoder:
                 and (path / "TORCH_PRECISION").is_file():
             precision = (path / "TORCH_PRECISION").read_text().strip()  # as it was saved (trained, evaluated)
         precision = resolve_precision(precision, backend)
-        if backend == "onnx" and onnx_encoder.saved_file(path, weights_id, precision) is not None:
+        if cls._runs_without_torch_model(path, weights_id, backend, precision):
             meta = onnx_encoder.read_meta(path)
-            return cls(None, weights_id, backend="onnx", precision=precision, source=path,
+            return cls(None, weights_id, backend=backend, precision=precision, source=path,
                        max_seq_length=int(meta["max_seq_length"]), truncation=meta.get("truncation", "head"))
         if backend == "onnx" and not explicit:
             backend = "torch"  # an older folder without an export: serve as before rather than export at load
@@ -551,3 +563,15 @@ class QueryEncoder:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         model.eval()
         return cls(model, weights_id=weights_id, backend=backend, precision=precision, source=path)
+
+    @staticmethod
+    def _runs_without_torch_model(path: Path, weights_id: str, backend: str, precision: str) -> bool:
+        """Whether the folder serves `backend` without the SentenceTransformer: ONNX from its saved export;
+        "hybrid" from the saved fp32 export (one query) and `LeanBert` over the saved weights (bf16 batches; on a
+        CPU without bf16 the batches run fp32 on the torch model, loaded as before)."""
+        from mixllm import lean_encoder, onnx_encoder
+
+        if backend == "onnx":
+            return onnx_encoder.saved_file(path, weights_id, precision) is not None
+        return (backend == "hybrid" and resolve_bulk_precision() == "bf16" and lean_encoder.supports(path)
+                and onnx_encoder.saved_file(path, weights_id, "fp32") is not None)

@@ -97,8 +97,8 @@ def test_torch_bf16_is_close_keyed_apart_and_saved_with_the_weights(torch_encode
 
 def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts, tmp_path, monkeypatch):
     """An fp32 encoder's bulk call (>= BULK_MIN_PROMPTS prompts: training, evaluation) runs at the bulk precision
-    and caches under that precision's keys; a small call (serving) stays fp32. The bf16 twin (Linear weights stored
-    in bf16) gives exactly autocast's vectors. "auto" follows the CPU flags. Cost: ~300 short prompts in bf16 and
+    and caches under that precision's keys; a small call (serving) stays fp32. bf16 runs on LeanBert (Linear
+    weights stored in bf16, no transformers): exactly autocast's vectors over the model, padding included. "auto" follows the CPU flags. Cost: ~300 short prompts in bf16 and
     fp32 (~10 s)."""
     import torch
 
@@ -126,8 +126,9 @@ def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         feats = enc.model.preprocess(prompts[:8])
         auto = torch.nn.functional.normalize(enc.model.forward(feats)["sentence_embedding"].float(), dim=-1)
-        twin = torch.nn.functional.normalize(enc._bf16_model().forward(feats)["sentence_embedding"].float(), dim=-1)
-    assert torch.equal(auto, twin)
+        lean = enc._lean_model().forward(feats["input_ids"], feats["attention_mask"])
+        lean = torch.nn.functional.normalize(lean.float(), dim=-1)
+    assert feats["attention_mask"].min() == 0 and torch.equal(auto, lean)  # padded rows too
 
 
 def test_hybrid_runs_one_query_on_onnx_and_batches_on_torch(trained_router_dir, prompts, monkeypatch):
@@ -139,8 +140,13 @@ def test_hybrid_runs_one_query_on_onnx_and_batches_on_torch(trained_router_dir, 
     assert (hybrid.engine_for(1), hybrid.engine_for(2)) == (("onnx", "fp32"), ("torch", "bf16"))
     one = hybrid.encode(prompts[:1])
     assert np.array_equal(one, hybrid.onnx_session().embed(prompts[:1], hybrid.max_seq_length, "tail", 64))
+    three = hybrid.encode(prompts[:3])
+    assert np.array_equal(three, hybrid._embed(prompts[:3], 64, False, "bf16"))
+    assert hybrid._model is None  # batches on LeanBert over the saved weights: the torch model's vectors
+    on_torch = QueryEncoder.load(trained_router_dir / "encoder", backend="torch")
+    on_torch.truncation = "tail"
+    assert np.array_equal(three, on_torch._embed(prompts[:3], 64, False, "bf16"))
     assert np.abs(one - hybrid._embed(prompts[:1], 64, False, "fp32", "torch")).max() < 1e-5
-    assert np.array_equal(hybrid.encode(prompts[:3]), hybrid._embed(prompts[:3], 64, False, "bf16"))
     assert hybrid._key("a") != hybrid._key("a", "torch", "bf16")
     with pytest.raises(ConfigError, match="hybrid"):
         QueryEncoder.load(trained_router_dir / "encoder", backend="hybrid", precision="int8")
@@ -194,12 +200,16 @@ def test_onnx_loaded_encoder_fetches_torch_weights_only_when_needed(trained_rout
 def test_onnx_serving_path_does_not_import_torch(trained_router_dir):
     import subprocess
 
+    from mixllm.embeddings import resolve_bulk_precision
+
     code = ("import sys; from mixllm.embeddings import QueryEncoder; "
             "e = QueryEncoder.load(sys.argv[1], backend='onnx'); e.encode(['hello there']); "
-            "print('torch' in sys.modules)")
+            "print('torch' in sys.modules); "
+            "h = QueryEncoder.load(sys.argv[1], backend='hybrid'); h.encode(['hello there', 'and a batch']); "
+            "print('transformers' in sys.modules)")  # hybrid: bf16 batches on LeanBert, without transformers
     out = subprocess.run([sys.executable, "-c", code, str(trained_router_dir / "encoder")], capture_output=True,
                          text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split() == ["False", str(resolve_bulk_precision() != "bf16")]
 
 
 def test_export_cache_keeps_the_most_recently_used(tmp_path):
