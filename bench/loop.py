@@ -149,6 +149,7 @@ class Loop:
         rec = {"night": n, "seconds": round(seconds, 1), "version": str(newest["version"]),
                "champion": champion, "promoted": champion == str(newest["version"]),
                "gate_reason": newest["tags"].get("gate_reason", ""),
+               "candidate": newest["tags"].get("candidate"), "probation": newest["tags"].get("probation"),
                "metrics": {k: v for k, v in newest["metrics"].items() if k.startswith("ope/")}}
         rec.update(self.champion_on_test(reg, champion, n + 1))
         print(f"[{self.scenario.name}] night {n}: {seconds:.0f}s, version {rec['version']}, champion {champion}"
@@ -317,7 +318,10 @@ class Loop:
         a = self.args
         j = self.world.col(dec["model"])
         eligible = [c for c in dec["candidates"] if c.get("eligible", True)]
-        greedy = max(eligible, key=lambda c: c["score"])["model"]  # the served policy's own choice, unexplored
+        from mixllm.policy import PROBATION_REASON  # LLMs on probation are chosen by exploration only
+
+        regular = [c for c in eligible if c.get("reason") != PROBATION_REASON] or eligible
+        greedy = max(regular, key=lambda c: c["score"])["model"]  # the served policy's own choice, unexplored
         out = {"row": i, "request_id": dec["request_id"], "model": dec["model"], "quality": float(q[i, j]),
                "cost_usd": float(self.world.cost[i, j]), "source_version": dec.get("source_version"), "rating": None,
                "explored": dec["model"] != greedy, "greedy": greedy,

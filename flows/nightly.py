@@ -30,7 +30,7 @@ from mixllm.timing import StageClock
 
 from .common import COMPUTE, IO_RETRY, task_runner
 from .delivery import champion_version, deliver
-from .train import train_and_evaluate
+from .train import evaluate_champion, evaluate_router, train_and_evaluate
 
 
 def _run_name() -> str:
@@ -57,6 +57,21 @@ promote = task(P.promote, name="promote", **IO_RETRY)
 log_timings = task(P.log_timings, name="log-stage-timings", **IO_RETRY)
 cache_evaluation = task(P.store_evaluation, name="cache-evaluation", **IO_RETRY)
 production_ope = task(production_metrics, name="off-policy-evaluation", **COMPUTE)
+add_newcomers = task(P.add_newcomers, name="add-newcomers-to-champion", **COMPUTE)
+
+
+def _add_and_evaluate(train: Any, test: Any, config: P.PipelineConfig, settings: Any, champ_dir: Path,
+                      champ_version: str | None, out_dir: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The champion plus the catalogue's newcomers (on probation), evaluated beside the champion on the same
+    held-out slice: the same result as `train_and_evaluate`, without retraining anything else."""
+    clock = StageClock()
+    with clock.time("predictors"):
+        cand_dir = add_newcomers(champ_dir, train, names, config, settings, out_dir)
+    with clock.time("evaluation"):
+        report, metrics = evaluate_router("candidate", cand_dir, test, config, settings, train)
+        champion_metrics, cached = evaluate_champion("champion", champ_dir, champ_version, test, config, settings)
+    return {"candidate_dir": cand_dir, "report": report, "metrics": metrics, "champion_metrics": champion_metrics,
+            "champion_cached": cached, "timings": clock.seconds}
 
 
 def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
@@ -104,8 +119,18 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
                                      dir=settings.ensure_home() if config.dask_address else None) as work:
         with clock.time("registry"):
             champ_dir = champion_dir(settings, champ_version) if champ_version else None
-        trained = train_and_evaluate.with_options(task_runner=task_runner(config))(
-            train, test, config, settings, champ_dir, Path(work) / "candidate", champ_version)
+        added = P.newcomers(train, champ_dir, settings) if config.add_newcomers else ()
+        if added:  # the catalogue gained LLMs: the candidate is the champion plus them, on probation
+            log.info(f"newcomers {list(added)}: candidate = champion {champ_version} + them (on probation, "
+                     f"graduating at {config.graduation_labels} labelled decisions); no other LLM retrained")
+            trained = _add_and_evaluate(train, test, config, settings, champ_dir, champ_version,
+                                        Path(work) / "candidate", added)
+        else:
+            config = P.with_probation(config, champ_dir, train)
+            trained = train_and_evaluate.with_options(task_runner=task_runner(config))(
+                train, test, config, settings, champ_dir, Path(work) / "candidate", champ_version)
+        out["newcomers"] = list(added)
+        out["probation"] = P.probation_of(trained["candidate_dir"])
         clock.merge(trained["timings"])
         if champ_version:
             log.info(f"champion {champ_version}: metrics " + ("from the evaluation cache (same version, held-out "
@@ -118,7 +143,8 @@ def nightly(config_path: str | None = None, overrides: dict[str, Any] | None = N
             verdict = gate(cand_metrics, trained["champion_metrics"], config)
         with clock.time("registry"):
             version = register(trained["candidate_dir"], trained["report"], cand_metrics, digest, train, config,
-                               settings, verdict, champ_version, run_name, trained["champion_metrics"])
+                               settings, verdict, champ_version, run_name, trained["champion_metrics"],
+                               extra_tags=P.candidate_tags(added, out["probation"], champ_version))
             # its own figures on this held-out slice: the night it is the champion does not evaluate it again
             cache_evaluation(settings, version, P.held_out_digest(test), config, trained["metrics"])
     out.update(version=version, gate_passed=verdict.passed, gate_reason=verdict.reason, champion_before=champ_version,

@@ -74,6 +74,15 @@ class PipelineConfig(BaseSettings):
         "and digest as a full read"))
     dask_workers: int = Field(default=2, ge=1, le=64, description="runner 'dask' without an address: worker "
                               "processes of the run's LocalCluster (1 thread each)")
+    add_newcomers: bool = Field(default=True, description=(
+        "when the snapshot has rows of catalogue LLMs the champion lacks, the night's candidate is the champion "
+        "plus those LLMs alone (on probation), not a full retrain: see `add_newcomers`"))
+    graduation_labels: int = Field(default=50, ge=0, description=(
+        "labelled logged decisions an LLM on probation needs before a retrain lets it be chosen greedily (then "
+        "the gates judge it like any other LLM, on held-out rows and on production traffic)"))
+    newcomer_prior_rows: float = Field(default=30.0, ge=0, description=(
+        "pseudo-rows of the other LLMs' mean per-task quality in a newcomer's per-task prior (its prediction "
+        "leans on what the catalogue does there while it has few rows of its own)"))
 
     @model_validator(mode="after")
     def _dask_settings_need_dask(self) -> "PipelineConfig":
@@ -309,6 +318,115 @@ def fit_candidate_llm(name: str, router_config: Any, prepared: Any) -> Any:
     return MixLLMRouter(config=router_config).fit_llm(name, prepared)
 
 
+# ----------------------------------------------------------------------------- newcomers and probation ------
+def newcomers(train: pd.DataFrame, champion: Path | None, settings: Settings) -> tuple[str, ...]:
+    """Catalogue LLMs with labelled rows in the snapshot that the champion has no predictors for (catalogue order);
+    () without a champion (the first night trains everything)."""
+    from mixllm.catalogue import load_catalogue
+    from mixllm.routers.base import read_manifest
+
+    if champion is None:
+        return ()
+    have = set(read_manifest(champion).get("models", ()))
+    labelled = train[pd.to_numeric(train["quality"], errors="coerce").notna()]
+    present = set(labelled["model"].dropna().astype(str))
+    return tuple(n for n in load_catalogue(settings.catalogue_path).names if n in present and n not in have)
+
+
+def labelled_decisions(train: pd.DataFrame) -> dict[str, int]:
+    """Labelled decisions a policy logged (propensity set, quality known), per LLM."""
+    if "propensity" not in train:
+        return {}
+    logged = pd.to_numeric(train["propensity"], errors="coerce").notna()
+    labelled = pd.to_numeric(train["quality"], errors="coerce").notna()
+    return {str(k): int(v) for k, v in train[logged & labelled]["model"].value_counts().items()}
+
+
+def on_probation(router_settings: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """RouterConfig overrides with `names` as the exploration's probation LLMs (validated)."""
+    from mixllm.policy import ExplorationConfig
+
+    current = router_settings.get("exploration") or {}
+    current = current.model_dump() if hasattr(current, "model_dump") else dict(current)
+    try:
+        exploration = ExplorationConfig(**{**current, "probation": tuple(names)})
+    except ValidationError as e:
+        raise ConfigError(f"cannot put {list(names)} on probation with exploration {current}: {e}") from e
+    return {**router_settings, "exploration": exploration.model_dump(mode="json")}
+
+
+def with_probation(config: PipelineConfig, champion: Path | None, train: pd.DataFrame) -> PipelineConfig:
+    """The night's config for a full retrain: the champion's LLMs on probation stay so until they have
+    `graduation_labels` labelled logged decisions (then the candidate may choose them greedily, and the gates
+    judge that). Unchanged when the champion has none on probation."""
+    held = tuple(probation_of(champion)) if champion is not None else ()
+    if not held:
+        return config
+    counts = labelled_decisions(train)
+    keep = tuple(n for n in held if counts.get(n, 0) < config.graduation_labels)
+    return config.model_copy(update={"router": on_probation(config.router, keep)})
+
+
+def add_newcomers(champion: Path, train: pd.DataFrame, names: tuple[str, ...], config: PipelineConfig,
+                  settings: Settings, out_dir: Path) -> Path:
+    """The night's candidate when the catalogue gained LLMs: the champion plus `names`, each trained from its own
+    snapshot rows alone (`MixLLMRouter.add_llm`: "adding an LLM trains only its models"), saved in `out_dir`.
+
+    Why not a full retrain: a newcomer is known from a few benchmark rows, and one overrated task in its estimate
+    made the whole retrained candidate lose the held-out comparison night after night (bench/loop.py new_model),
+    so it never got the traffic that would correct it. Here every other LLM's predictors, the encoder, tags and
+    bandit are the champion's; each newcomer's per-task prior leans on the other LLMs' (`newcomer_prior_rows`),
+    and it goes on probation (`ExplorationConfig.probation`): never chosen greedily, a bounded reserved share of
+    the decisions where it is predicted near the best. So the candidate's greedy routing is the champion's and the
+    gates, which compare greedy routing on held-out rows and on production traffic, judge exactly what the
+    addition changes (nothing greedy); the newcomer's own trial is bounded by probation_share x probation_margin
+    predicted utility per decision, and it competes greedily once it has `graduation_labels` labelled decisions."""
+    from mixllm.catalogue import load_catalogue
+    from mixllm.router import RouterConfig
+    from mixllm.routers.registry import load_router
+
+    router = load_router(champion)
+    catalogue = load_catalogue(settings.catalogue_path)
+    for name in names:
+        router.add_llm(catalogue.get(name), train)
+        router.predictors.lean_on_others(name, config.newcomer_prior_rows)
+    held = tuple(router.exploration.probation) + tuple(n for n in names if n not in router.exploration.probation)
+    router.config = RouterConfig.model_validate(on_probation(router.config.model_dump(mode="json"), held))
+    _restamp(router, names)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return Path(router.save(out_dir))
+
+
+def probation_of(router_dir: Path) -> list[str]:
+    """The LLMs a saved router has on probation (from its config.json; [] for none or another router class)."""
+    import json
+
+    path = Path(router_dir) / "config.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    return list((raw.get("exploration") or {}).get("probation") or ())
+
+
+def candidate_tags(added: tuple[str, ...], probation: list[str], champion_version: str | None) -> dict[str, str]:
+    """Registry tags saying how the candidate was built (a full retrain, or the champion plus newcomers)."""
+    tags = {"candidate": f"champion {champion_version} + {', '.join(added)}" if added else "retrained"}
+    if probation:
+        tags["probation"] = ", ".join(probation)
+    return tags
+
+
+def _restamp(router: Any, added: tuple[str, ...]) -> None:
+    """A new router_version for the champion-plus-newcomers (decisions, replay and OPE tell versions apart by it);
+    the rest of the champion's manifest (its training data, data_until) stays: the other LLMs were trained then."""
+    from datetime import datetime, timezone
+
+    created = datetime.now(timezone.utc)
+    parent = router.manifest.get("router_version")
+    ident = hashlib.sha256(f"{parent}|{','.join(added)}|{created.isoformat()}".encode()).hexdigest()[:8]
+    router.manifest.update(router_version=f"{created:%Y%m%dT%H%M%S}-{ident}", parent_router_version=parent,
+                           added_llms=list(added), created=created.isoformat())
+
+
 def save_candidate(router: Any, prepared: Any, predictors: list[Any], out_dir: Path) -> Path:
     """Install the per-LLM predictors, stamp the manifest and save the artifact that is evaluated and served."""
     router.finish(prepared, predictors)
@@ -483,7 +601,8 @@ def gate(candidate: dict[str, float], champion: dict[str, float] | None, config:
 
 def register(router_dir: Path, report: Any, metrics: dict[str, float], digest: str, train: pd.DataFrame,
              config: PipelineConfig, settings: Settings, verdict: Any, champion_version: str | None,
-             run_name: str, champion_metrics: dict[str, float] | None = None) -> str:
+             run_name: str, champion_metrics: dict[str, float] | None = None,
+             extra_tags: dict[str, str] | None = None) -> str:
     """Log the run and register the candidate as a new version (always, so the UI can compare failures too)."""
     from mixllm.catalogue import load_catalogue
     from mixllm.registry import Registry
@@ -494,7 +613,7 @@ def register(router_dir: Path, report: Any, metrics: dict[str, float], digest: s
               "landing": [str(p) for p in config.resolved_landing()], "seed": config.seed,
               "feedback": config.feedback.model_dump(mode="json"), "ope": config.ope.model_dump(mode="json")}
     tags = {"gate_verdict": "passed" if verdict.passed else "failed", "gate_reason": verdict.reason[:4900],
-            "compared_with_champion": champion_version or "none"}
+            "compared_with_champion": champion_version or "none", **(extra_tags or {})}
     extra = {k: v for k, v in metrics.items() if k not in report.summary}
     extra.update({f"champion/{k}": v for k, v in (champion_metrics or {}).items()
                   if k in ("aiq", "quality_at_25pct_cost", "default_wtp/quality")})
