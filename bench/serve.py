@@ -141,9 +141,10 @@ def _served_encoder(router_dir: Path, prompts: list[str], reps: int, rounds: boo
     """The forward pass of the encoder the router serves with (its own `QueryEncoder`, loaded as the service loads
     it, so `MIXLLM_ENCODER_BACKEND` and the router's default apply), on a worker thread like the service's.
 
-    On torch it reports only the backend: the bare torch floor above is that forward pass already. On ONNX it
-    times the session's `embed` (tokenise, run the graph with pooling and normalisation): one query, and batches
-    of 64. `rounds`: as in `_bare_encoder`, time one-query calls each time a line arrives on stdin."""
+    On torch it reports only the backend: the bare torch floor above is that forward pass already. Otherwise it
+    times the encoder's own forward pass on the engine it picks for the call's size (`QueryEncoder._embed`: ONNX
+    for one query; ONNX, or torch bf16 on "hybrid", for batches of 64), as the service runs it. `rounds`: as in
+    `_bare_encoder`, time one-query calls each time a line arrives on stdin."""
     import threading
 
     from mixllm.routers.registry import load_router
@@ -159,10 +160,8 @@ def _served_encoder(router_dir: Path, prompts: list[str], reps: int, rounds: boo
             for _ in sys.stdin:
                 print(json.dumps({"backend": backend}), flush=True)
         return out
-    session = encoder.onnx_session()
-
     def embed(texts: list[str]) -> Any:
-        return session.embed(texts, encoder.max_seq_length, encoder.truncation, 64)
+        return encoder._embed(texts, 64, False)
 
     def single() -> list[float]:
         xs = []
@@ -473,11 +472,22 @@ def shadow_row(sh: dict[str, Any] | None) -> list[str]:
 
 
 def tree_rss(pid: int) -> float:
+    return sum(tree_rss_by_process(pid).values()) / 1024
+
+
+def tree_rss_by_process(pid: int) -> dict[str, float]:
+    """RSS (MiB) of each process of the service's tree, keyed "pid name": where the memory bar's GiB go."""
     import psutil
 
     p = psutil.Process(pid)
-    procs = [p, *p.children(recursive=True)]
-    return sum(x.memory_info().rss for x in procs if x.is_running()) / 2**30
+    out = {}
+    for x in [p, *p.children(recursive=True)]:
+        try:
+            cmd = " ".join(x.cmdline()[1:4])
+            out[f"{x.pid} {cmd[:60]}"] = x.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            continue
+    return out
 
 
 def markdown(r: dict) -> str:
@@ -516,7 +526,8 @@ def markdown(r: dict) -> str:
         f"| `/route` throughput, 32 clients | {t['qps']:.0f} req/s ({t['qps'] / f['encoder_batched_qps']:.0%} of "
         f"batched floor; p50 {t['p50_ms']:.0f} ms, p99 {t['p99_ms']:.0f} ms, {t['errors']} errors) | "
         f">= {BARS['throughput_share']:.0%} | {mark[ok['throughput']]} |",
-        f"| service RSS (process tree) | {r['rss_gib']:.2f} GiB | <= {BARS['rss_gib']} GiB | {mark[ok['rss']]} |",
+        f"| service RSS (process tree{_rss_split(r)}) | {r['rss_gib']:.2f} GiB | <= {BARS['rss_gib']} GiB | "
+        f"{mark[ok['rss']]} |",
         *fast_encoder_rows(r),
         *shadow_row(r.get("shadow")),
         "",
@@ -543,6 +554,16 @@ def markdown(r: dict) -> str:
         + f"The Python client: {py['n']} after 20 warm-up; 32 clients: {t['requests']} requests in "
         f"{r['seconds']} s. Re-run: `python bench/serve.py --router-dir DIR` (default: the registry champion).",
     ])
+
+
+def _rss_split(r: dict) -> str:
+    """": worker 700 + arbiter 150 + forwarder 100 MiB", from the per-process RSS (empty for older results)."""
+    parts = r.get("rss_mib_by_process") or {}
+
+    def role(key: str) -> str:
+        return "forwarder" if "forwarder" in key else "arbiter" if "bentoml serve" in key or " serve " in key \
+            else "worker"
+    return (": " + " + ".join(f"{role(k)} {v:.0f}" for k, v in parts.items()) + " MiB") if parts else ""
 
 
 def fast_encoder_rows(r: dict) -> list[str]:
@@ -631,7 +652,9 @@ def main() -> int:
         tool = wrk_run if shutil.which("wrk") else httpx_throughput
         conc = tool(prompts, args.seconds, 32)
         print("32 clients:", conc, flush=True)
-        rss = tree_rss(proc.pid)
+        rss_parts = tree_rss_by_process(proc.pid)
+        rss = sum(rss_parts.values()) / 1024
+        print("service RSS by process (MiB):", json.dumps(rss_parts), flush=True)
         import httpx
 
         ready = httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=5).json()
@@ -653,7 +676,8 @@ def main() -> int:
               "machine": f"{os.cpu_count()} cores, {platform.machine()}", "loadavg": loadavg,
               "router_version": version, "floors": fl, "single_client": single, "python_client": py_single,
               "concurrent": conc,
-              "rss_gib": rss, "seconds": args.seconds, "round_seconds": args.round_seconds, "bars": bars,
+              "rss_gib": rss, "rss_mib_by_process": rss_parts, "seconds": args.seconds,
+              "round_seconds": args.round_seconds, "bars": bars,
               "fast_encoder_bars": fast, "shadow": shadow}
     md = markdown(result)
     print(md)

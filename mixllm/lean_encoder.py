@@ -4,12 +4,13 @@ Why: the hybrid serving backend (one query on ONNX Runtime, batches on torch bf1
 only to run its batches, and importing transformers + sentence-transformers costs ~100 MiB of RSS in the service on
 top of torch, plus the fp32 copy of every Linear weight beside its bf16 twin (~42 MiB for MiniLM). This module keeps
 only what a bf16 batch reads: the embedding tables and LayerNorms in fp32, the Linear weights in bf16, loaded from
-the saved folder's `model.safetensors` (or from a loaded model's state dict).
+the saved folder's `model.safetensors` (or from a loaded model's state dict); from a folder, the word-embedding
+table (45 MiB) is paged in from a private file as traffic reads its rows (`_paged`).
 
 Same vectors, not similar ones: each op is the one transformers' BertModel (sdpa attention, boolean padding mask)
 and sentence-transformers' mean Pooling + Normalize run, in the same order and under the same bf16 autocast, so a
-batch gives the twin's embeddings bit for bit (tests/model/test_onnx_encoder.py checks it, padded rows included), and the
-AIQ measured for torch bf16 (BENCHMARKS.md "Encoder backends") holds for it.
+batch gives autocast's embeddings over the SentenceTransformer bit for bit (tests/model/test_onnx_encoder.py checks
+it, padded rows included), and the AIQ measured for torch bf16 (BENCHMARKS.md "Encoder backends") holds for it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,26 @@ def fast_tokenizer(tokenizer_json: str, max_length: int, truncation: str) -> Any
     return tok
 
 
+WORD_TABLE = "embeddings.word_embeddings.weight"
+
+
+def _paged(array: np.ndarray) -> Any:
+    """`array` (here the word-embedding table) as a tensor over a memory-mapped, unlinked temporary file: a row
+    becomes resident when a token reads it, so the 30,522 x 384 fp32 table (45 MiB, MiniLM's largest tensor, which
+    the ONNX session beside it holds too) costs a serving process only the rows its traffic uses. A private copy,
+    not the router folder's file: a later write to that folder can never fault the mapping. Clean file pages: the
+    OS can drop them under memory pressure and read them back."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryFile(prefix="mixllm-lean-") as f:
+        np.ascontiguousarray(array).tofile(f)
+        f.flush()
+        mapped = np.memmap(f, dtype=array.dtype, mode="c", shape=array.shape)  # the map outlives the file handle
+    return torch.from_numpy(mapped)
+
+
 class LeanBert:
     """MiniLM (BERT encoder, mean pooling, L2 norm) as functional torch ops; Linear layers stored in bf16.
 
@@ -77,10 +98,25 @@ class LeanBert:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "LeanBert":
+        """From a saved folder: the word-embedding table paged (`_paged`), the other fp32 tensors copied, the
+        Linear weights cast; then nothing refers to the folder's file.
+
+        Why copy: safetensors maps the file, so a tensor kept from it would keep the whole mapping alive, with
+        every page the bf16 cast read (the fp32 Linear weights, ~42 MiB) still resident, and a later write to the
+        folder's file could fault the process."""
+        import torch
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        return cls(load_file(str(folder / "model.safetensors")), json.loads((folder / "config.json").read_text()))
+        tensors = load_file(str(folder / "model.safetensors"))
+        lean = cls(tensors, json.loads((folder / "config.json").read_text()))
+        del tensors
+        for name, t in lean.w.items():
+            if name == WORD_TABLE:
+                lean.w[name] = _paged(t.numpy())
+            elif t.dtype != torch.bfloat16:
+                lean.w[name] = t.clone()
+        return lean
 
     @classmethod
     def from_model(cls, model: Any) -> "LeanBert":
@@ -96,7 +132,7 @@ class LeanBert:
         return cls(bert.state_dict(), config)
 
     def _required(self) -> list[str]:
-        names = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+        names = [WORD_TABLE, "embeddings.position_embeddings.weight",
                  "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight"]
         return names + [f"encoder.layer.{i}.output.dense.weight" for i in range(self.layers)]
 
@@ -115,7 +151,7 @@ class LeanBert:
         import torch.nn.functional as F
 
         w = self.w
-        x = F.embedding(ids, w["embeddings.word_embeddings.weight"])
+        x = F.embedding(ids, w[WORD_TABLE])
         x = x + F.embedding(torch.zeros_like(ids), w["embeddings.token_type_embeddings.weight"])
         positions = torch.arange(ids.shape[1]).unsqueeze(0)
         x = x + F.embedding(positions, w["embeddings.position_embeddings.weight"])
