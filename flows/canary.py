@@ -66,7 +66,7 @@ def config_of(overrides: dict[str, Any]) -> C.CanaryConfig:
 @flow(name="mixllm-canary", log_prints=True)
 def canary(alpha: float = 0.025, rollback_alpha: float = 0.20, min_labels: int = 30, max_hours: float = 72.0,
            exposure_budget: float | None = 0.02, budget_margin: float = 0.05, budget_alpha: float = 0.20,
-           check_minutes: float = 15.0, dry_run: bool = False, deliver_promoted: bool = True,
+           check_minutes: float = 15.0, budget_look_share: float = 0.8, dry_run: bool = False, deliver_promoted: bool = True,
            now: datetime | None = None) -> dict[str, Any]:
     """Decide the running canary: promote (then deliver, unless `deliver_promoted` is off: the service still
     follows the champion alias at its next poll), roll back (worse, or its exposure budget spent before it was
@@ -76,7 +76,8 @@ def canary(alpha: float = 0.025, rollback_alpha: float = 0.20, min_labels: int =
     logger = get_run_logger()
     cfg = config_of({"alpha": alpha, "rollback_alpha": rollback_alpha, "min_labels": min_labels,
                      "max_hours": max_hours, "exposure_budget": exposure_budget, "budget_margin": budget_margin,
-                     "budget_alpha": budget_alpha, "check_minutes": check_minutes})
+                     "budget_alpha": budget_alpha, "check_minutes": check_minutes,
+                     "budget_look_share": budget_look_share})
     decision = verdict(cfg, now)
     out: dict[str, Any] = {"verdict": decision.verdict, "reason": decision.reason, "cleared": decision.cleared,
                            "challenger_version": decision.challenger_version, "metrics": decision.metrics()}

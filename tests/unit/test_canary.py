@@ -125,3 +125,17 @@ def test_traffic_counts_the_challengers_decisions_and_scales_a_young_log_to_a_da
     served, day = traffic(_log(rows), "v-chal", start, now)
     assert served == 15  # i = 60, 64, ..., 116: the challenger's decisions since the start
     assert day == pytest.approx(120 * 12)  # 120 requests in the 2 h the log covers
+
+
+def test_the_budget_look_comes_at_a_share_of_the_budget_whatever_the_rate():
+    """Sessions stay on one arm, so the challenger's requests come in bursts: at 80% of its budget the look is due
+    even when twice its average rate would not reach the budget by the next check (the closed loop's 35 -> 42 of 42)."""
+    rng = np.random.default_rng(5)
+    champion, bad = _arm(rng, 0.75, 400), _arm(rng, 0.45, 8)
+    slow = dict(elapsed_hours=8.25, day_requests=2_000)  # 4.2 requests an hour: 2 x the rate adds ~2 by next check
+    before = decide(champion, bad, BUDGET, served=31, **slow)  # 31 of 40 (< 80%): 31 + 2 < 40, no look
+    assert before.verdict == "extend" and before.budget == 40
+    due = decide(champion, bad, BUDGET, served=32, **slow)  # 80% of 40: the look, before a session can pass it
+    assert due.verdict == "rollback" and "exposure budget: 32 requests served of 40" in due.reason
+    assert decide(champion, bad, BUDGET.model_copy(update={"budget_look_share": 1.0}), served=32,
+                  **slow).verdict == "extend"  # the rate's projection alone would wait
