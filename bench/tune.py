@@ -189,6 +189,16 @@ EXPERIMENTS = {e.name: e for e in (
         Variant("k=30 s=20", _knn(30, 20)),
         Variant("k=20 s=10", _knn(20, 10)),
     )),
+    Experiment("tagger", "Issue 14, production condition (no task column): how to tag an unlabelled log? k-means "
+               "over the embeddings (30 clusters, the default), or outcome-aware clusters of the embedding plus "
+               "surface features of the prompt (casing, trailing '?', digits, length, code words...; "
+               "tagging.SurfaceClusterTagger) whose number (4-48) the log's own outcomes choose by inner CV; surface "
+               "weight 0 = embeddings only with the chosen count.", (
+        Variant("k-means 30 clusters (default)", {}),
+        Variant("surface w0.5, count chosen by outcomes", {"untagged": "surface"}),
+        Variant("surface w0.25, count chosen by outcomes", {"untagged": "surface", "tag_surface_weight": 0.25}),
+        Variant("embedding only (w0), count chosen by outcomes", {"untagged": "surface", "tag_surface_weight": 0.0}),
+    )),
 )}
 BASELINE_LABELS = {"lgbm": "LightGBM baseline (plain MiniLM, head 128)", "knn": "KNN-20 baseline"}
 
@@ -352,7 +362,7 @@ def run_fold_seed(experiment: Experiment, log: pd.DataFrame, test: Any, n_folds:
                 took = seconds.setdefault(label, dict.fromkeys(SECONDS, 0.0))
                 took["seconds/representation"] += spent
                 took["seconds/predictors"] += time.perf_counter() - t0
-                pred = router._predict_emb(emb, tokens, told)
+                pred = router._predict_emb(emb, tokens, told, held.prompts)
                 params, choices = _decide(router, pred, held, wtps)
                 pool(label, rows, params, choices)
                 if experiment.online:

@@ -39,7 +39,7 @@ from mixllm.exceptions import (ArtifactError, ConfigError, ContractError, Routin
 from mixllm.predictors import LLMPredictor, PredictorBank, PredictorConfig
 from mixllm.routers.base import NeedsTrainLog, Predictions, Router
 from mixllm.schemas import FeedbackRecord, LogRecord, RouteConstraints, RouteDecision
-from mixllm.tagging import ClusterTagger, TaxonomyTagger, outcome_tags, query_tags
+from mixllm.tagging import ClusterTagger, SurfaceClusterTagger, TaxonomyTagger, outcome_tags, query_tags
 
 ARTIFACT_FORMAT = 1
 DEFAULT_REPRESENTATION = "plain"  # RouterConfig.representation's default (see its docstring for the CV record)
@@ -114,10 +114,16 @@ class RouterConfig(BaseModel):
                               "uses it as the query's tag (the log's label); otherwise, and always in serving "
                               "(no labels), the nearest tag centroid. CV on train: bench/tune.py --experiment "
                               "defaults.")
-    untagged: Literal["taxonomy", "clusters"] = Field(
+    untagged: Literal["taxonomy", "clusters", "surface"] = Field(
         default="clusters", description="How a log without any task label is tagged: the zero-shot domain "
-        "taxonomy (tagging.DOMAINS) or k-means clusters of the query embeddings (tagging.ClusterTagger).")
+        "taxonomy (tagging.DOMAINS), k-means clusters of the query embeddings (tagging.ClusterTagger), or "
+        "clusters of embeddings + surface features whose number the log's outcomes choose "
+        "(tagging.SurfaceClusterTagger).")
     tag_clusters: int = Field(default=30, ge=2, description="Clusters when untagged='clusters'.")
+    tag_surface_weight: float = Field(default=0.5, ge=0, description="untagged='surface': weight of the surface "
+                                      "features beside the embedding.")
+    tag_cluster_grid: tuple[int, ...] = Field(default=(4, 8, 16, 32, 48), min_length=1, description="untagged="
+                                              "'surface': the cluster counts the log's outcomes choose from.")
     max_seq_length: int = Field(default=128, ge=8, le=256)
     truncation: Literal["head", "tail"] = Field(default="tail", description="Which end of a long prompt the "
                                                 "encoder keeps (tail: the question itself; CV on train, see above).")
@@ -224,6 +230,7 @@ class MixLLMRouter(Router):
         self._pca = np.zeros((0, 384))
         self._memory: OrderedDict[str, tuple[np.ndarray, float]] = OrderedDict()
         self._finetune_tags: dict[str, int] = {}  # fine-tuning tag -> queries (manifest); {} = not fine-tuned
+        self._tag_model: SurfaceClusterTagger | None = None  # untagged="surface": tags from prompt + embedding
         self.manifest: dict = {}
 
     # ------------------------------------------------------------------------------------------ properties --
@@ -271,6 +278,17 @@ class MixLLMRouter(Router):
         if not len(self.tags):
             return np.full(len(emb), None)
         return np.array(self.tags, dtype=object)[np.argmax(emb @ self._tag_centroids.T, axis=1)]
+
+    def _assign_tags(self, emb: np.ndarray, prompts: Sequence[str | None] | None = None) -> np.ndarray:
+        """Each query's tag: the surface tagger's when the router has one and the prompt is known, else the
+        nearest tag centroid (`_nearest_tags`)."""
+        tags = self._nearest_tags(emb)
+        if self._tag_model is None or prompts is None:
+            return tags
+        rows = [i for i, p in enumerate(prompts) if p is not None]
+        if rows:
+            tags[rows] = self._tag_model.assign(emb[rows], [prompts[i] for i in rows])
+        return tags
 
     @staticmethod
     def _queries(log: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -334,7 +352,13 @@ class MixLLMRouter(Router):
         prompts = queries["prompt"].tolist()
         emb = encoder.encode(prompts, cache, progress=cfg.progress)
         tagger = self._tagger(encoder) if queries["task"].isna().any() else None
-        tags = query_tags(queries, emb, tagger)
+        self._tag_model = None
+        if isinstance(tagger, SurfaceClusterTagger) and queries["task"].isna().all():
+            self._tag_model = tagger.fit(prompts, emb, self._quality_matrix(log, codes, len(queries)))
+            tags = tagger.assign(emb, prompts)
+        else:
+            tags = query_tags(queries, emb, tagger if not isinstance(tagger, SurfaceClusterTagger) else
+                              ClusterTagger(cfg.tag_clusters, cfg.seed))
         ft_tags = tags if cfg.finetune_tags == "domain" else \
             outcome_tags(tags, self._quality_matrix(log, codes, len(queries)), cfg.outcome_clusters, cfg.seed)
         self._finetune_tags, self.adapter = {}, None
@@ -351,6 +375,8 @@ class MixLLMRouter(Router):
                               centroid_emb=emb)
             emb = encoder.encode(prompts, cache, progress=cfg.progress)
         self.encoder = encoder
+        if self._tag_model is not None:  # assignments in the space the router embeds new queries in
+            self._tag_model.recentre(emb, prompts, tags)
         self.tags = tuple(sorted(set(tags)))
         label = np.array([self.tags.index(t) for t in tags])
         cent = np.stack([emb[label == k].mean(0) for k in range(len(self.tags))])
@@ -362,12 +388,16 @@ class MixLLMRouter(Router):
         self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed)
         names = tuple(n for n in self.catalogue.names if n in set(log["model"]))
         return TrainingSet(log, codes, self._features(emb, queries["prompt_tokens"].to_numpy(float)),
-                           self._nearest_tags(emb), names, len(queries), np.asarray(emb, np.float32))
+                           self._assign_tags(emb, prompts), names, len(queries), np.asarray(emb, np.float32))
 
     def _tagger(self, encoder: QueryEncoder) -> Any:
         """The tagger of queries without a task (`untagged`): only consulted when no query of the log has one."""
-        if self.config.untagged == "clusters":
-            return ClusterTagger(self.config.tag_clusters, self.config.seed)
+        cfg = self.config
+        if cfg.untagged == "surface":
+            return SurfaceClusterTagger(grid=cfg.tag_cluster_grid, weight=cfg.tag_surface_weight, seed=cfg.seed,
+                                        k=cfg.predictor.knn_k, smoothing=cfg.predictor.knn_smoothing)
+        if cfg.untagged == "clusters":
+            return ClusterTagger(cfg.tag_clusters, cfg.seed)
         return TaxonomyTagger(encoder.encode)
 
     def fit_llm(self, name: str, prepared: "TrainingSet") -> LLMPredictor:
@@ -432,12 +462,12 @@ class MixLLMRouter(Router):
         if tasks is not None and len(tasks) != len(prompts):
             raise ContractError(f"{len(tasks)} tasks for {len(prompts)} prompts")
         emb = self.embed(prompts, progress=self.config.progress and len(prompts) > 256)
-        return self._predict_emb(emb, tokens, tasks)
+        return self._predict_emb(emb, tokens, tasks, prompts)
 
-    def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray,
-                     tasks: Sequence[str | None] | None = None) -> Predictions:
+    def _predict_emb(self, emb: np.ndarray, tokens: np.ndarray, tasks: Sequence[str | None] | None = None,
+                     prompts: Sequence[str | None] | None = None) -> Predictions:
         specs = {n: self.catalogue.get(n) for n in self.models}
-        tags = self._nearest_tags(emb)
+        tags = self._assign_tags(emb, prompts)
         if tasks is not None and self.config.task_labels:  # a label the router knows wins over its own guess
             known = set(self.tags)
             tags = np.array([t if t in known else g for t, g in zip(tasks, tags)], dtype=object)
@@ -518,7 +548,8 @@ class MixLLMRouter(Router):
                 tokens[i] = pt if pt is not None else estimate_tokens(text)
         if to_encode:
             emb[[i for i, _ in to_encode]] = self.embed([t for _, t in to_encode])
-        self.learn(records, self._predict_emb(emb, tokens))
+        texts = [p or getattr(r, "prompt", None) for r, p in zip(records, prompts)]
+        self.learn(records, self._predict_emb(emb, tokens, prompts=texts))
 
     def learn(self, records: Sequence[LogRecord | FeedbackRecord], pred: Predictions) -> None:
         """Fold observations into the bandit given the predictions of their queries (row i <-> records[i]).
@@ -560,7 +591,7 @@ class MixLLMRouter(Router):
         queries, codes = self._queries(log)
         emb = self.embed(queries["prompt"].tolist(), self._cache())
         self.predictors.add(spec.name, self._features(emb, queries["prompt_tokens"].to_numpy(float)), log, codes,
-                            self._nearest_tags(emb), emb)
+                            self._assign_tags(emb, queries["prompt"].tolist()), emb)
         self.bandit.add_arm(spec.name)
         self.manifest.update(models=list(self.models), catalogue_digest=self.catalogue.digest())
         return self
@@ -585,8 +616,12 @@ class MixLLMRouter(Router):
         (d / "predictors" / "index.json").write_text(json.dumps(index, indent=1))
         if self.adapter is not None:
             self.adapter.save(d / "adapter")
+        t = self._tag_model
         np.savez(d / "features.npz", tag_centroids=self._tag_centroids, pca_mean=self._pca_mean, pca=self._pca,
-                 tags=np.array(self.tags, dtype=str))
+                 tags=np.array(self.tags, dtype=str),
+                 surface_centres=np.zeros((0, 0)) if t is None else t.centres_,
+                 surface_mean=np.zeros(0) if t is None else t.mean_, surface_scale=np.zeros(0) if t is None else
+                 t.scale_, surface_names=np.array([] if t is None else t.names_, dtype=str))
         np.savez(d / "bandit.npz", **self.bandit.state())
         self.catalogue.save(d / "catalogue.yaml")
         (d / "config.json").write_text(self.config.model_dump_json(indent=1))
@@ -641,6 +676,10 @@ class MixLLMRouter(Router):
             with np.load(d / "features.npz") as f:
                 router._tag_centroids, router._pca_mean, router._pca = f["tag_centroids"], f["pca_mean"], f["pca"]
                 router.tags = tuple(str(t) for t in f["tags"])
+                if "surface_centres" in f.files and len(f["surface_centres"]):
+                    router._tag_model = SurfaceClusterTagger(
+                        centres_=f["surface_centres"], mean_=f["surface_mean"], scale_=f["surface_scale"],
+                        names_=tuple(str(t) for t in f["surface_names"]))
             with np.load(d / "bandit.npz") as b:
                 router.bandit = policy.LinUCB.from_state({k: b[k] for k in b.files})
         except (OSError, KeyError, ValueError, ValidationError, json.JSONDecodeError) as e:

@@ -12,8 +12,11 @@ domains are easy to tell apart (the kNN quality models already look only within 
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -160,4 +163,139 @@ def outcome_tags(tags: Sequence[str], quality: np.ndarray, clusters: int, seed: 
         labels = KMeans(k, n_init=10, random_state=seed).fit_predict(x)
         for i, lab in zip(rows, labels):
             out[i] = f"{tag}/o{lab}"
+    return out
+
+
+SURFACE_FEATURES = ("ends_question", "starts_lower", "upper_share", "has_dollar", "digit_share", "log_chars",
+                    "log_newlines", "commas_per_word", "code_words", "option_letters", "ends_period", "backslash")
+
+
+def surface_features(prompts: Sequence[str]) -> np.ndarray:
+    """[prompts, 12] surface cues of a prompt's format (SURFACE_FEATURES): trailing '?', casing, digits, '$',
+    length, line breaks, commas per word (keyword lists), code words, option letters, LaTeX backslashes.
+
+    Why: MiniLM is uncased and the router keeps a prompt's tail, so workloads whose questions read alike but are
+    written differently (lower-case search queries vs capitalised trivia questions; sentence stems to complete)
+    fall in one embedding cluster, yet the LLMs' outcomes differ by workload."""
+    rows = []
+    for p in prompts:
+        s = str(p).strip()
+        n, words = max(1, len(s)), max(1, len(s.split()))
+        rows.append([s.endswith("?"), s[:1].islower(), sum(c.isupper() for c in s) / n, "$" in s,
+                     sum(c.isdigit() for c in s) / n, math.log1p(len(s)), math.log1p(s.count("\n")),
+                     s.count(",") / words, bool(_CODE.search(s)), bool(_OPTIONS.search(s)), s.endswith("."),
+                     "\\" in s])
+    return np.asarray(rows, np.float64).reshape(len(rows), len(SURFACE_FEATURES))
+
+
+_CODE = re.compile(r"\b(def|return|import)\b")
+_OPTIONS = re.compile(r"\(A\)|\bA\)|\nA\.|A:")
+
+
+@dataclass
+class SurfaceClusterTagger:
+    """Outcome-aware clusters for logs without labels: k-means over [unit embedding, weight x standardised surface
+    features], the number of clusters chosen from `grid` by which gives the lowest out-of-fold squared error of
+    the router's quality estimate (neighbours within the cluster, shrunk to its mean) on the log's own outcomes.
+
+    Why both: the embedding says what a prompt is about, the surface features how it is written (see
+    `surface_features`); and no one cluster count suits every log (grouped CV on train, bench/tune.py
+    --experiment tagger: a 3-task log wants ~3-5 clusters, a 14-task log 30+), so the log's outcomes pick it.
+    New queries are assigned in the same joint space (`assign`), so serving needs the prompt text, as it has."""
+
+    grid: tuple[int, ...] = (4, 8, 16, 32, 48)
+    weight: float = 0.5
+    seed: int = 0
+    k: int = 150
+    smoothing: float = 60.0
+    folds: int = 3
+    centres_: np.ndarray | None = None  # [clusters, 384 + 12] in the joint space
+    names_: tuple[str, ...] = ()  # the tag of each centre
+    mean_: np.ndarray | None = None
+    scale_: np.ndarray | None = None  # per surface feature: weight x spread of the embedding / its std
+    errors_: dict[int, float] | None = None  # clusters -> out-of-fold squared error (the choice's record)
+
+    def joint(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        z = (surface_features(prompts) - self.mean_) * self.scale_
+        return np.hstack([np.asarray(embeddings, np.float64), z])
+
+    def assign(self, embeddings: np.ndarray, prompts: Sequence[str]) -> list[str]:
+        """Each query's cluster: the nearest centre in the joint space."""
+        if len(prompts) == 0:
+            return []
+        x = self.joint(embeddings, prompts)
+        d = (x ** 2).sum(1)[:, None] - 2 * x @ self.centres_.T + (self.centres_ ** 2).sum(1)[None, :]
+        return [self.names_[i] for i in np.argmin(d, axis=1)]
+
+    def recentre(self, embeddings: np.ndarray, prompts: Sequence[str], tags: Sequence[str]) -> "SurfaceClusterTagger":
+        """Centres = each tag's mean joint vector (after the router's representation changed the embeddings)."""
+        x, tags = self.joint(embeddings, prompts), np.asarray(list(tags), dtype=object)
+        self.names_ = tuple(sorted(set(tags)))
+        self.centres_ = np.stack([x[tags == t].mean(0) for t in self.names_])
+        return self
+
+    def fit(self, prompts: Sequence[str], embeddings: np.ndarray, quality: np.ndarray) -> "SurfaceClusterTagger":
+        """`quality`: [queries, LLMs] logged outcomes (NaN: unknown) of the same queries."""
+        emb = np.asarray(embeddings, np.float64)
+        feats = surface_features(prompts)
+        self.mean_ = feats.mean(0)
+        std = feats.std(0)
+        spread = math.sqrt(float(emb.var(0).sum()) / len(SURFACE_FEATURES))
+        self.scale_ = np.where(std > 0, self.weight * spread / np.where(std > 0, std, 1.0), 0.0)
+        x = self.joint(emb, prompts)
+        grid = sorted({min(c, len(np.unique(x, axis=0))) for c in self.grid if c >= 2})
+        self.errors_ = {c: self._oof_error(x, emb, np.asarray(quality, float), c, prompts) for c in grid}
+        best = min(self.errors_, key=self.errors_.get)
+        self.centres_ = _kmeans(x, best, self.seed, n_init=3).cluster_centers_
+        self.names_ = tuple(f"s{i:02d}" for i in range(best))
+        return self
+
+    def tag(self, prompts: Sequence[str], embeddings: np.ndarray) -> list[str]:
+        return self.assign(embeddings, prompts)
+
+    def _oof_error(self, x: np.ndarray, emb: np.ndarray, quality: np.ndarray, clusters: int,
+                   prompts: Sequence[str]) -> float:
+        groups, _ = pd.factorize(pd.Series(list(prompts), dtype=object))  # a repeated prompt stays in one fold
+        fold = np.random.default_rng(self.seed).permutation(groups.max() + 1)[groups] % self.folds
+        err, n = 0.0, 0
+        for f in range(self.folds):
+            tr, te = fold != f, fold == f
+            if tr.sum() < clusters or not te.any():
+                continue
+            km = _kmeans(x[tr], clusters, self.seed, n_init=1)
+            est = cluster_knn(emb[tr], quality[tr], km.labels_, emb[te], km.predict(x[te]), self.k, self.smoothing)
+            known = ~np.isnan(quality[te])
+            err += float(((est - quality[te])[known] ** 2).sum())
+            n += int(known.sum())
+        return err / max(n, 1)
+
+
+def _kmeans(x: np.ndarray, clusters: int, seed: int, n_init: int):
+    from sklearn.cluster import KMeans
+
+    return KMeans(clusters, n_init=n_init, random_state=seed).fit(x)
+
+
+def cluster_knn(emb: np.ndarray, quality: np.ndarray, labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray,
+                k: int, smoothing: float) -> np.ndarray:
+    """The router's quality estimate in miniature (mixllm.predictors' kNN): per LLM, the mean outcome of the k most
+    similar memory rows of the query's cluster, shrunk to the cluster mean with `smoothing` pseudo-rows (the cluster
+    mean itself shrunk to the global one with 5)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        glob = np.nan_to_num(np.nanmean(quality, axis=0))
+    out = np.tile(glob, (len(query), 1))
+    sims = query @ emb.T
+    for c in np.unique(query_labels):
+        rows, mem = np.nonzero(query_labels == c)[0], np.nonzero(labels == c)[0]
+        if not len(mem):
+            continue
+        y = quality[mem]
+        known = ~np.isnan(y)
+        prior = (np.where(known, y, 0).sum(0) + 5 * glob) / (known.sum(0) + 5)
+        kk = min(k, len(mem))
+        idx = np.argpartition(-sims[np.ix_(rows, mem)], kk - 1, axis=1)[:, :kk]
+        yk = y[idx]
+        kn = ~np.isnan(yk)
+        out[rows] = (np.where(kn, yk, 0).sum(1) + smoothing * prior) / (kn.sum(1) + smoothing)
     return out

@@ -284,3 +284,19 @@ def test_a_task_label_the_router_knows_is_the_tag_and_anything_else_takes_the_ne
     assert not np.allclose(told, base)
     router.config = router.config.model_copy(update={"task_labels": False})
     np.testing.assert_array_equal(router.predict(wino[:3], tasks=["mbpp"] * 3).quality, base)
+
+
+def test_an_unlabelled_log_tagged_by_surface_clusters_round_trips(routerbench_dir, wino, tmp_path):
+    """untagged='surface': tags from prompt + embedding (the count chosen by the log's outcomes) are what the saved
+    router assigns new prompts after loading, without the log."""
+    from mixllm.router import RouterConfig
+
+    log = load_routerbench(routerbench_dir, "train")
+    log = log[log["query_id"].isin(log.drop_duplicates("query_id").groupby("task").head(14)["query_id"])]
+    config = RouterConfig(untagged="surface", tag_cluster_grid=(2, 3), progress=False, cache_dir=tmp_path / "cache")
+    router = MixLLMRouter(config).fit(log.assign(task=None))
+    assert router.tags and all(t.startswith("s") for t in router.tags) and len(router.tags) in (2, 3)
+    again = MixLLMRouter.load(router.save(tmp_path / "router"))
+    p1, p2 = router.predict(wino), again.predict(wino)
+    np.testing.assert_array_equal(p1.quality, p2.quality)
+    assert list(again._assign_tags(p2.embeddings, wino)) == list(router._assign_tags(p1.embeddings, wino))

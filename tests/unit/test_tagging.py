@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixllm.tagging import DOMAINS, ClusterTagger, TaxonomyTagger, outcome_tags, query_tags
+from mixllm.tagging import (DOMAINS, SURFACE_FEATURES, ClusterTagger, SurfaceClusterTagger, TaxonomyTagger,
+                            cluster_knn, outcome_tags, query_tags, surface_features)
 
 pytestmark = pytest.mark.unit
 
@@ -94,3 +95,44 @@ def test_cluster_tagger_recovers_separated_groups_and_is_seeded():
     assert ClusterTagger(5).tag(["a", "b"], np.ones((2, 3))) == ["c00", "c00"]  # fewer distinct points than k
     with pytest.raises(ValueError):
         ClusterTagger(1)
+
+
+def _two_styles(n: int = 20):
+    """Prompts of one topic written two ways, with embeddings that cannot tell them apart, and outcomes that differ
+    by the writing: LLM 0 answers the lower-case search queries, LLM 1 the capitalised questions."""
+    rng = np.random.default_rng(0)
+    prompts = [f"who wrote song number {i}" for i in range(n)] + [f"Which Town Hosts Festival {i}?" for i in range(n)]
+    emb = rng.normal([1.0, 0.0, 0.0], 0.01, (2 * n, 3))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    quality = np.vstack([np.tile([1.0, 0.0], (n, 1)), np.tile([0.0, 1.0], (n, 1))])
+    return prompts, emb, quality
+
+
+def test_surface_features_tell_how_a_prompt_is_written():
+    f = surface_features(["who wrote i will follow you", "Which Bavarian town stages a festival?", "def f():\n  return 1"])
+    assert f.shape == (3, len(SURFACE_FEATURES))
+    col = {name: i for i, name in enumerate(SURFACE_FEATURES)}
+    assert f[:, col["ends_question"]].tolist() == [0, 1, 0] and f[:, col["starts_lower"]].tolist() == [1, 0, 1]
+    assert f[2, col["code_words"]] == 1 and f[2, col["log_newlines"]] > 0
+
+
+def test_surface_tagger_separates_writing_styles_the_embedding_misses_and_outcomes_choose_the_count():
+    prompts, emb, quality = _two_styles()
+    tagger = SurfaceClusterTagger(grid=(2, 4), weight=2.0, k=5, smoothing=1.0).fit(prompts, emb, quality)
+    tags = tagger.assign(emb, prompts)
+    assert not set(tags[:20]) & set(tags[20:])  # no tag mixes the two styles
+    assert set(tagger.errors_) == {2, 4}
+    assert len(tagger.names_) == min(tagger.errors_, key=tagger.errors_.get)
+    assert tagger.tag(["who wrote a new song"], emb[:1]) == [tags[0]]  # a new query: nearest centre, jointly
+    blind = SurfaceClusterTagger(grid=(2,), weight=0.0, k=5, smoothing=1.0).fit(prompts, emb, quality)
+    split = blind.assign(emb, prompts)  # embeddings only: the clusters mix the styles
+    assert set(split[:20]) & set(split[20:])
+
+
+def test_cluster_knn_is_the_within_cluster_neighbour_mean_shrunk_to_the_cluster_mean():
+    prompts, emb, quality = _two_styles(4)
+    labels = np.array([0] * 4 + [1] * 4)
+    est = cluster_knn(emb, quality, labels, emb[:1], np.array([0]), k=4, smoothing=0.0)
+    np.testing.assert_allclose(est, [[1.0, 0.0]])  # its cluster's four rows, none from the other
+    prior = cluster_knn(emb, quality, labels, emb[:1], np.array([0]), k=4, smoothing=1e9)
+    np.testing.assert_allclose(prior, [[(4 + 5 * 0.5) / 9, 5 * 0.5 / 9]], rtol=1e-6)  # cluster mean, 5 rows of global
