@@ -47,6 +47,7 @@ TARGETS = (0.10, 0.25, 0.50)  # spend targets as shares of always routing to the
 FEEDBACK_SHARE = 0.30
 SPEND_TOLERANCE = 0.10
 SPEND_DAY_REQUESTS = 2880  # requests per simulated day for the online controller (2 a minute)
+UNBOUNDED_WTP = 1e12  # cost / wtp vanishes next to any quality difference: routing by predicted quality alone
 
 
 @dataclass
@@ -185,11 +186,20 @@ def spend_day(fold: Fold, yesterday: np.ndarray, today: np.ndarray) -> list[dict
                         n_boot=200)
         wtp = cal.chosen.willingness_to_pay
         realised = float(w.cost[today, fold.choices(today, wtp)].mean() * 1000)
-        online, end_wtp = spend_online(fold, wtp, target, fold.rng.choice(today, SPEND_DAY_REQUESTS))
+        stream = fold.rng.choice(today, SPEND_DAY_REQUESTS)
+        online, end_wtp = spend_online(fold, wtp, target, stream)
         out.append({"target_share": share, "target": target, "wtp": wtp, "feasible": cal.feasible,
                     "expected": cal.chosen.cost_per_1k_requests.mean, "realised": realised,
-                    "ratio": realised / target, "online_ratio": online / target, "online_end_wtp": end_wtp})
+                    "ratio": realised / target, "online_ratio": online / target, "online_end_wtp": end_wtp,
+                    "ceiling": ceiling(fold, today) / target, "online_ceiling": ceiling(fold, stream) / target})
     return out
+
+
+def ceiling(fold: Fold, rows: np.ndarray) -> float:
+    """Spend per 1k requests of these rows when cost does not count (willingness to pay without bound): the most the
+    router ever spends on them. A target above it does not bind: the router has nothing better to buy, and spending
+    up to the target would mean choosing models it predicts to be worse."""
+    return float(fold.world.cost[rows, fold.choices(rows, UNBOUNDED_WTP)].mean() * 1000)
 
 
 def spend_online(fold: Fold, start_wtp: float, target_per_1k: float, rows: np.ndarray) -> tuple[float, float]:
@@ -245,20 +255,31 @@ def verdicts(results: list[dict[str, Any]]) -> dict[str, Any]:
     switches = [r["switch"]["drifted"] for r in results]
     # A target below what routing every request to its cheapest model costs cannot be held; `mixllm calibrate`
     # says so (exit 1, feasible false) and those (day, target) pairs are counted apart, not in the bar.
+    # A target the router's best-quality routing already spends less than on that day's traffic does not bind (the
+    # target is a ceiling: "spend at most $X"); those pairs pass when the spend reaches that best-quality ceiling
+    # (within the tolerance), i.e. neither the calibration nor the controller's bounds held quality back.
     feasible = [s for r in results for s in r["spend"] if s.get("feasible", True)]
     infeasible = sum(not s.get("feasible", True) for r in results for s in r["spend"])
-    ratios = np.array([s["ratio"] for s in feasible])
+    binds = [s for s in feasible if s.get("ceiling", np.inf) >= 1 - SPEND_TOLERANCE]
+    loose = [s for s in feasible if s.get("ceiling", np.inf) < 1 - SPEND_TOLERANCE]
+    ratios = np.array([s["ratio"] for s in binds])
     within = np.abs(ratios - 1) <= SPEND_TOLERANCE
-    online = np.array([s["online_ratio"] for s in feasible if "online_ratio" in s])
+    loose_ok = sum(s["ratio"] >= (1 - SPEND_TOLERANCE) * s["ceiling"] for s in loose)
+    on_binds = [s for s in feasible if "online_ratio" in s and s.get("online_ceiling", np.inf) >= 1 - SPEND_TOLERANCE]
+    on_loose = [s for s in feasible if "online_ratio" in s and s.get("online_ceiling", np.inf) < 1 - SPEND_TOLERANCE]
+    online = np.array([s["online_ratio"] for s in on_binds])
     on_within = np.abs(online - 1) <= SPEND_TOLERANCE
+    on_loose_ok = sum(s["online_ratio"] >= (1 - SPEND_TOLERANCE) * s["online_ceiling"] for s in on_loose)
     return {"false_alarms": {"pass": sum(weeks) == 0, "per_fold": weeks, "windows": sum(len(r["week"]) for r in results)},
             "switch": {"pass": all(switches), "triggered": int(sum(switches)), "of": len(switches)},
-            "spend": {"pass": bool(within.all()), "within": int(within.sum()), "of": int(len(ratios)),
-                      "infeasible": infeasible,
+            "spend": {"pass": bool(within.all()) and loose_ok == len(loose), "within": int(within.sum()),
+                      "of": int(len(ratios)), "infeasible": infeasible,
+                      "not_binding": len(loose), "not_binding_at_ceiling": int(loose_ok),
                       "median_abs_error": float(np.median(np.abs(ratios - 1))),
                       "worst": float(ratios[np.argmax(np.abs(ratios - 1))])},
-            "spend_online": {"pass": bool(len(online) and on_within.all()), "within": int(on_within.sum()),
-                             "of": int(len(online)),
+            "spend_online": {"pass": bool(len(online) and on_within.all()) and on_loose_ok == len(on_loose),
+                             "within": int(on_within.sum()), "of": int(len(online)),
+                             "not_binding": len(on_loose), "not_binding_at_ceiling": int(on_loose_ok),
                              "median_abs_error": float(np.median(np.abs(online - 1))) if len(online) else None,
                              "worst": float(online[np.argmax(np.abs(online - 1))]) if len(online) else None}}
 
@@ -279,12 +300,14 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{v['spend']['median_abs_error']:.1%}, worst realised/target {v['spend']['worst']:.2f} "
              "(calibrated on yesterday's log, one willingness to pay all day)"
              + (f"; {v['spend']['infeasible']} pairs left out: the target was below routing every request to its "
-                "cheapest model, which `mixllm calibrate` reports as infeasible" if v["spend"].get("infeasible") else ""),
+                "cheapest model, which `mixllm calibrate` reports as infeasible" if v["spend"].get("infeasible") else "")
+             + _loose(v["spend"]),
              *([f"- **spend within +-10% of the target over a day, with the service's online controller: "
                 f"{ok[v['spend_online']['pass']]}** — {v['spend_online']['within']} of {v['spend_online']['of']} "
                 f"(day, target) pairs; median |error| {v['spend_online']['median_abs_error']:.1%}, worst "
                 f"realised/target {v['spend_online']['worst']:.2f} ({SPEND_DAY_REQUESTS} requests a day over 24 h, "
-                "`SpendController` with the service's defaults, started at the calibrated willingness to pay)"]
+                "`SpendController` with the service's defaults, started at the calibrated willingness to pay)"
+                + _loose(v["spend_online"])]
                if v.get("spend_online", {}).get("of") else []), "",
              "| world | hidden tasks | false alarms (7 days) | max MMD p / far share / calib. err / cost ratio on the week "
              "| switch: reasons | 30% unseen mix triggered | spend realised/target (10% / 25% / 50% targets, median) "
@@ -307,6 +330,14 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{'; '.join(r['switch']['reasons']) or 'none'} | "
                      f"{sum(p['drifted'] for p in r['partial'])}/{len(r['partial'])} | {sp} | {osp} |")
     return "\n".join(lines)
+
+
+def _loose(v: dict[str, Any]) -> str:
+    if not v.get("not_binding"):
+        return ""
+    return (f"; {v['not_binding']} pairs where the target did not bind (routing by predicted quality alone spent under "
+            f"90% of it that day) are judged by reaching that best-quality spend instead: {v['not_binding_at_ceiling']} "
+            f"of {v['not_binding']} did")
 
 
 def write_section(path: Path, body: str) -> None:
