@@ -6,7 +6,7 @@ data (14 tasks, 9 open LLMs, 500 test queries; reference llama-3.1-nemotron-51b-
 - labels: the logs carry their `task` column; the router trains on those tags and is told each test query's task
   (`RouterConfig.task_labels`), as the task prior is;
 - production: the task column is removed from the train AND test logs; the router's own tagger decides the tags
-  (`RouterConfig.untagged`) and test queries are tagged by the nearest tag centroid, as in serving.
+  (`RouterConfig.untagged`) and tags each test query from its prompt as in serving (default: surface clusters).
 Policies, every one a registered router (`mixllm.routers`): the router (library defaults), every single LLM and
 their mix, random, oracle (upper bound), task prior (labels: a reference a user of production logs does not have;
 shown in the production table as "task_prior (labels)"), KNN-20, LightGBM and the RouterBench MLP on plain MiniLM,
@@ -305,9 +305,9 @@ def _markdown(results: dict, bars: dict, total_s: float, args) -> str:
              f"{args.resamples} resamples shared by every policy (`mixllm.stats`), router (seed 0) − policy; ✓ = "
              "95% interval above 0. Conditions: *labels* = the logs' task column (the router is told each query's "
              "task, as the task prior is); *production* = task column removed from train and test (tags from the "
-             "router's own tagger, test queries by nearest tag centroid). Baselines that never read a task are "
-             "fitted once per dataset and shown in both conditions; `task_prior (labels)` in production is a "
-             "reference that knows labels a user does not have. Singles are summarised by their mix "
+             "router's own tagger, test queries tagged from their prompt as in serving). Baselines that never read "
+             "a task are fitted once per dataset and shown in both conditions; `task_prior (labels)` in production is "
+             "a reference that knows labels a user does not have. Singles are summarised by their mix "
              "(`single_mix`: its hull holds every single point).", "", "**Bars (issue 14):**", ""]
     for key, v in bars.items():
         if key.endswith("/no_regression"):

@@ -488,6 +488,9 @@ def markdown(results: dict) -> str:
         if r.get("online"):
             lines += _online_table(r) + [""]
             continue
+        if r.get("kind") == "repeats":
+            lines += _repeats_table(r) + [""]
+            continue
         timed = any(SECONDS[0] in v["mean_std"] for v in r["variants"])
         lines += ["| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
                   "quality@25% (true cost) | AIQ (true cost) | " + ("representation s / fold | predictors s / fold | "
@@ -608,6 +611,81 @@ def adapter_latency(log: pd.DataFrame, home: Path, command: str, repeats: int = 
             "encoder_one_query_ms": median_ms(lambda: enc.encode([prompt]), 50), "load_average": os.getloadavg()[0]}
 
 
+REPEAT_SIMILARITY = (0.95, 0.99, 0.999)  # cosine of the held-out query to its nearest train query
+REPEAT_WEIGHT = (0.25, 0.5, 1.0)  # weight of that neighbour's observed outcomes in the estimate
+
+
+def repeats(dataset: str, log: pd.DataFrame, fold_seeds: list[int], n_folds: int, home: Path, command: str) -> dict:
+    """Would a repeat-aware memory help? For each held-out query whose nearest train query is a (near-)duplicate
+    (cosine >= tau), its estimate becomes (1 - w) x the router's kNN estimate + w x that neighbour's observed
+    outcomes; pooled decisions with true costs scored as every table (labels condition; the kNN estimate is the
+    library's miniature, `mixllm.tagging.cluster_knn`, within the task). Why this CV: train splits have no exact
+    repeats, so the folds cannot reward an exact-match memory; near-duplicates are the repeats train does hold.
+    Folds stay grouped (identical prompts would be the only other repeats; there are none)."""
+    from mixllm.embeddings import EmbeddingCache, QueryEncoder
+    from mixllm.evaluation import default_wtps, policy_result
+    from mixllm.router import RouterConfig
+    from mixllm.tagging import cluster_knn
+    from mixllm.testset import TestSet
+
+    cfg, wtps, t0 = RouterConfig(), default_wtps(), time.perf_counter()
+    test = TestSet.from_log(log)
+    emb = QueryEncoder.base(cfg.max_seq_length, cfg.truncation).encode(
+        test.prompts, EmbeddingCache(home / "embeddings" / "cache.sqlite"))
+    tasks, y = test.tasks.astype(str), test.quality
+    ref = test.models.index(DATASETS[dataset][2])
+    exact = int(pd.Series(test.prompts).duplicated().sum())
+    variants: dict[str, list[dict[str, float]]] = {}
+    for seed in fold_seeds:
+        fold = grouped_folds(test.query_ids, test.prompts, n_folds, seed)
+        base, top, near = np.zeros_like(y), np.zeros(test.n), np.zeros_like(y)
+        for f in range(n_folds):
+            tr, te = np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]
+            base[te] = cluster_knn(emb[tr], y[tr], tasks[tr], emb[te], tasks[te], cfg.predictor.knn_k,
+                                   cfg.predictor.knn_smoothing)
+            sims = emb[te] @ emb[tr].T
+            top[te], near[te] = sims.max(1), y[tr][sims.argmax(1)]
+
+        def score(q: np.ndarray) -> dict[str, float]:
+            choices = np.array([np.argmax(q - test.cost / w, axis=1) for w in wtps])
+            m = policy_result(test, "x", "policy", "", wtps, choices, ref).metrics
+            return {k: float(m[k]) for k in METRICS}
+
+        variants.setdefault("kNN alone (default)", []).append({**score(base), "queries": test.n})
+        for tau in REPEAT_SIMILARITY:
+            sel = top >= tau
+            for w in REPEAT_WEIGHT:
+                q = base.copy()
+                q[sel] = (1 - w) * base[sel] + w * near[sel]
+                err = float(np.mean((q[sel] - y[sel]) ** 2)) if sel.any() else math.nan
+                variants.setdefault(f"cos >= {tau}, w {w}", []).append(
+                    {**score(q), "queries": int(sel.sum()), "mse_repeats": err,
+                     "mse_repeats_knn": float(np.mean((base[sel] - y[sel]) ** 2)) if sel.any() else math.nan})
+    return {"kind": "repeats", "common_overrides": {}, "question": "Repeat-aware memory: does weighing a "
+            "(near-)duplicate train query's observed outcomes help, and does it hurt where the duplicates are not "
+            "repeats?", "command": command,
+            "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": _machine(), "folds": n_folds,
+            "fold_seeds": fold_seeds, "n_queries": test.n, "exact_repeats_in_train": exact, "dataset": dataset,
+            "reference": DATASETS[dataset][2], "seconds": time.perf_counter() - t0,
+            "variants": [{"label": k, "mean_std": {m: _mean_std([s[m] for s in v]) for m in v[0]}}
+                         for k, v in variants.items()]}
+
+
+def _repeats_table(r: dict) -> list[str]:
+    lines = [f"Exact repeats among the {r['n_queries']} train queries: {r['exact_repeats_in_train']}. Held-out "
+             "queries with such a neighbour, squared error of their estimate (memory mix vs kNN alone), pooled "
+             "quality@25% / AIQ with true costs:", "",
+             "| variant | held-out queries affected | MSE on them: mix / kNN | quality@25% | AIQ |",
+             "| --- | --- | --- | --- | --- |"]
+    for v in r["variants"]:
+        s = v["mean_std"]
+        mse = f"{s['mse_repeats'][0]:.4f} / {s['mse_repeats_knn'][0]:.4f}" if "mse_repeats" in s and \
+            math.isfinite(s["mse_repeats"][0]) else "-"
+        lines.append(f"| {v['label']} | {s['queries'][0]:.0f} | {mse} | {_pct(s['quality_at_25pct_cost'])} | "
+                     f"{_aiq(s['aiq'])} |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     pick = ap.add_mutually_exclusive_group(required=True)
@@ -615,6 +693,8 @@ def main() -> int:
     pick.add_argument("--all", action="store_true")
     pick.add_argument("--list", action="store_true")
     pick.add_argument("--render", action="store_true", help="only rewrite tune.md from tune.json")
+    pick.add_argument("--repeats", action="store_true", help="the repeat-aware memory analysis (labels condition) "
+                      "on each --dataset")
     pick.add_argument("--adapter-latency", action="store_true", help="time the tag adapter's numpy transform "
                       "(RouterBench train embeddings) into the representation section")
     ap.add_argument("--quick", action="store_true", help="one fold seed instead of --fold-seeds (smoke run)")
@@ -657,6 +737,10 @@ def main() -> int:
         source = ROOT / DATASETS[dataset][1]
         log = _limit(load_routerbench(source, "train") if source.is_dir() else load_training_log(source),
                      args.max_queries)
+        if args.repeats:
+            write_results(args.out, f"repeats ({dataset})", repeats(dataset, log, seeds, args.folds,
+                                                                   args.home.resolve(), command))
+            continue
         for name in (list(EXPERIMENTS) if args.all else args.experiment):
             for condition in args.condition or ["labels"]:
                 run(EXPERIMENTS[name], log, seeds, args.folds, args.home.resolve(), args.out, command, args.quick,

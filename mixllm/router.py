@@ -70,11 +70,10 @@ class RouterConfig(BaseModel):
       the default; the adapter stays an option (`representation="adapter"`, `tagged_router`), fine-tuning too.
     - task_labels=True [defaults]: told each held-out query's task, the router uses it as the tag (LLMRouter AIQ
       1.0605 vs 1.0471 guessing by nearest centroid; task prior 1.0615). Serving has no labels: centroid, as before.
-    - untagged="clusters", tag_clusters=30 [defaults, production condition]: a log without task labels is tagged by
-      k-means over its embeddings, not the 20-domain taxonomy: better on the mean of both datasets (plain MiniLM:
-      0.9958 vs 0.9901) but not on each: LLMRouter AIQ 1.0361 vs 1.0219 (quality@25% 101.9% vs 100.3%), RouterBench
-      0.9554 vs 0.9582 (93.6% vs 94.4%; its 3 tasks map onto 3 taxonomy domains). 60 clusters [quality_blend]:
-      LLMRouter 1.0251 vs 1.0370, RouterBench 0.9550 vs 0.9543: 30 stays.
+    - untagged="surface", tag_surface_weight=0.5 [tagger, production condition, both datasets]: a log without task
+      labels is tagged by k-means over [embedding, surface features of the prompt], the count (4-48) chosen by the
+      log's own outcomes; it beats 30 embedding clusters (the former default) on both datasets. Embedding clusters
+      (untagged="clusters") beat the 20-domain taxonomy on the mean of both [defaults]. Figures: tune.md.
     - epochs=1, learning_rate=1e-5, finetune_tags="domain" [finetune, outcome_tags]: (representation="finetune")
       no fine-tuning variant was told apart from the plain encoder; one gentle epoch is the cheapest.
     - ridge_lambda=30 [ridge_lambda]: enough prior strength that one failure of the chosen LLM does not
@@ -115,7 +114,7 @@ class RouterConfig(BaseModel):
                               "(no labels), the nearest tag centroid. CV on train: bench/tune.py --experiment "
                               "defaults.")
     untagged: Literal["taxonomy", "clusters", "surface"] = Field(
-        default="clusters", description="How a log without any task label is tagged: the zero-shot domain "
+        default="surface", description="How a log without any task label is tagged: the zero-shot domain "
         "taxonomy (tagging.DOMAINS), k-means clusters of the query embeddings (tagging.ClusterTagger), or "
         "clusters of embeddings + surface features whose number the log's outcomes choose "
         "(tagging.SurfaceClusterTagger).")

@@ -109,7 +109,8 @@ def _two_styles(n: int = 20):
 
 
 def test_surface_features_tell_how_a_prompt_is_written():
-    f = surface_features(["who wrote i will follow you", "Which Bavarian town stages a festival?", "def f():\n  return 1"])
+    f = surface_features(["who wrote i will follow you", "Which Bavarian town stages a festival?",
+                          "def f():\n  return 1"])
     assert f.shape == (3, len(SURFACE_FEATURES))
     col = {name: i for i, name in enumerate(SURFACE_FEATURES)}
     assert f[:, col["ends_question"]].tolist() == [0, 1, 0] and f[:, col["starts_lower"]].tolist() == [1, 0, 1]
