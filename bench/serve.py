@@ -261,7 +261,7 @@ def floors(router_dir: Path, prompts: list[str], reps: int) -> dict[str, float]:
 
 
 def single_client_rounds(router_dir: Path, prompts: list[str], rounds: int, seconds: int,
-                         backend: str = "torch") -> dict[str, Any]:
+                         backend: str = "torch", floor_reps: int = 100) -> dict[str, Any]:
     """One sequential client in `rounds` short rounds, each right after a single-query floor (faster of a main-
     thread and a worker-thread run, two bare-encoder processes kept loaded and idle in between; the service idles
     while they run); each round's latency is taken against its own floor, and the bars are judged on the median
@@ -273,7 +273,7 @@ def single_client_rounds(router_dir: Path, prompts: list[str], rounds: int, seco
     out = []
     which = ("main-rounds", "thread-rounds", *(("served-rounds",) if backend != "torch" else ()))
     procs = [subprocess.Popen([sys.executable, __file__, "--floor", w, "--router-dir", str(router_dir),
-                               "--requests", "100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               "--requests", str(floor_reps)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for w in which]
     try:
         for pr in procs:
@@ -475,6 +475,21 @@ def tree_rss(pid: int) -> float:
     return sum(tree_rss_by_process(pid).values()) / 1024
 
 
+def tree_pss(pid: int) -> float:
+    """PSS (GiB) of the service's tree: shared pages (libraries mapped by all three Python processes) counted once,
+    split among the processes; the RSS sum the bar reads counts them once per process. Shown beside it."""
+    import psutil
+
+    p = psutil.Process(pid)
+    total = 0
+    for x in [p, *p.children(recursive=True)]:
+        try:
+            total += x.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**30
+
+
 def tree_rss_by_process(pid: int) -> dict[str, float]:
     """RSS (MiB) of each process of the service's tree, keyed "pid name": where the memory bar's GiB go."""
     import psutil
@@ -563,7 +578,8 @@ def _rss_split(r: dict) -> str:
     def role(key: str) -> str:
         return "forwarder" if "forwarder" in key else "arbiter" if "bentoml serve" in key or " serve " in key \
             else "worker"
-    return (": " + " + ".join(f"{role(k)} {v:.0f}" for k, v in parts.items()) + " MiB") if parts else ""
+    pss = f"; PSS {r['pss_gib']:.2f} GiB" if "pss_gib" in r else ""
+    return (": " + " + ".join(f"{role(k)} {v:.0f}" for k, v in parts.items()) + f" MiB{pss}") if parts else ""
 
 
 def fast_encoder_rows(r: dict) -> list[str]:
@@ -602,6 +618,8 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--rounds", type=int, default=10, help="Alternating (floor, single client) rounds.")
     ap.add_argument("--round-seconds", type=int, default=5, help="Single-client wrk time per round.")
+    ap.add_argument("--floor-reps", type=int, default=300, help="Single queries per floor (a third per round's "
+                    "floor): fewer on a busy machine, where each takes 10x longer.")
     ap.add_argument("--shadow-rounds", type=int, default=6, help="Alternating rounds of the shadow row (0: skip).")
     ap.add_argument("--shadow-only", action="store_true", help="Only the shadow row (printed; nothing written).")
     ap.add_argument("--floor", choices=["main", "thread", "router", "served", "main-rounds", "thread-rounds",
@@ -633,7 +651,7 @@ def main() -> int:
         print(json.dumps(shadow_rounds(router_dir, prompts, args.shadow_rounds, args.round_seconds), indent=1))
         return 0
     loadavg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    fl = floors(router_dir, prompts, 300)
+    fl = floors(router_dir, prompts, args.floor_reps)
     print("floors:", json.dumps(fl, indent=1), flush=True)
     home = Path(tempfile.mkdtemp(prefix="mixllm-bench-serve-"))
     proc = start_service(router_dir, home)
@@ -644,7 +662,8 @@ def main() -> int:
         print("single client (httpx):", py_single, flush=True)
         if shutil.which("wrk"):
             wrk_run(prompts, 3, 1)  # warm-up
-            single = single_client_rounds(router_dir, prompts, args.rounds, args.round_seconds, fl["backend"])
+            single = single_client_rounds(router_dir, prompts, args.rounds, args.round_seconds, fl["backend"],
+                                          max(20, args.floor_reps // 3))
         else:  # no C client: one Python client against the floors measured before the service started
             single = {**py_single, "p50_x": py_single["p50_ms"] / fl["encoder_single_p50_ms"],
                       "p99_x": py_single["p99_ms"] / fl["encoder_single_p50_ms"],
@@ -653,7 +672,7 @@ def main() -> int:
         conc = tool(prompts, args.seconds, 32)
         print("32 clients:", conc, flush=True)
         rss_parts = tree_rss_by_process(proc.pid)
-        rss = sum(rss_parts.values()) / 1024
+        rss, pss = sum(rss_parts.values()) / 1024, tree_pss(proc.pid)
         print("service RSS by process (MiB):", json.dumps(rss_parts), flush=True)
         import httpx
 
@@ -676,7 +695,7 @@ def main() -> int:
               "machine": f"{os.cpu_count()} cores, {platform.machine()}", "loadavg": loadavg,
               "router_version": version, "floors": fl, "single_client": single, "python_client": py_single,
               "concurrent": conc,
-              "rss_gib": rss, "rss_mib_by_process": rss_parts, "seconds": args.seconds,
+              "rss_gib": rss, "rss_mib_by_process": rss_parts, "pss_gib": pss, "seconds": args.seconds,
               "round_seconds": args.round_seconds, "bars": bars,
               "fast_encoder_bars": fast, "shadow": shadow}
     md = markdown(result)

@@ -91,9 +91,11 @@ BACKENDS = ("torch", "onnx", "hybrid")
 # (2e-7) and 0.51x its single-query p50 but 0.78x its batch-64 throughput; int8 moved LLMRouter's AIQ by +0.0118
 # (bar 0.001); bf16 (torch, Linear weights stored in bf16: `_lean_model`) 0.73x p50, 2.76x throughput; "hybrid"
 # (one query on ONNX fp32, batches on torch bf16) 0.53x p50, 3.05x throughput; bf16 vectors moved AIQ by +0.0001 /
-# +0.0006. The bench names hybrid, yet torch fp32 stays the default for small calls: hybrid loads both engines
-# (+169 MiB per process; the service measured 0.94 GiB on torch, so ~1.1 GiB against its 1.0 GiB bar), and as a
-# library default every single-query call of an unsaved fine-tuned encoder would wait for an ONNX export (20-74 s).
+# +0.0006 (14:46 re-run with LeanBert batches: +0.0001 / +0.0008). The bench names hybrid, yet torch fp32 stays the
+# default for small calls: the service on hybrid still misses the 1.0 GiB RSS bar (BENCHMARKS.md "Serving speed":
+# ~1.02-1.03 GiB, of which the BentoML arbiter and the outbox forwarder ~0.3), and as a library default every
+# single-query call of an unsaved fine-tuned encoder would wait for an ONNX export (20-74 s). A process loading a
+# saved encoder on hybrid (ONNX export + LeanBert, no transformers) peaks at 469 MiB vs torch's 573.
 # The service opts in by environment:
 # MIXLLM_ENCODER_BACKEND=hybrid (or MIXLLM_ENCODER_PRECISION=bf16 for torch bf16 throughout, ~+25 MiB).
 DEFAULT_BACKEND = "torch"
