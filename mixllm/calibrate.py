@@ -233,7 +233,11 @@ def _choose(curve: list[OperatingPoint], target: SpendTarget) -> tuple[Operating
     bound = "upper bound of the" if target.conservative else "expected"
     if ok:
         best = max(ok, key=lambda p: (p.quality.mean, -held(p)))
-        return best, True, f"highest expected quality with the {bound} {what} <= {limit:g}"
+        why = f"highest expected quality with the {bound} {what} <= {limit:g}"
+        if len(ok) == len(curve):  # the user plans to this figure: say when it will not be reached, and why
+            why += (f"; the target does not bind: even routing by predicted quality alone (the highest willingness to"
+                    f" pay swept) holds {max(held(p) for p in curve):.4g}, so expect to spend less than the target")
+        return best, True, why
     cheapest = min(curve, key=held)
     return cheapest, False, (f"no willingness to pay keeps the {bound} {what} <= {limit:g}: the lowest reachable "
                              f"is {held(cheapest):.4g}; returned that point")

@@ -79,6 +79,15 @@ def test_share_target(router, traffic):
         cal.calibrate(router, traffic, cal.SpendTarget(model="gpt-9", max_share=0.2))
 
 
+def test_a_target_above_every_point_does_not_bind(router, traffic):
+    spend = cal.calibrate(router, traffic, cal.SpendTarget(cost_per_1k_requests=1e6), n_boot=50)
+    top = max(p.cost_per_1k_requests.mean for p in spend.curve)
+    assert spend.feasible and "does not bind" in spend.reason and f"{top:.4g}" in spend.reason
+    assert spend.chosen.quality.mean == max(p.quality.mean for p in spend.curve)
+    binding = cal.calibrate(router, traffic, cal.SpendTarget(cost_per_1k_requests=1.0), n_boot=50)
+    assert "does not bind" not in binding.reason
+
+
 def test_unreachable_target_returns_the_cheapest_point(router, traffic):
     spend = cal.calibrate(router, traffic, cal.SpendTarget(cost_per_1k_requests=1e-9), n_boot=50)
     assert not spend.feasible and "lowest reachable" in spend.reason
