@@ -132,7 +132,33 @@ def render(doc: dict[str, Any]) -> str:
         s = doc["scenarios"].get(name)
         if s:
             lines += _render_scenario(s)
+    lines += _render_curve(ROOT / "bench" / "results" / "loop_curve.json")
     return "\n".join(lines)
+
+
+def _render_curve(path: Path) -> list[str]:
+    """The offline learning curve (bench/loop_offline_curve.py), when it has been run."""
+    if not path.is_file():
+        return []
+    c = json.loads(path.read_text(encoding="utf-8"))
+    names = {"residual": "logged, residual (default)", "residual_s20": "logged, residual s=20",
+             "ips": "logged, ips", "uniform": "uniform log, residual", "full_rows": "N full-information rows"}
+    lines = ["### offline learning curve (`bench/loop_offline_curve.py`)", "",
+             f"Seed router: {c['seed_queries']} full-information train queries; validation: {c['val_queries']} other "
+             f"train queries (settings are judged there), test split for the record. Logged decisions: the seed's "
+             f"policy (softmax 0.02, max share 0.1) or uniform choices on the remaining {c['pool_queries']} train "
+             "queries (resampled beyond that), 30% rated with 10% noise, debiased; N = labelled decisions. Gap = "
+             f"full information on seed + pool minus seed: val {c['gap']['val']:+.4f} (seed "
+             f"{c['seed_utility']['val']:.4f}), test {c['gap']['test']:+.4f} (seed {c['seed_utility']['test']:.4f}). "
+             f"Run {c.get('finished', '')}, {c.get('seconds', 0) / 60:.0f} min.", "",
+             "| N labels | training rows | val: utility - seed [90% CI] | val: gap closed | test: utility - seed | "
+             "test: gap closed |", "| --- " * 6 + "|"]
+    for r in c["rows"]:
+        v, t = r["val"], r["test"]
+        lines.append(f"| {r['labels']} | {names.get(r['treatment'], r['treatment'])} | {v['diff']:+.4f} "
+                     f"[{v['ci90'][0]:+.4f}, {v['ci90'][1]:+.4f}] | {v['gap_closed']:.0%} | {t['diff']:+.4f} | "
+                     f"{t['gap_closed']:.0%} |")
+    return lines + [""]
 
 
 def _render_scenario(s: dict[str, Any]) -> list[str]:
@@ -176,10 +202,18 @@ def _render_scenario(s: dict[str, Any]) -> list[str]:
                      f"{d['seed']['utility']:.4f} / {d['full']['utility']:.4f} | {d['regret']:+.4f} | "
                      f"{d['served']['relative_quality']:.1%} | {d['served']['relative_cost']:.1%} | "
                      f"{d['labelled_share']:.0%} | {d.get('explored_share', 0):.1%} | {ot} | {rt} | {tt} | {top} |")
-    gates = [f"night {n['night']}: {'promoted' if n['promoted'] else 'not promoted (' + n['gate_reason'][:120] + ')'}"
-             for n in s["nights"]]
+    gates = [f"night {n['night']}{_built(n)}: "
+             f"{'promoted' if n['promoted'] else 'not promoted (' + n['gate_reason'][:120] + ')'}" for n in s["nights"]]
     lines += ["", "Nights: " + "; ".join(gates), ""]
     return lines
+
+
+def _built(night: dict[str, Any]) -> str:
+    """How a night's candidate was built, when it was not a plain retrain (newcomers, probation)."""
+    parts = [night["candidate"]] if night.get("candidate") not in (None, "retrained") else []
+    if night.get("probation"):
+        parts.append(f"on probation: {night['probation']}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def rounded(x: Any) -> Any:
