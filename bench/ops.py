@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"when": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 "machine": f"{platform.machine()}, 2 cores", "argv": "".join(f" {a}" for a in (argv or sys.argv[1:])),
                 "seconds": time.perf_counter() - t0, "per_day": args.per_day, "config": config.model_dump(),
+                "router_defaults": router_defaults(),
                 "results": results, "verdicts": verdicts(results)}
 
     with tempfile.TemporaryDirectory(prefix="mixllm-ops-") as tmp:
@@ -401,14 +402,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def router_defaults() -> dict[str, Any]:
+    """The champions' settings that matter here, read when the run starts (a merge later may see newer defaults)."""
+    from mixllm.router import RouterConfig
+
+    return RouterConfig().model_dump(include={"representation", "untagged", "task_labels"})
+
+
 def merge(files: list[Path], out: Path) -> int:
     """One document from runs split by world (run in parallel): their folds, the slowest run's time."""
     docs = [json.loads(f.read_text()) for f in files]
     results = [r for d in docs for r in d["results"]]
-    from mixllm.router import RouterConfig
-
-    defaults = RouterConfig().model_dump(include={"representation", "untagged", "task_labels"})
-    doc = {**docs[0], "router_defaults": docs[0].get("router_defaults", defaults),
+    doc = {**docs[0], "router_defaults": docs[0].get("router_defaults", router_defaults()),
            "argv": "` runs merged: `" + "` and `".join(d["argv"].strip() or "(defaults)" for d in docs),
            "seconds": max(d["seconds"] for d in docs), "results": results, "verdicts": verdicts(results)}
     out.write_text(json.dumps(doc, indent=1, default=str))
