@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -121,8 +121,9 @@ class RouterConfig(BaseModel):
     tag_clusters: int = Field(default=30, ge=2, description="Clusters when untagged='clusters'.")
     tag_surface_weight: float = Field(default=0.5, ge=0, description="untagged='surface': weight of the surface "
                                       "features beside the embedding.")
-    tag_cluster_grid: tuple[int, ...] = Field(default=(4, 8, 16, 32, 48), min_length=1, description="untagged="
-                                              "'surface': the cluster counts the log's outcomes choose from.")
+    tag_cluster_grid: tuple[Annotated[int, Field(ge=2)], ...] = Field(
+        default=(4, 8, 16, 32, 48), min_length=1,
+        description="untagged='surface': the cluster counts the log's outcomes choose from.")
     max_seq_length: int = Field(default=128, ge=8, le=256)
     truncation: Literal["head", "tail"] = Field(default="tail", description="Which end of a long prompt the "
                                                 "encoder keeps (tail: the question itself; CV on train, see above).")

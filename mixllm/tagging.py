@@ -245,7 +245,7 @@ class SurfaceClusterTagger:
         x = self.joint(emb, prompts)
         grid = sorted({min(c, len(np.unique(x, axis=0))) for c in self.grid if c >= 2})
         self.errors_ = {c: self._oof_error(x, emb, np.asarray(quality, float), c, prompts) for c in grid}
-        best = min(self.errors_, key=self.errors_.get)
+        best = min(self.errors_, key=self.errors_.get) if min(self.errors_.values()) < math.inf else min(grid)
         self.centres_ = _kmeans(x, best, self.seed, n_init=3).cluster_centers_
         self.names_ = tuple(f"s{i:02d}" for i in range(best))
         return self
@@ -267,7 +267,7 @@ class SurfaceClusterTagger:
             known = ~np.isnan(quality[te])
             err += float(((est - quality[te])[known] ** 2).sum())
             n += int(known.sum())
-        return err / max(n, 1)
+        return err / n if n else math.inf  # no fold could hold this many clusters: never chosen
 
 
 def _kmeans(x: np.ndarray, clusters: int, seed: int, n_init: int):

@@ -125,6 +125,8 @@ def test_surface_tagger_separates_writing_styles_the_embedding_misses_and_outcom
     assert set(tagger.errors_) == {2, 4}
     assert len(tagger.names_) == min(tagger.errors_, key=tagger.errors_.get)
     assert tagger.tag(["who wrote a new song"], emb[:1]) == [tags[0]]  # a new query: nearest centre, jointly
+    small = SurfaceClusterTagger(grid=(2, 64), k=5, smoothing=1.0).fit(prompts, emb, quality)
+    assert small.errors_[40] == np.inf and len(small.names_) == 2  # more clusters than a fold holds: never chosen
     blind = SurfaceClusterTagger(grid=(2,), weight=0.0, k=5, smoothing=1.0).fit(prompts, emb, quality)
     split = blind.assign(emb, prompts)  # embeddings only: the clusters mix the styles
     assert set(split[:20]) & set(split[20:])
