@@ -8,7 +8,10 @@ every LLM on every query. A traffic pool of it is held out from all training; th
 - the champion: a small seed slice (`--seed-queries`);
 - a worse challenger: the same-size slice with its labels corrupted (quality flipped, 1 - q: it learns to prefer
   the models that fail);
-- a better challenger: every non-pool query (much more data).
+- a better challenger: the full-information router of bench/loop.py, trained on every world query (the pool
+  included: it has seen the true quality of what users will ask, an upper bound on what more data buys);
+- `more_data` (optional): every non-pool query, 15 times the seed; on RouterBench it is barely better than the
+  champion (see the truth line of a run), too close for any canary to call within a day.
 Each run gets a fresh MIXLLM_HOME (SQLite store and MLflow registry): the champion is registered and promoted, the
 challenger registered (alias `challenger`), then `mixllm serve` starts with a canary share of sessions
 (`MIXLLM_CANARY_SHARE`, `canary_cleared_share` as configured). A day is `--per-day` requests in 96 blocks of 15
@@ -23,7 +26,9 @@ Time: a simulated day takes minutes, so the log's timestamps are real and compre
 registration; each check passes its simulated time (registration + 15 min x block) as the flow's `now`. What the
 rule reads from timestamps is then as in a real day: which decisions come after the canary's start, and how long the
 log spans (its day's-traffic estimate: requests so far x 24 h / simulated hours since the first), off only by the
-seconds between registration and the first request. Hence one day at most per run (`--max-hours` <= 24).
+real time between registration and the first request (the service's start, a minute or two: the first checks
+overestimate the day by up to ~10%, the budget look, hours later, by well under 1%). Hence one day at most per run
+(`--max-hours` <= 24).
 
 Per run: the verdict, its simulated hour, the challenger's requests until then as a share of the day's requests
 (`--per-day`), its labels, and the true utility (world quality - cost / wtp) each arm earned. Writes
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # mixllm itself comes 
 
 from loop_world import ROOT, Service, World, choices_in, scored, utility  # noqa: E402
 
+CHALLENGERS = ("worse", "better", "more_data")
 CHECKS_PER_DAY = 96
 CHECK = timedelta(minutes=15)
 START, END = "<!-- canary-loop:start -->", "<!-- canary-loop:end -->"
@@ -62,7 +68,7 @@ START, END = "<!-- canary-loop:start -->", "<!-- canary-loop:end -->"
 def train_routers(args: argparse.Namespace, world: World, pool: np.ndarray, train: np.ndarray,
                   names: list[str]) -> dict[str, Path]:
     """Router directories of the champion (seed slice) and the challengers named: worse (corrupted slice), better
-    (all non-pool queries); trained once per working folder and world split."""
+    (all world queries), more_data (all non-pool queries); trained once per working folder and world split."""
     from mixllm.router import MixLLMRouter, RouterConfig
 
     rng = np.random.default_rng(args.seed)
@@ -71,12 +77,13 @@ def train_routers(args: argparse.Namespace, world: World, pool: np.ndarray, trai
     worse = np.sort(rng.choice(rest, args.seed_queries, replace=False))
     flipped = world.rows_log(worse, world.models, 1.0 - world.quality)  # labels corrupted: quality inverted
     logs = {"champion": world.rows_log(seed, world.models, world.quality), "worse": flipped,
-            "better": world.rows_log(train, world.models, world.quality)}
+            "better": world.rows_log(np.arange(world.n), world.models, world.quality),
+            "more_data": world.rows_log(train, world.models, world.quality)}
     out = {}
     for name, log in logs.items():
         if name not in names:
             continue
-        path = args.work / "routers" / f"{name}-{args.seed}-{args.seed_queries}-{len(pool)}"
+        path = args.work / "routers" / f"{name}-{args.seed}-{args.seed_queries}-{len(pool)}-{log['query_id'].nunique()}"
         if not (path / "manifest.json").is_file():
             t0 = time.perf_counter()
             cfg = RouterConfig(progress=False, cache_dir=args.work / "embeddings")
@@ -111,7 +118,7 @@ class Run:
         if self.work.exists():
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True)
-        self.rng = np.random.default_rng(1000 * args.seed + 17 * k + (challenger == "better"))
+        self.rng = np.random.default_rng([args.seed, k, CHALLENGERS.index(challenger)])
         self.decisions: list[dict[str, Any]] = []
         self.checks: list[dict[str, Any]] = []
 
@@ -145,7 +152,9 @@ class Run:
         created = reg.client.get_model_version(reg.name, v2).creation_timestamp
         return v1, v2, datetime.fromtimestamp(created / 1000, tz=timezone.utc)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, on_check: Any = None) -> dict[str, Any]:
+        """The canary until its verdict or `--max-hours`; `on_check(partial summary)` after every check, so an
+        interrupted run still leaves its figures."""
         import httpx
 
         os.environ.update(self.env())  # the flow reads its settings (home, wtp) from the environment
@@ -170,6 +179,9 @@ class Run:
                     if out["verdict"] in ("promote", "rollback", "expire"):
                         verdict = {"verdict": out["verdict"], "hour": block * CHECK.total_seconds() / 3600}
                         break
+                    if on_check is not None:
+                        on_check(self.summary({"verdict": "extend", "hour": None, "partial": True}, v1, v2,
+                                              time.perf_counter() - t0))
                     if out["cleared"] and not (self.checks[-2]["cleared"] if len(self.checks) > 1 else False):
                         self._wait_canary(svc, client, lambda c: c.get("cleared"), "the cleared share")
         finally:
@@ -260,6 +272,8 @@ class Run:
 
 # ------------------------------------------------------------------------------------------- the report ------
 def bar(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's bar on the finished runs (a run stopped before its verdict or its day is left out)."""
+    runs = [r for r in runs if not r.get("partial")]
     worse = [r for r in runs if r["challenger"] == "worse"]
     better = [r for r in runs if r["challenger"] == "better"]
     rolled = [r["verdict"] == "rollback" and r["challenger_share_of_day"] < 0.02 for r in worse]
@@ -279,8 +293,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"### Closed loop (`bench/loop_canary.py`)", "",
              f"Run {result['finished']} on {result['machine']} by `{result['command']}` ({result['seconds']:.0f} s). "
              f"World: RouterBench train, {a['pool']} queries held out as the traffic pool; champion trained on "
-             f"{a['seed_queries']} queries, worse challenger on {a['seed_queries']} with quality flipped, better on "
-             f"all {a['train']} non-pool queries. {a['per_day']} requests/day in sessions (mean {a['session_mean']}"
+             f"{a['seed_queries']} queries, worse challenger on {a['seed_queries']} with quality flipped, better: the "
+             f"full-information router (all {a['pool'] + a['train']} queries, the pool included), more_data on the "
+             f"{a['train']} non-pool queries. {a['per_day']} requests/day in sessions (mean {a['session_mean']}"
              f" requests), canary share {a['share']:.0%} of sessions ({a['cleared_share']:.0%} once cleared), "
              f"{a['feedback_share']:.0%} thumbs with {a['noise']:.0%} noise via /feedback, wtp {a['wtp']}; the "
              f"canary flow every simulated 15 min, default CanaryConfig. True utility of each router on the pool "
@@ -290,8 +305,9 @@ def markdown(result: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["runs"]:
         tu = r["true_utility"]
-        hour = r["hour"] if r["hour"] is not None else "-"
-        lines.append(f"| {r['challenger']} | {r['run']} | {r['verdict']} | {hour}"
+        hour = r["hour"] if r["hour"] is not None else (r["checks"][-1]["hour"] if r["checks"] else "-")
+        verdict = "undecided, run stopped" if r.get("partial") else r["verdict"]
+        lines.append(f"| {r['challenger']} | {r['run']} | {verdict} | {hour}"
                      f" | {r['challenger_requests']} ({r['challenger_share_of_day']:.2%}) | {r['challenger_labels']} | "
                      f"{r['cleared_hour'] if r['cleared_hour'] is not None else '-'} | "
                      f"{_f(tu['champion'])} / {_f(tu['challenger'])} | {r['seconds']:.0f} |")
@@ -299,6 +315,7 @@ def markdown(result: dict[str, Any]) -> str:
     for k, b in result["bars"].items():
         lines.append(f"- {k}: **{'PASS' if b['pass'] else 'FAIL'}** ({b['count']}; "
                      f"{'shares ' + str(b['shares']) if 'shares' in b else 'hours ' + str(b['hours'])})")
+    lines += [f"- {note}" for note in result.get("notes", [])]  # earlier runs' figures, added with --note
     return "\n".join(lines)
 
 
@@ -342,6 +359,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--write", action="store_true", help="Replace the closed-loop part of BENCHMARKS.md.")
+    ap.add_argument("--note", action="append", default=[], help="A line to add under the figures (repeatable).")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.per_day, args.max_hours, args.pool = 1, min(args.per_day, 1000), min(args.max_hours, 6), 300
@@ -366,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool, train = np.sort(order[:args.pool]), np.sort(order[args.pool:])
     args.work.mkdir(parents=True, exist_ok=True)
     challengers = args.challengers.split(",")
+    if set(challengers) - set(CHALLENGERS):
+        raise SystemExit(f"--challengers: choose among {CHALLENGERS}")
     dirs = train_routers(args, world, pool, train, ["champion", *challengers])
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
@@ -373,11 +393,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: getattr(args, k) for k in ("per_day", "max_hours", "share", "cleared_share", "session_mean",
                                                  "feedback_share", "noise", "wtp", "seed_queries", "seed", "canary",
                                                  "users", "runs")} | {"pool": len(pool), "train": len(train)},
-        "truth": truth(world, dirs, pool, args.wtp), "runs": []}
+        "truth": truth(world, dirs, pool, args.wtp), "runs": [], "notes": args.note}
     print("true utility on the pool:", {k: round(v["utility"], 4) for k, v in result["truth"].items()}, flush=True)
     for k in range(args.runs):
         for name in challengers:
-            run = Run(args, world, pool, dirs, name, k).run()
+            run = Run(args, world, pool, dirs, name, k).run(
+                lambda partial: save(args, {**result, "runs": [*result["runs"], partial]}, t0))
             result["runs"].append(run)
             print(f"[{name} {k}] {run['verdict']} at {run['hour']} h; challenger served {run['challenger_requests']}"
                   f" ({run['challenger_share_of_day']:.2%} of the day), {run['challenger_labels']} labels; "
