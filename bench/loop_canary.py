@@ -340,6 +340,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--challengers", default="worse,better")
     ap.add_argument("--runs", type=int, default=3, help="Canaries per challenger (different users and sessions).")
+    ap.add_argument("--first-run", type=int, default=0, help="Number of the first run (its users' and sessions' "
+                    "seed): more runs later without repeating the earlier ones.")
     ap.add_argument("--per-day", type=int, default=4000, help="Requests a simulated day.")
     ap.add_argument("--max-hours", type=float, default=24.0, help="Simulated hours per run (at most one day).")
     ap.add_argument("--pool", type=int, default=600, help="World queries held out as the traffic pool.")
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  "users", "runs")} | {"pool": len(pool), "train": len(train)},
         "truth": truth(world, dirs, pool, args.wtp), "runs": [], "notes": args.note}
     print("true utility on the pool:", {k: round(v["utility"], 4) for k, v in result["truth"].items()}, flush=True)
-    for k in range(args.runs):
+    for k in range(args.first_run, args.first_run + args.runs):
         for name in challengers:
             run = Run(args, world, pool, dirs, name, k).run(
                 lambda partial: save(args, {**result, "runs": [*result["runs"], partial]}, t0))
