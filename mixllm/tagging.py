@@ -285,7 +285,6 @@ def cluster_knn(emb: np.ndarray, quality: np.ndarray, labels: np.ndarray, query:
         warnings.simplefilter("ignore", RuntimeWarning)
         glob = np.nan_to_num(np.nanmean(quality, axis=0))
     out = np.tile(glob, (len(query), 1))
-    sims = query @ emb.T
     for c in np.unique(query_labels):
         rows, mem = np.nonzero(query_labels == c)[0], np.nonzero(labels == c)[0]
         if not len(mem):
@@ -294,7 +293,8 @@ def cluster_knn(emb: np.ndarray, quality: np.ndarray, labels: np.ndarray, query:
         known = ~np.isnan(y)
         prior = (np.where(known, y, 0).sum(0) + 5 * glob) / (known.sum(0) + 5)
         kk = min(k, len(mem))
-        idx = np.argpartition(-sims[np.ix_(rows, mem)], kk - 1, axis=1)[:, :kk]
+        # similarities within the cluster only: a [queries, memory] matrix of a large unlabelled log would not fit
+        idx = np.argpartition(-(query[rows] @ emb[mem].T), kk - 1, axis=1)[:, :kk]
         yk = y[idx]
         kn = ~np.isnan(yk)
         out[rows] = (np.where(kn, yk, 0).sum(1) + smoothing * prior) / (kn.sum(1) + smoothing)

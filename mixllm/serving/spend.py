@@ -43,7 +43,7 @@ def spend_bounds(start_wtp: float, wtp_min: float | None = None,
     """The controller's willingness-to-pay bounds: the configured ones, else the starting value / and x
     BOUNDS_FACTOR. Why relative: prices set the scale (on RouterBench 10% of GPT-4's spend needs about 0.06, where
     fixed bounds of 0.1-10,000 could not go), and starting at `mixllm calibrate`'s value with these bounds held
-    realised spend within 10% on 90 of 91 feasible simulated days (`bench/ops.py`)."""
+    realised spend within 10% on every feasible simulated day where the target binds (`bench/ops.py`)."""
     lo = wtp_min if wtp_min is not None else start_wtp / BOUNDS_FACTOR
     hi = wtp_max if wtp_max is not None else start_wtp * BOUNDS_FACTOR
     if lo > hi:
