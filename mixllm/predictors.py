@@ -97,6 +97,11 @@ class PredictorConfig(BaseModel):
                                       "per-tag corrections from ~50-170 selected rows carry the queries the policy "
                                       "chose them on; on bench/loop_offline_dr.py's split 1 (validation part of "
                                       "train) 20 cost -0.106 utility against the seed, 200 +0.002.")
+    residual_shrinkage: Literal["pseudo_rows", "empirical_bayes"] = Field(
+        default="pseudo_rows", description="How a residual correction is shrunk: pseudo_rows: by "
+        "residual_smoothing pseudo-rows of zero (global) or of the global correction (per tag); empirical_bayes: "
+        "each by its own standard error (the global one positive-part James-Stein toward 0, the per-tag ones toward "
+        "the global with the between-tag variance estimated by moments: _eb_means).")
 
     def params(self, objective: str, seed: int) -> dict:
         return {"objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
@@ -638,7 +643,7 @@ def residual_correction(model: LLMPredictor, x: np.ndarray, rows: pd.DataFrame, 
                                         None if emb is None else emb[ok]), 0.0, 1.0)
     r, w = label[ok] - pred, row_weights(rows[ok], cfg.propensity_clip)
     out["residual"] = _tag_means(r, w, None if tags is None else np.asarray(tags, dtype=object)[ok],
-                                 cfg.residual_smoothing)
+                                 cfg.residual_smoothing, cfg.residual_shrinkage)
     return out
 
 
@@ -670,9 +675,12 @@ def shared_difficulty(r: np.ndarray, emb: np.ndarray, tags: np.ndarray | None, k
     return out
 
 
-def _tag_means(r: np.ndarray, w: np.ndarray, tags: np.ndarray | None, s: float) -> dict:
+def _tag_means(r: np.ndarray, w: np.ndarray, tags: np.ndarray | None, s: float,
+               rule: str = "pseudo_rows") -> dict:
     """{"global": c, "tags": {tag: c}}: weighted means of r shrunk toward 0 (global) and toward the global one
-    (per tag) with `s` pseudo-rows, as `residual_correction` stores them."""
+    (per tag) with `s` pseudo-rows, as `residual_correction` stores them (`rule="empirical_bayes"`: `_eb_means`)."""
+    if rule == "empirical_bayes":
+        return _eb_means(r, w, tags)
     glob = float(shrunk_mean(r[None], w[None], s, np.zeros(1))[0])
     by_tag = {}
     if tags is not None:
@@ -680,6 +688,35 @@ def _tag_means(r: np.ndarray, w: np.ndarray, tags: np.ndarray | None, s: float) 
         by_tag = {str(k): float(shrunk_mean(r[t == k][None], w[t == k][None], s, np.array([glob]))[0])
                   for k in np.unique(t)}
     return {"global": glob, "tags": by_tag}
+
+
+def _eb_means(r: np.ndarray, w: np.ndarray, tags: np.ndarray | None) -> dict:
+    """Empirical-Bayes corrections: each mean residual shrunk by its own standard error, no fixed pseudo-count.
+
+    Variance of a row's residual: the weighted within-tag variance v (pooled); a mean over n_eff rows has standard
+    error^2 = v / n_eff. Global: m x max(0, 1 - se^2 / m^2) (positive-part James-Stein toward 0: kept only as far
+    as it stands out of its noise). Per tag: c + tau^2 / (tau^2 + se_t^2) x (m_t - c), tau^2 = the between-tag
+    variance of the tag means around the global correction c, by moments (mean of (m_t - c)^2 - se_t^2, floored
+    at 0): tags differ only as much as their means differ beyond noise."""
+    w = np.asarray(w, float)
+    t = np.zeros(len(r), object) if tags is None else np.asarray(tags, dtype=object).astype(str)
+    keys = np.unique(t)
+    stats = {}
+    for k in keys:
+        sel = t == k
+        sw, sw2 = w[sel].sum(), (w[sel] ** 2).sum()
+        m = float((w[sel] * r[sel]).sum() / sw) if sw > 0 else 0.0
+        stats[k] = (m, sw * sw / sw2 if sw2 > 0 else 0.0, float((w[sel] * (r[sel] - m) ** 2).sum()))
+    sw, sw2 = w.sum(), (w * w).sum()
+    v = max(sum(x[2] for x in stats.values()) / sw if sw > 0 else 0.0, 1e-6)
+    m, n = float((w * r).sum() / sw) if sw > 0 else 0.0, sw * sw / sw2 if sw2 > 0 else 0.0
+    glob = m * max(0.0, 1.0 - (v / n) / (m * m)) if n > 0 and m != 0 else 0.0
+    by_tag: dict = {}
+    if tags is not None:
+        se2 = {k: v / max(stats[k][1], 1e-12) for k in keys}
+        tau2 = max(0.0, float(np.mean([(stats[k][0] - glob) ** 2 - se2[k] for k in keys])))
+        by_tag = {str(k): float(glob + tau2 / (tau2 + se2[k]) * (stats[k][0] - glob)) for k in keys}
+    return {"global": float(glob), "tags": by_tag}
 
 
 def _fit_llm(name: str, x: np.ndarray, rows: pd.DataFrame, cfg: PredictorConfig, seed: int,
@@ -816,7 +853,7 @@ class PredictorBank:
             sel = (rows["model"] == name).to_numpy()
             meta = dict(self.llms[name].meta)
             meta["residual"] = _tag_means(rel[sel], w[sel], None if t is None else t[sel],
-                                          self.config.residual_smoothing)
+                                          self.config.residual_smoothing, self.config.residual_shrinkage)
             meta["relative_rows"] = int(sel.sum())
             self.llms[name].meta = meta
 

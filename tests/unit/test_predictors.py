@@ -495,3 +495,21 @@ def test_relative_labels_keep_a_querys_difficulty_out_of_the_models_corrections(
     assert out["residual"][0] < -0.3 and min(out["residual"][1]) < 0, out
     assert abs(out["relative"][0]) < 0.08 and min(out["relative"][1]) > 0.02, out
     assert bank.llms["a"].meta["relative_rows"] == int(((log["model"] == "a") & log["propensity"].notna()).sum())
+
+
+def test_empirical_bayes_corrections_shrink_by_their_own_noise():
+    """residual_shrinkage="empirical_bayes": pure noise corrects nothing; a shift well above its standard error is
+    kept nearly whole; tags whose means differ only by noise share the global correction."""
+    from mixllm.predictors import _eb_means, _tag_means
+
+    rng = np.random.default_rng(0)
+    noise = _eb_means(rng.normal(0.0, 0.4, 40), np.ones(40), None)
+    assert noise["global"] == 0.0 and noise["tags"] == {}
+    shifted = _eb_means(rng.normal(-0.2, 0.4, 2000), np.ones(2000), None)
+    assert -0.23 < shifted["global"] < -0.17
+    same = _eb_means(rng.normal(-0.2, 0.4, 3000), np.ones(3000), np.repeat(["a", "b", "c"], 1000))
+    assert max(abs(c - same["global"]) for c in same["tags"].values()) < 0.02
+    tags = np.repeat(["a", "b"], [1000, 1000])
+    apart = _eb_means(np.r_[rng.normal(-0.3, 0.4, 1000), rng.normal(0.1, 0.4, 1000)], np.ones(2000), tags)
+    assert apart["tags"]["a"] < -0.25 and apart["tags"]["b"] > 0.05
+    assert _tag_means(np.zeros(3), np.ones(3), None, 5.0, "empirical_bayes") == {"global": 0.0, "tags": {}}
