@@ -11,7 +11,11 @@ every LLM on every query. A traffic pool of it is held out from all training; th
 - a better challenger: the full-information router of bench/loop.py, trained on every world query (the pool
   included: it has seen the true quality of what users will ask, an upper bound on what more data buys);
 - `more_data` (optional): every non-pool query, 15 times the seed; on RouterBench it is barely better than the
-  champion (see the truth line of a run), too close for any canary to call within a day.
+  champion (see the truth line of a run), too close for any canary to call within a day;
+- `better_weak`: the full-information router against a weaker champion, the seed slice with the labels of
+  `--weak-corrupt` (40%) of its queries flipped (~0.66 true utility vs ~0.83: clearly better, as a real
+  challenger trained on clean full data would be against a champion trained on a corrupted slice). The better
+  challenger against the seed champion is only ~0.02 better: no canary can show that on a day's labels.
 Each run gets a fresh MIXLLM_HOME (SQLite store and MLflow registry): the champion is registered and promoted, the
 challenger registered (alias `challenger`), then `mixllm serve` starts with a canary share of sessions
 (`MIXLLM_CANARY_SHARE`, `canary_cleared_share` as configured). A day is `--per-day` requests in 96 blocks of 15
@@ -34,7 +38,11 @@ Per run: the verdict, its simulated hour, the challenger's requests until then a
 (`--per-day`), its labels, and the true utility (world quality - cost / wtp) each arm earned. Writes
 bench/results/loop_canary.json and the closed-loop part of BENCHMARKS.md's canary section (`--write`).
 
-Usage: python bench/loop_canary.py [--runs 3] [--per-day 4000] [--challengers worse,better] [--quick] [--write]
+The bar holds (or not) at a day's size: `--per-day` (default 10,000 requests, a small production router's day;
+the 2% budget is then 200 requests, several sessions' bursts; at 2,000 it is ~40, which one block of sessions can
+overrun between two checks).
+
+Usage: python bench/loop_canary.py [--runs 3] [--per-day 10000] [--challengers worse,better_weak] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # mixllm itself comes 
 
 from loop_world import ROOT, Service, World, choices_in, scored, utility  # noqa: E402
 
-CHALLENGERS = ("worse", "better", "more_data")
+CHALLENGERS = ("worse", "better", "more_data", "better_weak")  # order: the runs' seeds
 CHECKS_PER_DAY = 96
 CHECK = timedelta(minutes=15)
 START, END = "<!-- canary-loop:start -->", "<!-- canary-loop:end -->"
@@ -76,14 +84,19 @@ def train_routers(args: argparse.Namespace, world: World, pool: np.ndarray, trai
     rest = np.setdiff1d(train, seed)
     worse = np.sort(rng.choice(rest, args.seed_queries, replace=False))
     flipped = world.rows_log(worse, world.models, 1.0 - world.quality)  # labels corrupted: quality inverted
+    noisy = world.quality.copy()  # the weak champion: the seed slice, a share of its queries' labels inverted
+    bad = seed[rng.random(len(seed)) < args.weak_corrupt]
+    noisy[bad] = 1.0 - noisy[bad]
     logs = {"champion": world.rows_log(seed, world.models, world.quality), "worse": flipped,
             "better": world.rows_log(np.arange(world.n), world.models, world.quality),
-            "more_data": world.rows_log(train, world.models, world.quality)}
+            "more_data": world.rows_log(train, world.models, world.quality),
+            "weak": world.rows_log(seed, world.models, noisy)}
     out = {}
     for name, log in logs.items():
         if name not in names:
             continue
-        path = args.work / "routers" / f"{name}-{args.seed}-{args.seed_queries}-{len(pool)}-{log['query_id'].nunique()}"
+        tag = f"-{args.weak_corrupt:g}" if name == "weak" else ""
+        path = args.work / "routers" / f"{name}-{args.seed}-{args.seed_queries}-{len(pool)}-{log['query_id'].nunique()}{tag}"
         if not (path / "manifest.json").is_file():
             t0 = time.perf_counter()
             cfg = RouterConfig(progress=False, cache_dir=args.work / "embeddings")
@@ -105,6 +118,15 @@ def truth(world: World, dirs: dict[str, Path], pool: np.ndarray, wtp: float) -> 
         cols = choices_in(world, router, pred, np.arange(len(pool)), wtp, world.models)
         out[name] = scored(world, world.quality, pool, cols, wtp)
     return out
+
+
+def champion_of(challenger: str) -> str:
+    """The router a challenger kind runs against: the weak champion for `better_weak`, else the seed champion."""
+    return "weak" if challenger == "better_weak" else "champion"
+
+
+def challenger_dir(challenger: str) -> str:
+    return "better" if challenger == "better_weak" else challenger
 
 
 # ------------------------------------------------------------------------------------------- one canary ------
@@ -145,9 +167,10 @@ class Run:
         from mixllm.registry import Registry
 
         reg = Registry(get_settings())
-        v1 = reg.log_candidate(self.dirs["champion"], None, "0" * 64, run_name="champion-seed")
+        v1 = reg.log_candidate(self.dirs[champion_of(self.challenger)], None, "0" * 64,
+                               run_name=f"champion-{champion_of(self.challenger)}")
         reg.promote(v1, reason="bench/loop_canary.py seed champion", who="bench")
-        v2 = reg.log_candidate(self.dirs[self.challenger], None, "1" * 64,
+        v2 = reg.log_candidate(self.dirs[challenger_dir(self.challenger)], None, "1" * 64,
                                run_name=f"challenger-{self.challenger}")
         created = reg.client.get_model_version(reg.name, v2).creation_timestamp
         return v1, v2, datetime.fromtimestamp(created / 1000, tz=timezone.utc)
@@ -275,16 +298,17 @@ def bar(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's bar on the finished runs (a run stopped before its verdict or its day is left out)."""
     runs = [r for r in runs if not r.get("partial")]
     worse = [r for r in runs if r["challenger"] == "worse"]
-    better = [r for r in runs if r["challenger"] == "better"]
     rolled = [r["verdict"] == "rollback" and r["challenger_share_of_day"] < 0.02 for r in worse]
-    promoted = [r["verdict"] == "promote" and r["hour"] is not None and r["hour"] <= 24 for r in better]
     out: dict[str, Any] = {}
     if worse:
         out["worse_rolled_back_before_2pct"] = {"pass": all(rolled), "count": f"{sum(rolled)}/{len(worse)}",
                                                 "shares": [round(r["challenger_share_of_day"], 4) for r in worse]}
-    if better:
-        out["better_promoted_within_1_day"] = {"pass": all(promoted), "count": f"{sum(promoted)}/{len(better)}",
-                                               "hours": [r["hour"] for r in better]}
+    for kind in ("better", "better_weak"):
+        better = [r for r in runs if r["challenger"] == kind]
+        promoted = [r["verdict"] == "promote" and r["hour"] is not None and r["hour"] <= 24 for r in better]
+        if better:
+            out[f"{kind}_promoted_within_1_day"] = {"pass": all(promoted), "count": f"{sum(promoted)}/{len(better)}",
+                                                    "hours": [r["hour"] for r in better]}
     return out
 
 
@@ -295,7 +319,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"World: RouterBench train, {a['pool']} queries held out as the traffic pool; champion trained on "
              f"{a['seed_queries']} queries, worse challenger on {a['seed_queries']} with quality flipped, better: the "
              f"full-information router (all {a['pool'] + a['train']} queries, the pool included), more_data on the "
-             f"{a['train']} non-pool queries. {a['per_day']} requests/day in sessions (mean {a['session_mean']}"
+             f"{a['train']} non-pool queries, weak champion (for better_weak) on the {a['seed_queries']} with "
+             f"{a.get('weak_corrupt', 0.4):.0%} of them flipped. **{a['per_day']} requests/day** (2% of the day: "
+             f"{0.02 * a['per_day']:.0f} requests) in sessions (mean {a['session_mean']}"
              f" requests), canary share {a['share']:.0%} of sessions ({a['cleared_share']:.0%} once cleared), "
              f"{a['feedback_share']:.0%} thumbs with {a['noise']:.0%} noise via /feedback, wtp {a['wtp']}; the "
              f"canary flow every simulated 15 min, default CanaryConfig. True utility of each router on the pool "
@@ -311,6 +337,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f" | {r['challenger_requests']} ({r['challenger_share_of_day']:.2%}) | {r['challenger_labels']} | "
                      f"{r['cleared_hour'] if r['cleared_hour'] is not None else '-'} | "
                      f"{_f(tu['champion'])} / {_f(tu['challenger'])} | {r['seconds']:.0f} |")
+    lines += ["", "Rows are every run of the invocation(s), in order; better_weak's champion is the weak router."]
     lines.append("")
     for k, b in result["bars"].items():
         lines.append(f"- {k}: **{'PASS' if b['pass'] else 'FAIL'}** ({b['count']}; "
@@ -342,10 +369,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="Canaries per challenger (different users and sessions).")
     ap.add_argument("--first-run", type=int, default=0, help="Number of the first run (its users' and sessions' "
                     "seed): more runs later without repeating the earlier ones.")
-    ap.add_argument("--per-day", type=int, default=4000, help="Requests a simulated day.")
+    ap.add_argument("--per-day", type=int, default=10_000, help="Requests a simulated day (the bar's day size).")
     ap.add_argument("--max-hours", type=float, default=24.0, help="Simulated hours per run (at most one day).")
     ap.add_argument("--pool", type=int, default=600, help="World queries held out as the traffic pool.")
     ap.add_argument("--seed-queries", type=int, default=110, help="The champion's (and the worse one's) slice.")
+    ap.add_argument("--weak-corrupt", type=float, default=0.4, help="Share of the weak champion's seed queries "
+                    "whose labels are flipped (better_weak).")
     ap.add_argument("--share", type=float, default=0.05, help="Canary share of sessions (MIXLLM_CANARY_SHARE).")
     ap.add_argument("--cleared-share", type=float, default=0.2, help="MIXLLM_CANARY_CLEARED_SHARE.")
     ap.add_argument("--session-mean", type=float, default=3.0)
@@ -388,12 +417,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     challengers = args.challengers.split(",")
     if set(challengers) - set(CHALLENGERS):
         raise SystemExit(f"--challengers: choose among {CHALLENGERS}")
-    dirs = train_routers(args, world, pool, train, ["champion", *challengers])
+    dirs = train_routers(args, world, pool, train, sorted({"champion", *map(champion_of, challengers), *(
+        "better" if c == "better_weak" else c for c in challengers)}))
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "command": "python bench/loop_canary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {k: getattr(args, k) for k in ("per_day", "max_hours", "share", "cleared_share", "session_mean",
-                                                 "feedback_share", "noise", "wtp", "seed_queries", "seed", "canary",
+                                                 "feedback_share", "noise", "wtp", "seed_queries", "seed", "canary", "weak_corrupt",
                                                  "users", "runs")} | {"pool": len(pool), "train": len(train)},
         "truth": truth(world, dirs, pool, args.wtp), "runs": [], "notes": args.note}
     print("true utility on the pool:", {k: round(v["utility"], 4) for k, v in result["truth"].items()}, flush=True)
