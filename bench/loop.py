@@ -17,7 +17,7 @@ with its answers on the seed queries, as one would benchmark a new model before 
 
 Writes bench/results/loop.json (merged per scenario), bench/results/loop.png and the `loop` section of
 BENCHMARKS.md. Usage:
-  python bench/loop.py --scenario stationary [--days 10] [--queries-per-day 200] [--seed-share 0.05]
+  python bench/loop.py --scenario stationary [--days 10] [--queries-per-day 200] [--iid-stream] [--seed-share 0.05]
       [--feedback-share 0.3] [--noise 0.1] [--wtp 0.05] [--change-day 4] [--quick] [--no-write]
 """
 
@@ -435,6 +435,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="RouterConfig.exploration of each night's router (JSON, or 'off').")
     ap.add_argument("--ope-min-ess", type=float, default=10.0, help="No OPE estimate below this effective sample "
                     "size (mixllm.ope.OPEConfig.min_ess's default).")
+    ap.add_argument("--iid-stream", action="store_true", help="Draw every day's queries with replacement from the "
+                    "world's unseen queries (a stationary stream in which kinds of queries recur, as in production), "
+                    "so a run may route more decisions than the world has queries (e.g. 700 a day).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 days, 40 queries, a 600-query world, 20 held-out "
                     "queries per task: minutes, for the test.")
@@ -476,9 +479,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_seed = max(int(round(args.seed_share * world.n)), 10)
     seed_rows, stream = np.sort(order[:n_seed]), order[n_seed:]
     need = args.days * args.queries_per_day
+    if args.iid_stream:  # each day's queries drawn with replacement from the unseen ones (repeats, like production)
+        stream = rng.choice(stream, need, replace=True)
+    unique_streamed = int(len(np.unique(stream[:need])))
     if need > len(stream):
         raise SystemExit(f"{args.days} days x {args.queries_per_day} queries need {need} unseen queries; the world "
-                         f"has {len(stream)} after the seed: fewer days or queries per day")
+                         f"has {len(stream)} after the seed: fewer days or queries per day, or --iid-stream")
     args.work.mkdir(parents=True, exist_ok=True)
     full = full_information_router(args, world)  # trained on ALL world queries
     world_n = world.n
@@ -502,7 +508,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "seed_queries": int(n_seed), "test_queries": test.n, "quick": args.quick,
                         "max_test_queries_per_task": args.max_test_queries_per_task,
                         "exploration": args.exploration_note, "users": N_USERS, "batch": args.batch,
-                        "ope_min_ess": args.ope_min_ess}}
+                        "ope_min_ess": args.ope_min_ess, "iid_stream": args.iid_stream,
+                        "unique_streamed_queries": unique_streamed}}
 
     def save(partial: dict[str, Any]) -> None:
         partial.update(facts, finished=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",

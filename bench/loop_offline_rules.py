@@ -27,8 +27,29 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop_offline_curve import N_VAL, SERVED  # noqa: E402
-from loop_offline_dr import SHARE, logged, per_query, router  # noqa: E402
+from loop_offline_dr import CACHE, SHARE, logged, per_query, router  # noqa: E402
 from loop_world import World  # noqa: E402
+
+
+def memoise_embeddings() -> None:
+    """Every router here shares the un-tuned encoder (epochs 0): embed each prompt once per process (an in-memory
+    layer over the on-disk cache), since `predict` alone would re-encode the validation and test queries for every
+    candidate."""
+    from mixllm.embedding_cache import EmbeddingCache
+    from mixllm.router import MixLLMRouter
+
+    disk, memory, embed = EmbeddingCache(Path(CACHE) / "cache.sqlite"), {}, MixLLMRouter.embed
+
+    def cached(self, prompts, cache=None, progress=False):  # noqa: ANN001, ANN202 - MixLLMRouter.embed's signature
+        prompts = list(prompts)
+        if self.adapter is not None:
+            return embed(self, prompts, cache or disk, progress)
+        missing = list(dict.fromkeys(p for p in prompts if p not in memory))
+        if missing:
+            memory.update(zip(missing, embed(self, missing, cache or disk, progress)))
+        return np.stack([memory[p] for p in prompts]) if prompts else np.zeros((0, 384), np.float32)
+
+    MixLLMRouter.embed = cached
 
 
 def rule_config(rule: str) -> dict:
@@ -39,13 +60,17 @@ def rule_config(rule: str) -> dict:
     raise SystemExit(f"unknown rule {rule!r}: s<pseudo-rows> or eb")
 
 
-def interval(x: list[float]) -> dict:
-    """Mean over draws with a t 90% interval (the draws are independent re-splits of train)."""
-    a = np.asarray(x, float)
-    t90 = {1: np.nan, 2: 6.314, 3: 2.920, 4: 2.353, 5: 2.132, 6: 2.015, 7: 1.943, 8: 1.895}.get(len(a), 1.8)
+def interval(diff: list[float], gap: list[float]) -> dict:
+    """Gap closed over draws: mean(utility - seed) / mean(gap) (a ratio of means: one draw's gap can be tiny), with
+    a t 90% interval of the mean difference over the draws (independent re-splits of train) on the same scale, and
+    each draw's own share."""
+    a, g = np.asarray(diff, float), float(np.mean(gap))
+    t90 = {2: 6.314, 3: 2.920, 4: 2.353, 5: 2.132, 6: 2.015, 7: 1.943, 8: 1.895}.get(len(a), 1.8)
     half = float(t90 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-    return {"mean": float(a.mean()), "ci90": [float(a.mean() - half), float(a.mean() + half)],
-            "min": float(a.min()), "max": float(a.max()), "draws": [float(v) for v in a]}
+    shares = a / np.asarray(gap, float)
+    return {"closed": float(a.mean() / g), "ci90": [float((a.mean() - half) / g), float((a.mean() + half) / g)],
+            "mean_diff": float(a.mean()), "mean_gap": g, "min": float(shares.min()), "max": float(shares.max()),
+            "draws": [float(v) for v in shares]}
 
 
 def main() -> None:
@@ -56,6 +81,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "loop_rules.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    memoise_embeddings()
     world, test = World.load("train", None, 0), World.load("test", None, 0)
     out = {"labels": args.labels, "rules": args.rules, "draws": [], "summary": {}}
     for d in range(args.draws):
@@ -91,18 +117,18 @@ def main() -> None:
         for n in args.labels:
             for rule in args.rules:
                 cells = [r for dd in out["draws"] for r in dd["rows"] if r["labels"] == n and r["rule"] == rule]
-                out["summary"][f"{n}/{rule}"] = {s: interval([c[s]["gap_closed"] for c in cells])
-                                                 for s in ("val", "test")}
+                out["summary"][f"{n}/{rule}"] = {s: interval([c[s]["diff"] for c in cells],
+                                                          [dd["gap"][s] for dd in out["draws"]]) for s in ("val", "test")}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out | {"seconds": round(time.perf_counter() - t0, 1), "finished":
                                               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}, indent=1))
-    print("\n| N labels | rule | val gap closed, mean [t 90% CI] over draws (min..max) | test (record) |")
+    print("\n| N labels | rule | val gap closed: mean diff / mean gap [t 90% CI over draws] (per-draw min..max) | test (record) |")
     print("| --- | --- | --- | --- |")
     for key, s in out["summary"].items():
         n, rule = key.split("/")
         v, t = s["val"], s["test"]
-        print(f"| {n} | {rule} | {v['mean']:+.0%} [{v['ci90'][0]:+.0%}, {v['ci90'][1]:+.0%}] ({v['min']:+.0%}.."
-              f"{v['max']:+.0%}) | {t['mean']:+.0%} [{t['ci90'][0]:+.0%}, {t['ci90'][1]:+.0%}] |")
+        print(f"| {n} | {rule} | {v['closed']:+.0%} [{v['ci90'][0]:+.0%}, {v['ci90'][1]:+.0%}] ({v['min']:+.0%}.."
+              f"{v['max']:+.0%}) | {t['closed']:+.0%} [{t['ci90'][0]:+.0%}, {t['ci90'][1]:+.0%}] |")
 
 
 if __name__ == "__main__":
