@@ -491,6 +491,9 @@ def markdown(results: dict) -> str:
         if r.get("kind") == "repeats":
             lines += _repeats_table(r) + [""]
             continue
+        if r.get("kind") == "taggers":
+            lines += _taggers_table(r) + [""]
+            continue
         timed = any(SECONDS[0] in v["mean_std"] for v in r["variants"])
         lines += ["| variant | quality@25% (predicted cost) | AIQ (predicted cost) | AIQ per fold seed | "
                   "quality@25% (true cost) | AIQ (true cost) | " + ("representation s / fold | predictors s / fold | "
@@ -671,6 +674,114 @@ def repeats(dataset: str, log: pd.DataFrame, fold_seeds: list[int], n_folds: int
                          for k, v in variants.items()]}
 
 
+TAGGER_VARIANTS = {  # label -> SurfaceClusterTagger overrides (None: the log's task labels)
+    "labels, told (reference)": None,
+    "labels, nearest task centroid": "nearest",
+    "surface w0.5, grid 4-48 (default)": {},
+    "surface w0.5, grid 4-96": {"grid": (4, 8, 16, 32, 48, 64, 96)},
+    "surface w0.5 + joint splits": {"splits": "joint"},
+    "surface w0.5 + outcome splits": {"splits": "outcomes"},
+    "surface w0.5 + outcome splits, gain 0.002": {"splits": "outcomes", "split_gain": 0.002},
+}
+
+
+def balanced_metrics(test: Any, choices: np.ndarray, ref: int, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Frontier metrics with every task weighted equally (as LLMRouter's test split weighs its tasks: 50 queries
+    each, while train holds them in proportions from 2.7% to 8.9%), over `rows` (default all)."""
+    from mixllm.evaluation import frontier_metrics
+    from mixllm.stats import per_query_outcomes
+
+    rows = np.arange(test.n) if rows is None else rows
+    tasks = test.tasks[rows].astype(str)
+    names, inv = np.unique(tasks, return_inverse=True)
+    w = np.zeros(test.n)
+    w[rows] = 1.0 / (len(names) * np.bincount(inv)[inv])
+    c, q = per_query_outcomes(test.cost, test.quality, choices)
+    rc, rq = w @ test.cost[:, ref], w @ test.quality[:, ref]
+    m = frontier_metrics((c @ w) / rc, (q @ w) / rq, (w @ test.cost).min() / rc)
+    return {k: float(m[k]) for k in METRICS}
+
+
+def taggers(dataset: str, log: pd.DataFrame, fold_seeds: list[int], n_folds: int, home: Path, command: str,
+            quick: bool = False) -> dict:
+    """How much of production's gap to labels is the tagging? The library's miniature of the router's quality
+    model (`mixllm.tagging.cluster_knn`: kNN within the tag, shrunk to the tag mean) on base MiniLM embeddings,
+    with each way of tagging: the log's task labels told at prediction (the labels condition), the labels at
+    training but each held-out query sent to its nearest task centroid (what a router without labels at
+    prediction could at best do with perfect training tags), and the surface tagger (production's default) with
+    finer grids or with clusters split while the out-of-fold error falls (`tagging.split_clusters`). Pooled
+    out-of-fold decisions with TRUE costs, scored on train's task mix and with every task weighted equally (the
+    LLMRouter test split's weighting); MSE of the estimates; clusters chosen."""
+    from mixllm.embeddings import EmbeddingCache, QueryEncoder
+    from mixllm.evaluation import default_wtps, policy_result
+    from mixllm.router import RouterConfig
+    from mixllm.tagging import SurfaceClusterTagger, cluster_knn, nearest_task
+    from mixllm.testset import TestSet
+
+    cfg, wtps, t0 = RouterConfig(), default_wtps(), time.perf_counter()
+    test = TestSet.from_log(log)
+    emb = QueryEncoder.base(cfg.max_seq_length, cfg.truncation).encode(
+        test.prompts, EmbeddingCache(home / "embeddings" / "cache.sqlite")).astype(np.float64)
+    tasks, y = test.tasks.astype(str), test.quality
+    ref = test.models.index(DATASETS[dataset][2])
+    k, sm = cfg.predictor.knn_k, cfg.predictor.knn_smoothing
+    variants: dict[str, list[dict[str, float]]] = {}
+    for seed in fold_seeds:
+        fold = grouped_folds(test.query_ids, test.prompts, n_folds, seed)
+        for label, over in TAGGER_VARIANTS.items():
+            est, clusters, secs = np.zeros_like(y), [], 0.0
+            for f in range(n_folds):
+                tr, te = np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]
+                t1 = time.perf_counter()
+                if over is None:
+                    tag_tr, tag_te = tasks[tr], tasks[te]
+                elif over == "nearest":
+                    tag_tr = tasks[tr]
+                    tag_te = np.array(nearest_task(list(tag_tr) + [None] * len(te), np.vstack([emb[tr], emb[te]]),
+                                                   range(len(tr), len(tr) + len(te))))
+                else:
+                    tagger = SurfaceClusterTagger(weight=cfg.tag_surface_weight, seed=0, k=k, smoothing=sm,
+                                                  **({"grid": cfg.tag_cluster_grid} | over))
+                    tagger.fit([test.prompts[i] for i in tr], emb[tr], y[tr])
+                    tag_tr = np.array(tagger.assign(emb[tr], [test.prompts[i] for i in tr]))
+                    tag_te = np.array(tagger.assign(emb[te], [test.prompts[i] for i in te]))
+                secs += time.perf_counter() - t1
+                clusters.append(len(set(tag_tr)))
+                est[te] = cluster_knn(emb[tr], y[tr], tag_tr, emb[te], tag_te, k, sm)
+            choices = np.array([np.argmax(est - test.cost / w, axis=1) for w in wtps])
+            m = policy_result(test, label, "policy", "", wtps, choices, ref).metrics
+            bal = balanced_metrics(test, choices, ref)
+            known = ~np.isnan(y)
+            variants.setdefault(label, []).append(
+                {**{f"{x}/true": float(m[x]) for x in METRICS}, **{f"{x}/balanced": v for x, v in bal.items()},
+                 "mse": float(((est - y)[known] ** 2).mean()), "clusters": float(np.mean(clusters)),
+                 "seconds/tagger": secs / n_folds})
+            print(f"{dataset} fold seed {seed} {label}: AIQ {m['aiq']:.4f}, balanced {bal['aiq']:.4f}, "
+                  f"clusters {np.mean(clusters):.1f}", flush=True)
+    return {"kind": "taggers", "common_overrides": {}, "question": "Issue 14: how much of the production "
+            "condition's gap to labels is the tagging, and do finer or outcome-split surface clusters close it? "
+            "(the router's quality model in miniature on base MiniLM embeddings, true costs)", "command": command,
+            "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "machine": _machine(), "folds": n_folds,
+            "fold_seeds": fold_seeds, "quick": quick, "n_queries": test.n, "dataset": dataset, "condition": "production",
+            "reference": DATASETS[dataset][2], "seconds": time.perf_counter() - t0,
+            "variants": [{"label": lab, "mean_std": {x: _mean_std([s[x] for s in v]) for x in v[0]}}
+                         for lab, v in variants.items()]}
+
+
+def _taggers_table(r: dict) -> list[str]:
+    lines = ["Pooled out-of-fold decisions with true costs: on train's task mix, and with every task weighted "
+             "equally (as the LLMRouter test split). MSE: the estimates' squared error on known cells; clusters: "
+             "tags in the training folds (mean); seconds: tagger fit + assignment per fold.", "",
+             "| variant | quality@25% | AIQ | quality@25% (tasks equal) | AIQ (tasks equal) | MSE | clusters | "
+             "tagger s / fold |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for v in r["variants"]:
+        s = v["mean_std"]
+        lines.append(f"| {v['label']} | {_pct(s['quality_at_25pct_cost/true'])} | {_aiq(s['aiq/true'])} | "
+                     f"{_pct(s['quality_at_25pct_cost/balanced'])} | {_aiq(s['aiq/balanced'])} | "
+                     f"{s['mse'][0]:.4f} | {s['clusters'][0]:.1f} | {s['seconds/tagger'][0]:.1f} |")
+    return lines
+
+
 def _repeats_table(r: dict) -> list[str]:
     lines = [f"Exact repeats among the {r['n_queries']} train queries: {r['exact_repeats_in_train']}. Held-out "
              "queries with such a neighbour, squared error of their estimate (memory mix vs kNN alone), pooled "
@@ -695,6 +806,8 @@ def main() -> int:
     pick.add_argument("--render", action="store_true", help="only rewrite tune.md from tune.json")
     pick.add_argument("--repeats", action="store_true", help="the repeat-aware memory analysis (labels condition) "
                       "on each --dataset")
+    pick.add_argument("--taggers", action="store_true", help="production's tagging vs labels in miniature "
+                      "(mixllm.tagging.cluster_knn on base embeddings) on each --dataset")
     pick.add_argument("--adapter-latency", action="store_true", help="time the tag adapter's numpy transform "
                       "(RouterBench train embeddings) into the representation section")
     ap.add_argument("--quick", action="store_true", help="one fold seed instead of --fold-seeds (smoke run)")
@@ -737,6 +850,10 @@ def main() -> int:
         source = ROOT / DATASETS[dataset][1]
         log = _limit(load_routerbench(source, "train") if source.is_dir() else load_training_log(source),
                      args.max_queries)
+        if args.taggers:
+            write_results(args.out, f"taggers ({dataset})", taggers(dataset, log, seeds, args.folds,
+                                                                   args.home.resolve(), command, args.quick))
+            continue
         if args.repeats:
             write_results(args.out, f"repeats ({dataset})", repeats(dataset, log, seeds, args.folds,
                                                                    args.home.resolve(), command))

@@ -214,6 +214,11 @@ class SurfaceClusterTagger:
     mean_: np.ndarray | None = None
     scale_: np.ndarray | None = None  # per surface feature: weight x spread of the embedding / its std
     errors_: dict[int, float] | None = None  # clusters -> out-of-fold squared error (the choice's record)
+    splits: str = "none"  # after the count: "none", or split clusters in two ("joint": k-means in the joint space;
+    #   "outcomes": by the neighbours' outcome profiles) while the out-of-fold error falls (`split_clusters`)
+    max_clusters: int = 96  # splits stop here
+    split_gain: float = 0.005  # a split is kept when it lowers its rows' out-of-fold squared error by this share
+    splits_: int = 0  # splits kept (the record)
 
     def joint(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         z = (surface_features(prompts) - self.mean_) * self.scale_
@@ -247,7 +252,12 @@ class SurfaceClusterTagger:
         self.errors_ = {c: self._oof_error(x, emb, np.asarray(quality, float), c, prompts) for c in grid}
         best = min(self.errors_, key=self.errors_.get) if min(self.errors_.values()) < math.inf else min(grid)
         self.centres_ = _kmeans(x, best, self.seed, n_init=3).cluster_centers_
-        self.names_ = tuple(f"s{i:02d}" for i in range(best))
+        if self.splits != "none":
+            self.centres_, self.splits_ = split_clusters(
+                x, emb, np.asarray(quality, float), self.centres_, prompts, how=self.splits, k=self.k,
+                smoothing=self.smoothing, folds=self.folds, seed=self.seed, max_clusters=self.max_clusters,
+                gain=self.split_gain)
+        self.names_ = tuple(f"s{i:02d}" for i in range(len(self.centres_)))
         return self
 
     def tag(self, prompts: Sequence[str], embeddings: np.ndarray) -> list[str]:
@@ -268,6 +278,81 @@ class SurfaceClusterTagger:
             err += float(((est - quality[te])[known] ** 2).sum())
             n += int(known.sum())
         return err / n if n else math.inf  # no fold could hold this many clusters: never chosen
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    d = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None, :]
+    return np.argmin(d, axis=1)
+
+
+def _cluster_error(emb: np.ndarray, quality: np.ndarray, labels: np.ndarray, fold: np.ndarray, k: int,
+                   smoothing: float) -> tuple[float, int]:
+    """(sum of squared errors, known cells) of the within-cluster kNN estimate, out of fold, for a FIXED
+    partition `labels` (only the neighbour memory is held out)."""
+    err, n = 0.0, 0
+    for f in np.unique(fold):
+        tr, te = fold != f, fold == f
+        if not tr.any() or not te.any():
+            continue
+        est = cluster_knn(emb[tr], quality[tr], labels[tr], emb[te], labels[te], k, smoothing)
+        known = ~np.isnan(quality[te])
+        err += float(((est - quality[te])[known] ** 2).sum())
+        n += int(known.sum())
+    return err, n
+
+
+def split_clusters(x: np.ndarray, emb: np.ndarray, quality: np.ndarray, centres: np.ndarray,
+                   prompts: Sequence[str], how: str = "outcomes", k: int = 150, smoothing: float = 60.0,
+                   folds: int = 3, seed: int = 0, max_clusters: int = 96, gain: float = 0.005,
+                   min_rows: int = 40) -> tuple[np.ndarray, int]:
+    """(centres, splits kept): clusters split in two, largest first, while a split lowers its rows' out-of-fold
+    squared error of the within-cluster kNN estimate by more than `gain` (a share) and each half keeps
+    `min_rows` queries. how="joint": the halves are 2-means in the joint space; how="outcomes": 2-means over each
+    row's neighbours' mean outcomes (its 20 most similar rows of the cluster, itself excluded: which LLMs succeed
+    around it), then each half's centre in the joint space. Either way a query (new or not) takes the nearest
+    centre, so the partition stays what serving can compute from the prompt.
+
+    Why: k-means follows what prompts look like; a cluster can hold two workloads the same LLMs do not win
+    (issue 14: production trails labels because its clusters mix tasks with different winners)."""
+    groups, _ = pd.factorize(pd.Series(list(prompts), dtype=object))
+    fold = np.random.default_rng(seed).permutation(groups.max() + 1)[groups] % folds
+    centres = np.asarray(centres, float).copy()
+    labels = _nearest(x, centres)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        col = np.nan_to_num(np.nanmean(quality, axis=0))
+    filled = np.where(np.isnan(quality), col, quality)
+    tried: set[bytes] = set()
+    kept = 0
+    while len(centres) < max_clusters:
+        sizes = np.bincount(labels, minlength=len(centres))
+        order = [c for c in np.argsort(-sizes) if sizes[c] >= 2 * min_rows and centres[c].tobytes() not in tried]
+        if not order:
+            break
+        c = order[0]
+        tried.add(centres[c].tobytes())
+        rows = np.nonzero(labels == c)[0]
+        if how == "outcomes":
+            sims = emb[rows] @ emb[rows].T
+            np.fill_diagonal(sims, -np.inf)
+            nn = np.argpartition(-sims, min(20, len(rows) - 1) - 1, axis=1)[:, :min(20, len(rows) - 1)]
+            profile = filled[rows][nn].mean(1)
+            half = _kmeans(profile, 2, seed, n_init=3).labels_
+        else:
+            half = _kmeans(x[rows], 2, seed, n_init=3).labels_
+        if min(np.bincount(half, minlength=2)) < min_rows:
+            continue
+        child = np.stack([x[rows][half == h].mean(0) for h in (0, 1)])
+        half = _nearest(x[rows], child)  # what assignment by nearest centre will give
+        if min(np.bincount(half, minlength=2)) < min_rows:
+            continue
+        before, n = _cluster_error(emb[rows], quality[rows], np.zeros(len(rows), int), fold[rows], k, smoothing)
+        after, _ = _cluster_error(emb[rows], quality[rows], half, fold[rows], k, smoothing)
+        if n and after < (1 - gain) * before:
+            centres = np.vstack([np.delete(centres, c, axis=0), child])
+            labels = _nearest(x, centres)
+            kept += 1
+    return centres, kept
 
 
 def _kmeans(x: np.ndarray, clusters: int, seed: int, n_init: int):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mixllm.tagging import (DOMAINS, SURFACE_FEATURES, ClusterTagger, SurfaceClusterTagger, TaxonomyTagger,
-                            cluster_knn, outcome_tags, query_tags, surface_features)
+                            cluster_knn, outcome_tags, query_tags, split_clusters, surface_features)
 
 pytestmark = pytest.mark.unit
 
@@ -139,3 +139,33 @@ def test_cluster_knn_is_the_within_cluster_neighbour_mean_shrunk_to_the_cluster_
     np.testing.assert_allclose(est, [[1.0, 0.0]])  # its cluster's four rows, none from the other
     prior = cluster_knn(emb, quality, labels, emb[:1], np.array([0]), k=4, smoothing=1e9)
     np.testing.assert_allclose(prior, [[(4 + 5 * 0.5) / 9, 5 * 0.5 / 9]], rtol=1e-6)  # cluster mean, 5 rows of global
+
+
+def _two_workloads(n: int = 60, winners_differ: bool = True):
+    """One k-means cluster holding two nearby workloads (embeddings 0.4 apart on one axis): LLM 0 wins the first,
+    LLM 1 the second; or, when not `winners_differ`, both LLMs succeed at random in both."""
+    rng = np.random.default_rng(1)
+    emb = np.vstack([rng.normal([1.0, 0.2, 0.0], 0.05, (n, 3)), rng.normal([1.0, -0.2, 0.0], 0.05, (n, 3))])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    if winners_differ:
+        quality = np.vstack([np.tile([1.0, 0.0], (n, 1)), np.tile([0.0, 1.0], (n, 1))])
+    else:
+        quality = (rng.random((2 * n, 2)) < 0.5).astype(float)
+    return [f"prompt {i}" for i in range(2 * n)], emb, quality
+
+
+def test_split_clusters_splits_where_the_winners_differ_and_nowhere_else():
+    for how in ("outcomes", "joint"):
+        prompts, emb, quality = _two_workloads()
+        centres, kept = split_clusters(emb, emb, quality, emb.mean(0, keepdims=True), prompts, how=how, k=10,
+                                       smoothing=1.0, min_rows=20, max_clusters=4)
+        labels = np.argmin(((emb[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        assert kept >= 1 and not set(labels[:60]) & set(labels[60:])  # each workload its own cluster
+        prompts, emb, quality = _two_workloads(winners_differ=False)
+        centres, kept = split_clusters(emb, emb, quality, emb.mean(0, keepdims=True), prompts, how=how, k=10,
+                                       smoothing=1.0, min_rows=20, max_clusters=4)
+        assert kept == 0 and len(centres) == 1  # same outcomes on both sides: the split does not pay
+    prompts, emb, quality = _two_workloads()
+    tagger = SurfaceClusterTagger(grid=(2,), weight=0.0, k=10, smoothing=1.0, splits="outcomes",
+                                  max_clusters=2).fit(prompts, emb, quality)
+    assert len(tagger.names_) == 2  # the cap holds
