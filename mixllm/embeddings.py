@@ -77,8 +77,12 @@ TORCH_PRECISIONS = ("fp32", "bf16")
 BULK_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_BULK_PRECISION = "auto"
 BULK_MIN_PROMPTS = 256
-# Backend "hybrid" (serving, opt-in): a single query on ONNX Runtime fp32 (the same vectors as torch fp32, the lowest
-# one-query latency), two or more on torch at the bulk precision (bf16 batches: the highest throughput).
+# Backend "hybrid" (serving): a single query on ONNX Runtime fp32 (the same vectors as torch fp32, the lowest
+# one-query latency); two or more on torch bf16 (`LeanBert`) where the CPU multiplies bf16 natively (the bulk
+# precision resolves to bf16), else on ONNX Runtime fp32 in length buckets too. Why not torch fp32 for batches on
+# such a CPU: on 2 AVX2 cores (AMD EPYC, no bf16; 2026-12-03 17:38-17:50 UTC) torch fp32 cost 16-18 CPU ms per
+# bench query in padded batches, ONNX in length buckets 7.4-8.0 (`onnx_encoder.length_buckets`); and a process
+# that runs only ONNX never imports torch or transformers (worker RSS ~360 vs ~710 MiB).
 HYBRID_MIN_PROMPTS = 2
 
 
@@ -227,10 +231,12 @@ class QueryEncoder:
     def engine_for(self, n_prompts: int) -> tuple[str, str]:
         """(engine, precision) an `encode` call of `n_prompts` prompts runs on: bulk calls of an fp32 encoder
         (training, evaluation) at the bulk precision, other calls at the encoder's own (serving, int8, an explicit
-        bf16); "hybrid": one prompt on ONNX fp32, more on torch at the bulk precision. bf16 runs on torch. Decided
+        bf16); "hybrid": one prompt on ONNX fp32, more on torch bf16 where the bulk precision is bf16, else on
+        ONNX fp32 (see HYBRID_MIN_PROMPTS). bf16 runs on torch. Decided
         by the call's size, not by how many prompts miss the cache, so the keys are known before the lookup."""
         if self.backend == "hybrid":
-            return ("onnx", "fp32") if n_prompts < HYBRID_MIN_PROMPTS else ("torch", self.bulk_precision)
+            bf16 = n_prompts >= HYBRID_MIN_PROMPTS and self.bulk_precision == "bf16"
+            return ("torch", "bf16") if bf16 else ("onnx", "fp32")
         precision = self.bulk_precision if n_prompts >= BULK_MIN_PROMPTS and self.precision == "fp32" \
             else self.precision
         return ("torch" if self.backend == "torch" or precision == "bf16" else "onnx"), precision
@@ -281,7 +287,8 @@ class QueryEncoder:
         single queries); longest texts first so each batch pads little, as `encode` does, ties by the text itself:
         a text's vector depends (in the last float bits) on its batch mates' padding and the batch's shape, so the
         batches are a function of the SET of texts, never of the order they came in (reproducible retraining).
-        The ONNX backend batches the same way (mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch,
+        The ONNX backend batches by token count in length buckets (a function of the set too:
+        mixllm.onnx_encoder.OnnxSession.embed); bf16 always runs on torch,
         through `LeanBert` (mixllm.lean_encoder: the same vectors, without needing the SentenceTransformer)."""
         if precision is None:
             engine, precision = self.engine_for(len(texts))
@@ -537,11 +544,11 @@ class QueryEncoder:
     @staticmethod
     def _runs_without_torch_model(path: Path, weights_id: str, backend: str, precision: str) -> bool:
         """Whether the folder serves `backend` without the SentenceTransformer: ONNX from its saved export;
-        "hybrid" from the saved fp32 export (one query) and `LeanBert` over the saved weights (bf16 batches; on a
-        CPU without bf16 the batches run fp32 on the torch model, loaded as before)."""
+        "hybrid" from the saved fp32 export (one query; batches too on a CPU without bf16) and, for bf16 batches,
+        `LeanBert` over the saved weights."""
         from mixllm import lean_encoder, onnx_encoder
 
         if backend == "onnx":
             return onnx_encoder.saved_file(path, weights_id, precision) is not None
-        return (backend == "hybrid" and resolve_bulk_precision() == "bf16" and lean_encoder.supports(path)
+        return (backend == "hybrid" and (resolve_bulk_precision() != "bf16" or lean_encoder.supports(path))
                 and onnx_encoder.saved_file(path, weights_id, "fp32") is not None)

@@ -47,6 +47,24 @@ def test_onnx_matches_torch_token_ids_and_embeddings(torch_encoder, prompts, sid
     torch_encoder.truncation = "tail"
 
 
+def test_length_buckets_give_each_text_its_own_vector_in_any_order(torch_encoder, prompts):
+    """ONNX batches by token count (`length_buckets`): every batch holds texts within BUCKET_MIN_SHARE of its
+    longest, each text gets the vector it gets alone, and the batches depend on the set of texts, not their order."""
+    from mixllm.onnx_encoder import BUCKET_MIN_SHARE, length_buckets
+
+    assert length_buckets([10, 10, 9, 8, 5, 5, 1], 2) == [[0, 1], [2], [3], [4, 5], [6]]  # 8 < 0.9 x 9
+    lengths = sorted((len(t) for t in torch_encoder.model.tokenizer(prompts)["input_ids"]), reverse=True)
+    for chunk in length_buckets(lengths, 64):
+        assert lengths[chunk[-1]] >= BUCKET_MIN_SHARE * lengths[chunk[0]]
+    onnx = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="fp32")
+    onnx.truncation = "tail"
+    batched = onnx.encode(prompts)
+    alone = np.stack([onnx.encode([p])[0] for p in prompts])
+    assert np.abs(batched - alone).max() < 1e-5
+    rev = onnx.encode(prompts[::-1])[::-1]
+    assert np.array_equal(batched, rev)
+
+
 def test_int8_is_close_and_smaller(torch_encoder, prompts):
     int8 = QueryEncoder(torch_encoder.model, torch_encoder.weights_id, backend="onnx", precision="int8")
     int8.truncation = "tail"
@@ -133,7 +151,13 @@ def test_bulk_calls_run_at_the_bulk_precision_keyed_by_it(torch_encoder, prompts
 
 def test_hybrid_runs_one_query_on_onnx_and_batches_on_torch(trained_router_dir, prompts, monkeypatch):
     """Backend "hybrid": one prompt on the saved ONNX fp32 export (same vectors as torch fp32), two or more on torch
-    at the bulk precision; each keyed by what ran it; other precisions refused. Cost: one router load (~5 s)."""
+    bf16 where the bulk precision is bf16, else on ONNX too (torch never loaded); each keyed by what ran it; other
+    precisions refused. Cost: two encoder loads (~5 s)."""
+    monkeypatch.setenv("MIXLLM_ENCODER_BULK_PRECISION", "fp32")  # a CPU without bf16
+    plain = QueryEncoder.load(trained_router_dir / "encoder", backend="hybrid")
+    plain.truncation = "tail"
+    assert (plain.engine_for(2), plain.engine_for(300)) == (("onnx", "fp32"), ("onnx", "fp32"))
+    assert np.abs(plain.encode(prompts[:3]) - plain._embed(prompts[:3], 64, False, "fp32", "torch")).max() < 1e-5
     monkeypatch.setenv("MIXLLM_ENCODER_BULK_PRECISION", "bf16")
     hybrid = QueryEncoder.load(trained_router_dir / "encoder", backend="hybrid")
     hybrid.truncation = "tail"
@@ -206,10 +230,11 @@ def test_onnx_serving_path_does_not_import_torch(trained_router_dir):
             "e = QueryEncoder.load(sys.argv[1], backend='onnx'); e.encode(['hello there']); "
             "print('torch' in sys.modules); "
             "h = QueryEncoder.load(sys.argv[1], backend='hybrid'); h.encode(['hello there', 'and a batch']); "
-            "print('transformers' in sys.modules)")  # hybrid: bf16 batches on LeanBert, without transformers
+            "print('transformers' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(trained_router_dir / "encoder")], capture_output=True,
                          text=True, check=True)
-    assert out.stdout.split() == ["False", str(resolve_bulk_precision() != "bf16")]
+    # hybrid: bf16 batches on LeanBert (torch without transformers), else batches on ONNX too (no torch)
+    assert out.stdout.split() == ["False", "False", str(resolve_bulk_precision() == "bf16")]
 
 
 def test_export_cache_keeps_the_most_recently_used(tmp_path):
