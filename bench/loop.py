@@ -163,14 +163,14 @@ class Loop:
         router = reg.load_router(version)  # the loader the service uses
         rows = np.arange(self.test.n)
         q = self.scenario.quality(self.test, t, self.failing)
-        pred = router.predict(self.test.prompts)
+        pred = predict(self.args, router, self.test.prompts)
         allowed = self.allowed(t)
         champ = scored(self.test, q, rows, choices_in(self.test, router, pred, rows, self.args.wtp, allowed),
                        self.args.wtp)
         self.champion_router = router  # serves the next day: the target of that day's off-policy estimate
         if not hasattr(self, "seed_router"):
             self.seed_router, self.seed_test_pred = router, pred
-            self.seed_pred = router.predict(self.world.prompts)
+            self.seed_pred = predict(self.args, router, self.world.prompts)
         seed = scored(self.test, q, rows, choices_in(self.test, self.seed_router, self.seed_test_pred, rows,
                                                      self.args.wtp, allowed), self.args.wtp)
         full = scored(self.test, q, rows, choices_in(self.test, self.full, self.full_test_pred, rows,
@@ -303,7 +303,7 @@ class Loop:
         from mixllm import ope, policy
 
         wtp, router = self.args.wtp, self.champion_router
-        pred = router.predict(d["prompt"].tolist())
+        pred = predict(self.args, router, d["prompt"].tolist())
         probs = policy.probabilities(router.scores(pred, wtp, greedy=True), None)
         rhat = np.clip(np.nan_to_num(pred.quality), 0, 1) - np.nan_to_num(pred.cost) / wtp
         logged = np.array([router.models.index(m) if m in router.models else -1 for m in d["model"]])
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     world_n = world.n
     world = world.subset(np.concatenate([seed_rows, stream[:need]]))  # what this run routes, nothing more
     seed_rows, stream = np.arange(n_seed), np.arange(n_seed, world.n)
-    full_pred, full_test_pred = full.predict(world.prompts), full.predict(test.prompts)
+    full_pred, full_test_pred = predict(args, full, world.prompts), predict(args, full, test.prompts)
     fit_s = time.perf_counter() - t0
     print(f"world {world_n} queries ({n_seed} seed, {world.n - n_seed} streamed), test {test.n}; full-information router fitted and "
           f"predicted in {fit_s:.0f}s", flush=True)
@@ -541,6 +541,15 @@ def full_information_router(args: argparse.Namespace, world: World) -> Any:
     router = MixLLMRouter(RouterConfig(**args.router)).fit(world.log)
     router.save(path)
     return router
+
+
+def predict(args: argparse.Namespace, router: Any, prompts: list[str]) -> Any:
+    """router.predict through the run's embedding cache (the one the nights' pipeline fills): the bench's own
+    predictions then encode each prompt once per run, not once per call (with --iid-stream a day repeats prompts)."""
+    from mixllm.embedding_cache import EmbeddingCache
+
+    with router.encoder.cached(EmbeddingCache(Path(args.router["cache_dir"]) / "cache.sqlite")):
+        return router.predict(prompts)
 
 
 def _favourite(world: World, full: Any, pred: Any, rows: np.ndarray, wtp: float) -> str:
