@@ -122,8 +122,11 @@ def _bentoml_build(spec: Path, context: Path, version: str, settings: Settings,
                    env: dict[str, str]) -> subprocess.CompletedProcess[str] | str:
     bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
     name = (yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("name", "mixllm-router")
-    # A retry of this task (or a re-promoted version) rebuilds the same tag: replace it, never fail on it.
-    subprocess.run([bentoml_cli, "delete", "-y", f"{name}:v{version}"], capture_output=True, env=env, timeout=120)
+    # A retry of this task (or a re-promoted version) rebuilds the same tag: replace it, never fail on it. Only
+    # then: a `bentoml` command costs a second or more of start-up, and a night's new version is never there yet.
+    if _bento_in_store(env, name, version):
+        subprocess.run([bentoml_cli, "delete", "-y", f"{name}:v{version}"], capture_output=True, env=env,
+                       timeout=120)
     cmd = [bentoml_cli, "build", "-f", str(spec), "--version", f"v{version}", "--label",
            f"champion_version={version}", "--label", f"registered_model={settings.registered_model}",
            "-o", "tag", str(context)]
@@ -131,6 +134,13 @@ def _bentoml_build(spec: Path, context: Path, version: str, settings: Settings,
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=context, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
+
+
+def _bento_in_store(env: dict[str, str], name: str, version: str) -> bool:
+    """Whether the local Bento store (BentoML's layout: <BENTOML_HOME>/bentos/<name>/<version>) holds the tag.
+    Unsure (no BENTOML_HOME in `env`) counts as yes: the delete is then run as before."""
+    home = env.get("BENTOML_HOME")
+    return home is None or (Path(home) / "bentos" / name.lower() / f"v{version}").exists()
 
 
 def _bento_context(source: Path, bentofile: Path, context: Path, router_dir: Path) -> Path:

@@ -99,9 +99,40 @@ def _input_example(default_wtp: float) -> tuple[pd.DataFrame, dict[str, float]]:
 
 def _dataset(df: pd.DataFrame, name: str, digest: str) -> Any:
     """An MLflow dataset of `df` for lineage. Integer columns are declared as doubles in its schema, as MLflow
-    advises for columns that may be missing (token counts of served decisions are), instead of warning on every run."""
+    advises for columns that may be missing (token counts of served decisions are), instead of warning on every run.
+
+    The schema is inferred from `schema_rows(df)` (per column its first non-null and first null row), not from
+    every row: MLflow's inference reads every value of a text column, which made logging a RouterBench-size
+    snapshot (400k rows) cost seconds each night, growing with the log. Same schema (a column's type and whether it
+    may be null), same profile (row and element counts of the whole frame), same digest."""
     ints = [c for c in df.columns if pd.api.types.is_integer_dtype(df[c].dtype)]
-    return mlflow.data.from_pandas(df.astype({c: "float64" for c in ints}) if ints else df, name=name, digest=digest)
+    from mlflow.data.pandas_dataset import PandasDataset
+    from mlflow.types.utils import _infer_schema
+
+    frame = df.astype({c: "float64" for c in ints}) if ints else df
+    dataset = mlflow.data.from_pandas(frame, name=name, digest=digest)
+    try:
+        schema = _infer_schema(schema_rows(frame))
+    except Exception:  # noqa: BLE001 - as PandasDataset.schema: a frame MLflow cannot type has no schema
+        schema = None
+    if isinstance(dataset, PandasDataset):  # its schema is a cached_property: set the cached value
+        dataset.__dict__["schema"] = schema
+    return dataset
+
+
+def schema_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that decide MLflow's schema of `df`: for each column its first non-null and its first null row
+    (a column's inferred type comes from its values, its ``required`` flag from whether any is null)."""
+    import numpy as np
+
+    rows: set[int] = set()
+    for col in df.columns:
+        missing = df[col].isna().to_numpy()
+        for mask in (~missing, missing):
+            hit = np.flatnonzero(mask)
+            if len(hit):
+                rows.add(int(hit[0]))
+    return df.iloc[sorted(rows)]
 
 
 def _router_artifact_path(model_dir: Path) -> str:

@@ -197,8 +197,38 @@ def data_digest(log: pd.DataFrame) -> str:
     cols = [c for c in _REQUIRED if c in log]
     if "propensity" in log and log["propensity"].notna().any():
         cols.append("propensity")
-    hashed = pd.util.hash_pandas_object(log[cols].astype(str), index=False).to_numpy()
+    hashed = pd.util.hash_pandas_object(_as_text(log[cols]), index=False).to_numpy()
     return hashlib.sha256(np.sort(hashed).tobytes()).hexdigest()[:16]
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """`df.astype(str)`, cell for cell, at the cost of the columns' distinct values: a non-text column is
+    factorised and only its distinct values are formatted (a night's rows share one timestamp: formatting every
+    one cost 0.8 CPU s per 115k rows, each night, for the whole log). Text columns are as they are."""
+    out = {}
+    for col in df.columns:
+        s = df[col]
+        try:
+            if isinstance(s.dtype, pd.StringDtype):
+                raise TypeError("text: no formatting to save")
+            codes, uniques = pd.factorize(s, use_na_sentinel=False)
+        except TypeError:  # text, or values pandas cannot hash (formatted one by one, as before)
+            out[col] = s.astype(str)
+            continue
+        out[col] = pd.Series(uniques).astype(str).take(codes).set_axis(df.index)
+    return pd.DataFrame(out, index=df.index)
+
+
+def principal_axes(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The right singular vectors of `x - mean` (rows: directions of decreasing variance), from the eigenvectors of
+    its [d, d] Gram matrix: one matrix product over the rows, where an SVD of the [n, d] matrix cost ~10x more
+    (2.0 vs 0.2 CPU s, 1 thread, 38k x 384 random unit rows). min(n, d) axes, as the thin SVD gives. Each axis's
+    sign is fixed (largest-magnitude entry positive), so the same rows give the same axes."""
+    centred = np.asarray(x, np.float64) - mean
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    axes = vecs[:, ::-1].T[: min(centred.shape)]
+    flip = np.sign(axes[np.arange(len(axes)), np.argmax(np.abs(axes), axis=1)])
+    return axes * np.where(flip == 0, 1.0, flip)[:, None]
 
 
 def canonical_rows(log: pd.DataFrame) -> pd.DataFrame:
@@ -206,7 +236,7 @@ def canonical_rows(log: pd.DataFrame) -> pd.DataFrame:
     order train the same router: the query order drives the fine-tuning's seeded epoch order, the encoder's
     batches, k-means starts and which of two equally similar neighbours the kNN memory keeps. Identical rows are
     interchangeable, so their relative order does not matter."""
-    cells = log[sorted(log.columns, key=str)].astype(str)
+    cells = _as_text(log[sorted(log.columns, key=str)])
     key = pd.util.hash_pandas_object(cells, index=False).to_numpy()
     return log.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
@@ -382,11 +412,12 @@ class MixLLMRouter(Router):
         cent = np.stack([emb[label == k].mean(0) for k in range(len(self.tags))])
         self._tag_centroids = (cent / np.linalg.norm(cent, axis=1, keepdims=True)).astype(np.float32)
         self._pca_mean = emb.mean(0).astype(np.float64)
-        _, _, vt = np.linalg.svd(emb - self._pca_mean, full_matrices=False)
+        vt = principal_axes(emb, self._pca_mean)
         self._pca = vt[: cfg.pca_dim] if cfg.pca_dim else np.zeros((0, emb.shape[1]))
         self.bandit = policy.LinUCB(vt[: cfg.bandit_dim], self._pca_mean, cfg.ridge_lambda)
         self.predictors = PredictorBank(cfg.predictor, seed=cfg.seed)
-        names = tuple(n for n in self.catalogue.names if n in set(log["model"]))
+        logged = set(log["model"].dropna().unique())
+        names = tuple(n for n in self.catalogue.names if n in logged)
         return TrainingSet(log, codes, self._features(emb, queries["prompt_tokens"].to_numpy(float)),
                            self._assign_tags(emb, prompts), names, len(queries), np.asarray(emb, np.float32))
 
