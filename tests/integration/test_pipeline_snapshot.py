@@ -82,3 +82,24 @@ def test_pipeline_snapshot_is_the_same_with_or_without_the_cache(tmp_path: Path)
         assert rows.attrs[SNAPSHOT_READ_ATTR]["full"] is expect_full
     sub = PipelineConfig(max_train_queries_per_task=3)
     assert snapshot(settings, sub)[1] == snapshot(settings, sub.model_copy(update={"incremental_snapshot": False}))[1]
+
+
+def test_each_night_writes_only_its_new_rows_as_a_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import mixllm.snapshots as S
+
+    monkeypatch.setattr(S, "MAX_PARTS", 2)
+    store = Store(get_settings().store_url)
+    folder = cache_folder(tmp_path, store.url)
+    parts = []
+    for i, (name, rows) in enumerate([("mbpp_train.csv.gz", 3), ("winogrande_train.csv.gz", 2),
+                                      ("mbpp_train.csv.gz", 5)]):
+        store.ingest(_slice(name, 3 * i, 3 * i + rows, tmp_path / f"{i}_train.csv.gz"))
+        _same_as_full(store, folder)
+        state = json.loads((folder / "state.json").read_text())
+        parts.append((state["parts"], [len(pd.read_parquet(folder / p)) for p in state["parts"]]))
+        assert sorted(p.name for p in folder.glob("rows*")) == sorted(state["parts"])  # no stray file
+    assert parts[0] == (["rows-000001.parquet"], [33])  # first night: every row
+    assert parts[1] == (["rows-000001.parquet", "rows-000002.parquet"], [33, 22])  # only the new rows
+    assert parts[2] == (["rows-000003.parquet"], [110])  # merged past MAX_PARTS, under a new name
