@@ -12,6 +12,7 @@ and its spread); the test split is scored for the record only.
 Rules: `s<k>` = PredictorConfig(residual_smoothing=k) (pseudo-rows; 200 is the default), `eb` =
 residual_shrinkage="empirical_bayes" (each correction shrunk by its own standard error).
 Usage: python bench/loop_offline_rules.py [--labels 420 1470 4200] [--draws 4] [--rules s200 s50 s20 eb]
+    [--fixed-split] (the bench's own seed split every draw: only the log is redrawn)
 """
 from __future__ import annotations
 
@@ -78,23 +79,30 @@ def main() -> None:
     ap.add_argument("--labels", nargs="+", type=int, default=[420, 1470, 4200])
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--rules", nargs="+", default=["s200", "s50", "s20", "eb"])
+    ap.add_argument("--fixed-split", action="store_true", help="Every draw on split 0 of bench/loop.py and "
+                    "bench/loop_offline_curve.py (rng 0: the closed-loop bench's own 110 seed queries): only the "
+                    "logged decisions and ratings are redrawn.")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "loop_rules.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
     memoise_embeddings()
     world, test = World.load("train", None, 0), World.load("test", None, 0)
     out = {"labels": args.labels, "rules": args.rules, "draws": [], "summary": {}}
+    fixed = None
     for d in range(args.draws):
         rng = np.random.default_rng(1000 + d)
-        order = rng.permutation(world.n)
+        order = np.random.default_rng(0).permutation(world.n) if args.fixed_split else rng.permutation(world.n)
         n_seed = int(round(0.05 * world.n))
         seed_rows, val_rows, pool = np.sort(order[:n_seed]), np.sort(order[n_seed:n_seed + N_VAL]), order[n_seed + N_VAL:]
         val = world.subset(val_rows)
         seed_log = world.rows_log(seed_rows, world.models, world.quality)
-        seed = router(seed_log)
-        base = {"val": per_query(val, seed), "test": per_query(test, seed)}
-        full = router(world.rows_log(np.concatenate([seed_rows, pool]), world.models, world.quality))
-        gap = {k: float(per_query(w, full).mean() - base[k].mean()) for k, w in (("val", val), ("test", test))}
+        if fixed is None or not args.fixed_split:
+            seed = router(seed_log)
+            base = {"val": per_query(val, seed), "test": per_query(test, seed)}
+            full = router(world.rows_log(np.concatenate([seed_rows, pool]), world.models, world.quality))
+            gap = {k: float(per_query(w, full).mean() - base[k].mean()) for k, w in (("val", val), ("test", test))}
+            fixed = (seed, base, gap)
+        seed, base, gap = fixed
         draw = {"draw": d, "seed_utility": {k: float(v.mean()) for k, v in base.items()}, "gap": gap, "rows": []}
         print(f"draw {d}: seed val {base['val'].mean():.4f} gap val {gap['val']:+.4f} test {gap['test']:+.4f} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
