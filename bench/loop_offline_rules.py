@@ -10,7 +10,8 @@ queries: the share of the seed -> full gap it closes. A rule is chosen on these 
 and its spread); the test split is scored for the record only.
 
 Rules: `s<k>` = PredictorConfig(residual_smoothing=k) (pseudo-rows; 200 is the default), `eb` =
-residual_shrinkage="empirical_bayes" (each correction shrunk by its own standard error).
+residual_shrinkage="empirical_bayes" (each correction shrunk by its own standard error), `relative` =
+bandit_labels="relative" (each model's residual minus the mean residual of similar logged queries, any model).
 Usage: python bench/loop_offline_rules.py [--labels 420 1470 4200] [--draws 4] [--rules s200 s50 s20 eb]
     [--fixed-split] (the bench's own seed split every draw: only the log is redrawn)
 """
@@ -54,6 +55,8 @@ def memoise_embeddings() -> None:
 
 
 def rule_config(rule: str) -> dict:
+    if rule == "relative":  # corrections relative to the models logged on similar queries (PredictorBank.relate)
+        return {"bandit_labels": "relative"}
     if rule == "eb":
         return {"bandit_labels": "residual", "residual_shrinkage": "empirical_bayes"}
     if rule.startswith("s"):
