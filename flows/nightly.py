@@ -80,12 +80,13 @@ def _land(config: P.PipelineConfig, settings: Any) -> list[dict[str, Any]]:
     landing = config.resolved_landing()
     checks = check_landing.map(landing, config=unmapped(config))
     fb_checks = [check_landing(p, config, kind="feedback") for p in config.feedback_landing]
-    for c in [*checks.result(), *fb_checks]:
+    log_checks = checks.result()
+    for c in [*log_checks, *fb_checks]:
         log.info(f"contract ok: {c.path}: {c.accepted}/{c.rows} accepted, {c.quarantined} to quarantine {c.reasons}"
                  + (f"; extra columns kept as metadata {list(c.extra_columns)}" if c.extra_columns else ""))
-    ingested = ingest(landing, settings)
+    ingested = ingest(landing, settings, checks=log_checks)  # each file validated once: by its landing check
     if config.feedback_landing:
-        ingested += ingest(config.feedback_landing, settings, kind="feedback")
+        ingested += ingest(config.feedback_landing, settings, kind="feedback", checks=fb_checks)
     return ingested
 
 

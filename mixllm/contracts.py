@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -256,30 +255,6 @@ def typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-_RECENT: OrderedDict[str, ValidationResult] = OrderedDict()  # `validate` results waiting for their second caller
-_RECENT_MAX = 4
-_RECENT_LOCK = threading.Lock()
-
-
-def _frame_key(raw: pd.DataFrame, kind: str, max_prompt_chars: int, default_ts: datetime | None) -> str:
-    """Digest of everything `validate` reads: the raw cells (values and, in object columns, their Python types:
-    pandas hashes 1 and "1" alike there, the contract does not), index, columns, dtypes, the suite and the
-    parameters."""
-    h = hashlib.sha256(json.dumps([contract_digest(kind, max_prompt_chars=max_prompt_chars), str(default_ts),
-                                   list(map(str, raw.columns)), list(map(str, raw.dtypes))]).encode())
-    h.update(pd.util.hash_pandas_object(raw, index=True).to_numpy().tobytes())
-    for col in raw.columns:
-        if raw[col].dtype == object:
-            types = np.array([type(v).__name__ for v in raw[col]], dtype=object)
-            h.update(pd.util.hash_array(types).tobytes())
-    return h.hexdigest()
-
-
-def _copied(result: ValidationResult) -> ValidationResult:
-    return ValidationResult(result.accepted.copy(), result.quarantined.copy(), result.accepted_digests,
-                            result.quarantined_digests, result.duplicates)
-
-
 def validate(raw: pd.DataFrame, kind: str, *, max_prompt_chars: int | None = None,
              default_ts: datetime | None = None, prepared: pd.DataFrame | None = None) -> ValidationResult:
     """Validate raw rows against the `kind` suite; every row ends up in exactly one of accepted / quarantined.
@@ -287,27 +262,13 @@ def validate(raw: pd.DataFrame, kind: str, *, max_prompt_chars: int | None = Non
     A raw EXTRA_COLUMN (a file's columns beyond the contract, as JSON) is carried along unchecked with its row; it
     takes no part in the checks or the row digest, so identical contract columns are one row whatever it holds.
 
-    The same rows validated twice in one process (the nightly's landing check, then the store's ingest of the file)
-    are checked once: the first result is kept, keyed by a digest of the raw cells and parameters, and handed (a
-    copy) to the second call, which removes it. Why: GX validation is ~2.5 CPU s per 55,000 rows and the night
-    paid it twice; hashing the frame costs ~0.2 s."""
+    Called once per file by a night: the landing check's result is handed to `Store.ingest` (keyed by the file's
+    digest and the contract), which validates only files it was not handed."""
     if max_prompt_chars is None:
         from mixllm.config import get_settings
 
         max_prompt_chars = get_settings().max_prompt_chars
-    if prepared is not None:
-        return _validate(raw, kind, max_prompt_chars, default_ts, prepared)
-    key = _frame_key(raw, kind, max_prompt_chars, default_ts)
-    with _RECENT_LOCK:
-        kept = _RECENT.pop(key, None)
-    if kept is not None:
-        return kept
-    result = _validate(raw, kind, max_prompt_chars, default_ts, None)
-    with _RECENT_LOCK:
-        _RECENT[key] = _copied(result)
-        while len(_RECENT) > _RECENT_MAX:
-            _RECENT.popitem(last=False)
-    return result
+    return _validate(raw, kind, max_prompt_chars, default_ts, prepared)
 
 
 def _validate(raw: pd.DataFrame, kind: str, max_prompt_chars: int, default_ts: datetime | None,

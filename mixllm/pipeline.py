@@ -144,6 +144,9 @@ class LandingCheck(BaseModel):
     quarantined: int
     reasons: dict[str, int]
     extra_columns: tuple[str, ...] = ()  # kept as metadata, not checked (mixllm.data.read_log)
+    file_digest: str = ""  # sha256 of the file's bytes, and the contract digest it was checked against:
+    contract: str = ""  # `ingest` reuses `result` for the same file under the same contract
+    result: Any = Field(default=None, exclude=True, repr=False)  # the ValidationResult (not serialised)
 
 
 # ----------------------------------------------------------------------------------------- data stages -------
@@ -154,16 +157,21 @@ def check_landing(path: Path, config: PipelineConfig, kind: str = "log") -> Land
     quarantine (with reason) and the run goes on, unless more than `max_quarantine_fraction` of the file is bad,
     which means the file itself is broken. Nothing is ever dropped silently.
     """
-    from mixllm.contracts import validate_feedback, validate_log
+    from mixllm.config import get_settings
+    from mixllm.contracts import contract_digest, validate
     from mixllm.data import EXTRA_ATTR, read_feedback, read_log
+    from mixllm.store import file_digest
 
+    fdigest = file_digest(Path(path))  # before the read: a file replaced meanwhile gets another digest
     raw = read_log(path) if kind == "log" else read_feedback(path)
-    result = (validate_log if kind == "log" else validate_feedback)(raw)
+    max_chars = get_settings().max_prompt_chars
+    result = validate(raw, kind, max_prompt_chars=max_chars)
     bad = len(result.quarantined)
     reasons = result.quarantined["expectation"].value_counts().to_dict() if bad else {}
     check = LandingCheck(path=str(path), rows=len(raw), accepted=len(result.accepted), quarantined=bad,
                          reasons={str(k): int(v) for k, v in reasons.items()},
-                         extra_columns=tuple(raw.attrs.get(EXTRA_ATTR, ())))
+                         extra_columns=tuple(raw.attrs.get(EXTRA_ATTR, ())), file_digest=fdigest,
+                         contract=contract_digest(kind, max_prompt_chars=max_chars), result=result)
     fraction = bad / max(len(raw), 1)
     if bad and (config.on_contract_failure == "stop" or fraction > config.max_quarantine_fraction):
         example = result.quarantined["reason"].iloc[0]
@@ -176,13 +184,17 @@ def check_landing(path: Path, config: PipelineConfig, kind: str = "log") -> Land
     return check
 
 
-def ingest(paths: list[Path], settings: Settings, kind: str = "log") -> list[dict[str, Any]]:
-    """Land files in the store (re-ingesting the same rows is a no-op: rows are keyed by content digest)."""
+def ingest(paths: list[Path], settings: Settings, kind: str = "log",
+           checks: list[LandingCheck] | tuple[LandingCheck, ...] = ()) -> list[dict[str, Any]]:
+    """Land files in the store (re-ingesting the same rows is a no-op: rows are keyed by content digest).
+    `checks`: the landing checks of these files: their validation is reused, not run again (same bytes and
+    contract only; any other file is validated by the store)."""
     from mixllm.store import Store
 
+    checked = {(c.file_digest, c.contract): c.result for c in checks if c.result is not None and c.file_digest}
     store = Store(settings.store_url)
     try:
-        return [r.as_dict() for r in store.ingest(paths, kind=kind)]
+        return [r.as_dict() for r in store.ingest(paths, kind=kind, checked=checked)]
     finally:
         store.dispose()
 
