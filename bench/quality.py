@@ -28,6 +28,7 @@ Usage: python bench/quality.py [--seeds 3] [--resamples 1000] [--datasets router
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -141,7 +142,19 @@ def production_gap(labelled, production, test_log, resamples: int, seed: int = 0
     gap = compare(samples, {"labels": lab.metrics, "production": prod.metrics}, "labels")["production"]
     params = np.array([pt["param"] for pt in prod.points])
     tasks = policy_result(test, "router", "router", "", params, prod.choices, ref).tasks
-    return {"labels_minus_production": {m: iv.as_dict() for m, iv in gap.items()}, "production_tasks": tasks}
+    without = {}  # the whole-set gap with one task's queries left out: is the gap one task's?
+    lab_params = np.array([pt["param"] for pt in lab.points])
+    for task in sorted(set(test.tasks.astype(str))):
+        keep = np.nonzero(test.tasks.astype(str) != task)[0]
+        sub = dataclasses.replace(test, query_ids=test.query_ids[keep], prompts=[test.prompts[i] for i in keep],
+                                  tasks=test.tasks[keep], prompt_tokens=test.prompt_tokens[keep],
+                                  quality=test.quality[keep], cost=test.cost[keep],
+                                  completion_tokens=test.completion_tokens[keep])
+        a = policy_result(sub, "l", "router", "", lab_params, lab.choices[:, keep], ref).metrics
+        b = policy_result(sub, "p", "router", "", params, prod.choices[:, keep], ref).metrics
+        without[task] = {m: float(a[m]) - float(b[m]) for m in ("aiq", "quality_at_25pct_cost")}
+    return {"labels_minus_production": {m: iv.as_dict() for m, iv in gap.items()}, "production_tasks": tasks,
+            "gap_without_task": without}
 
 
 def run_condition(dataset: str, condition: str, logs, seeds: list[int], args, labelled=None) -> dict:
@@ -165,19 +178,22 @@ def run_condition(dataset: str, condition: str, logs, seeds: list[int], args, la
         t0 = time.perf_counter()
         first = seed == seeds[0]
         names = (*TASK_FREE, "task_prior", ablation) if first and condition == "labels" else (ablation,)
+        if args.gap_only:
+            names = ()
         extra = {"latency": LatencyConfig(seed=seed), "online": OnlineConfig(seed=seed)} \
             if first and dataset == "routerbench" and condition == "labels" else {}
         report = evaluate(router, test, reference=reference, baselines=names, train_log=train, seed=seed,
                           router_options=options, **extra)
         timings[f"evaluate seed {seed}"] = time.perf_counter() - t0
         timings.update({f"  seed {seed}: {k}": v for k, v in report.timings_s.items()})
-        for name in per_seed:
+        for name in [n for n in per_seed if n in report.policies]:
             per_seed[name].append({k: report.policies[name].metrics[k] for k in (*HEADLINE, "max_quality")})
         if first:
             main, mdape = report, cost_mdape(router, TestSet.from_log(test))
+        other = report.policies.get(ablation)
         print(f"{dataset}/{condition} seed {seed}: router {report.policies['router'].metrics['aiq']:.4f} AIQ, "
-              f"{_pct(report.policies['router'].metrics['quality_at_25pct_cost'])} @25%; {ablation} "
-              f"{report.policies[ablation].metrics['aiq']:.4f}", flush=True)
+              f"{_pct(report.policies['router'].metrics['quality_at_25pct_cost'])} @25%"
+              + (f"; {ablation} {other.metrics['aiq']:.4f}" if other else ""), flush=True)
     if labelled is not None:  # production: the task-free baselines and the labelled task prior, same test queries
         same = TestSet.from_log(test).query_ids.tolist() == TestSet.from_log(logs[1]).query_ids.tolist()
         if not same:
@@ -189,16 +205,30 @@ def run_condition(dataset: str, condition: str, logs, seeds: list[int], args, la
     ivs = intervals(main, test, args.resamples)
     extra = {} if labelled is None else production_gap(labelled["report"], main, logs[1], args.resamples)
     timings["bootstrap"] = time.perf_counter() - t0
-    stats = {n: {k: _stats([r[k] for r in rows]) for k in rows[0]} for n, rows in per_seed.items()}
+    stats = {n: {k: _stats([r[k] for r in rows]) for k in rows[0]} for n, rows in per_seed.items() if rows}
     return {"report": main, "per_seed": per_seed, "seeds": seeds, "seed_stats": stats, "intervals": ivs, **extra,
             "cost_mdape": mdape, "timings": timings, "completion_tokens_known": bool(train["completion_tokens"]
                                                                                    .notna().any()),
-            "task_shares": {"train": _shares(logs[0]), "test": _shares(logs[1]), "repeated": _repeated(*logs)}}
+            "task_shares": {"train": _shares(logs[0]), "test": _shares(logs[1]), "repeated": _repeated(*logs),
+                            "chars": _chars(*logs)}}
 
 
 def _shares(log) -> dict[str, float]:
     """Each task's share of the split's queries (the labelled log's task column)."""
     return log.drop_duplicates("query_id")["task"].astype(str).value_counts(normalize=True).to_dict()
+
+
+def _chars(train, test) -> dict[str, list[float]]:
+    """Per task: the median prompt length in characters of its train and test queries. Why: a task label can
+    cover different prompts in the two splits (LLMRouter's train "mmlu" rows are long reading passages, its test
+    "mmlu" rows short exam questions); told the label, a router carries train's outcomes over, tagging the prompt
+    cannot."""
+    def med(log) -> dict[str, float]:
+        first = log.drop_duplicates("query_id")
+        return first["prompt"].astype(str).str.len().groupby(first["task"].astype(str)).median().to_dict()
+
+    a, b = med(train), med(test)
+    return {t: [float(a.get(t, math.nan)), float(b[t])] for t in b}
 
 
 def _repeated(train, test) -> dict[str, float]:
@@ -243,7 +273,10 @@ def main() -> int:
                     "(spread over tasks); never for published figures")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--no-write", action="store_true", help="Do not touch BENCHMARKS.md.")
+    ap.add_argument("--gap-only", action="store_true", help="the router in both conditions, no baselines or "
+                    "ablation: the production - labels gap alone (implies --no-write)")
     args = ap.parse_args()
+    args.no_write = args.no_write or args.gap_only
     from mixllm.telemetry import go_offline
 
     go_offline()
@@ -274,7 +307,7 @@ def _publish(args, results: dict, total_s: float) -> None:
                 "report": rep, "seeds": r["seeds"], "per_seed": r["per_seed"],
                 "mean_std": {n: {k: list(v) for k, v in s.items()} for n, s in r["seed_stats"].items()},
                 "intervals_router_minus": r["intervals"], "cost_mdape": r["cost_mdape"],
-                **{k: r[k] for k in ("labels_minus_production", "production_tasks") if k in r},
+                **{k: r[k] for k in ("labels_minus_production", "production_tasks", "gap_without_task") if k in r},
                 "completion_tokens_known": r["completion_tokens_known"], "task_shares": r["task_shares"],
                 "timings_s": {k: round(v, 2) for k, v in r["timings"].items()}}
     (args.out / "quality.json").write_text(json.dumps(_clean(doc), indent=1, allow_nan=False), encoding="utf-8")
@@ -321,12 +354,14 @@ def _task_table(r: dict) -> list[str]:
     names = [n for n in ("router", "lgbm", "knn20", "mlp", "task_prior") if n in rep.policies]
     lines = ["", "Per task (AIQ on that task's test queries; share of train / test queries; share of the task's test "
              "queries whose exact prompt is in train):", "",
-             "| task | train | test | prompt in train | " + " | ".join(names) + " |",
-             "| --- | --- | --- | --- |" + " --- |" * len(names)]
+             "| task | train | test | prompt in train | median prompt chars train / test | " + " | ".join(names) + " |",
+             "| --- | --- | --- | --- | --- |" + " --- |" * len(names)]
     for task in rep.policies["router"].tasks:
         cells = [rep.policies[n].tasks.get(task, {}).get("aiq") for n in names]
         lines.append(f"| {task} | {_pct(shares['train'].get(task, 0.0))} | {_pct(shares['test'].get(task, 0.0))} | "
                      f"{_pct(shares['repeated'].get(task, 0.0))} | "
+                     + ("{:.0f} / {:.0f} | ".format(*shares["chars"][task]) if task in shares.get("chars", {})
+                        else "- | ")
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     return lines
 
@@ -339,12 +374,15 @@ def _gap_table(labelled: dict, production: dict) -> list[str]:
     lines = ["", "Router with labels − router in production, paired bootstrap on the same test queries: AIQ "
              f"{_ci(gap['aiq'])}, quality @25% points {_ci(gap['quality_at_25pct_cost'], 100, '{:+.1f}')}. "
              "Per labelled task (production decisions scored on the labelled log's tasks):", "",
-             "| task | AIQ labels | AIQ production | quality @25% labels | quality @25% production |",
-             "| --- | --- | --- | --- | --- |"]
+             "| task | AIQ labels | AIQ production | quality @25% labels | quality @25% production | "
+             "whole-set gap without this task: AIQ / quality @25% points |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for task in lab:
         a, b = lab[task], prod.get(task, {})
+        w = production.get("gap_without_task", {}).get(task)
         lines.append(f"| {task} | {a.get('aiq', math.nan):.3f} | {b.get('aiq', math.nan):.3f} | "
-                     f"{_pct(a.get('quality_at_25pct_cost'))} | {_pct(b.get('quality_at_25pct_cost'))} |")
+                     f"{_pct(a.get('quality_at_25pct_cost'))} | {_pct(b.get('quality_at_25pct_cost'))} | "
+                     + (f"{w['aiq']:+.4f} / {100 * w['quality_at_25pct_cost']:+.1f} |" if w else "- |"))
     return lines
 
 
