@@ -143,7 +143,8 @@ def _served_encoder(router_dir: Path, prompts: list[str], reps: int, rounds: boo
 
     On torch it reports only the backend: the bare torch floor above is that forward pass already. Otherwise it
     times the encoder's own forward pass on the engine it picks for the call's size (`QueryEncoder._embed`: ONNX
-    for one query; ONNX, or torch bf16 on "hybrid", for batches of 64), as the service runs it. `rounds`: as in
+    for one query; for batches of 64 ONNX in length buckets, or on "hybrid" torch bf16 where the CPU has bf16, else
+    ONNX), as the service runs it. `rounds`: as in
     `_bare_encoder`, time one-query calls each time a line arrives on stdin."""
     import threading
 
@@ -603,6 +604,17 @@ def fast_encoder_rows(r: dict) -> list[str]:
     ]
 
 
+def _machine() -> str:
+    """Cores, architecture, CPU model and whether it multiplies bf16 natively: which engine "hybrid" runs batches
+    on depends on it (torch bf16 or ONNX), and runs on different CPUs are not comparable."""
+    from mixllm.embeddings import cpu_has_bf16
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "?") if Path("/proc/cpuinfo").is_file() \
+        else platform.processor() or "?"
+    return f"{os.cpu_count()} cores, {platform.machine()}, {model}, bf16 {'yes' if cpu_has_bf16() else 'no'}"
+
+
 def write_section(path: Path, body: str) -> None:
     text = path.read_text(encoding="utf-8")
     start, end = "<!-- serve:start -->", "<!-- serve:end -->"
@@ -692,7 +704,7 @@ def main() -> int:
         "throughput": conc["qps"] >= FAST_BARS["throughput_x_torch"] * fl["torch_batched_qps"],
         "rss": rss <= FAST_BARS["rss_gib"]}
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": f"{os.cpu_count()} cores, {platform.machine()}", "loadavg": loadavg,
+              "machine": _machine(), "loadavg": loadavg,
               "router_version": version, "floors": fl, "single_client": single, "python_client": py_single,
               "concurrent": conc,
               "rss_gib": rss, "rss_mib_by_process": rss_parts, "pss_gib": pss, "seconds": args.seconds,
