@@ -60,11 +60,12 @@ BACKENDS = ("torch", "onnx", "hybrid")
 # (bar 0.001); bf16 (torch, Linear weights stored in bf16: `_lean_model`) 0.73x p50, 2.76x throughput; "hybrid"
 # (one query on ONNX fp32, batches on torch bf16) 0.53x p50, 3.05x throughput; bf16 vectors moved AIQ by +0.0001 /
 # +0.0006 (14:46 re-run with LeanBert batches: +0.0001 / +0.0008). The bench names hybrid, yet torch fp32 stays the
-# default for small calls: the service on hybrid still misses the 1.0 GiB RSS bar (BENCHMARKS.md "Serving speed":
-# ~1.02-1.03 GiB, of which the BentoML arbiter and the outbox forwarder ~0.3), and as a library default every
-# single-query call of an unsaved fine-tuned encoder would wait for an ONNX export (20-74 s). A process loading a
-# saved encoder on hybrid (ONNX export + LeanBert, no transformers) peaks at 469 MiB vs torch's 573.
-# The service opts in by environment:
+# default for small calls: on that AMX CPU the service on hybrid missed the 1.0 GiB RSS bar (BENCHMARKS.md "Serving
+# speed": ~1.02-1.05 GiB, of which the BentoML arbiter and the outbox forwarder ~0.3; on a CPU without bf16 hybrid
+# is ONNX only: 0.74 GiB, 2026-12-03 18:09 on AMD EPYC under load), no quiet run has met all four serve bars yet, and
+# as a library default every single-query call of an unsaved fine-tuned encoder would wait for an ONNX export
+# (20-74 s). A process loading a saved encoder on hybrid (ONNX export + LeanBert, no transformers) peaks at 469 MiB
+# vs torch's 573. The service opts in by environment:
 # MIXLLM_ENCODER_BACKEND=hybrid (or MIXLLM_ENCODER_PRECISION=bf16 for torch bf16 throughout, ~+25 MiB).
 DEFAULT_BACKEND = "torch"
 DEFAULT_PRECISION = "fp32"
