@@ -61,3 +61,30 @@ def test_too_few_groups_or_folds_is_an_error():
         tune.grouped_folds(["a", "b"], ["x", "y"], 1, 0)
     with pytest.raises(ValueError, match="cannot fill"):
         tune.grouped_folds(["a", "b"], ["x", "x"], 2, 0)
+
+
+def test_balanced_metrics_weigh_every_task_as_if_it_had_as_many_queries():
+    """Task b has 2 queries beside a's 8; weighted equally, the figures are those of a test set where b's queries
+    are repeated 4 times (plain means), and differ from the unweighted ones."""
+    from mixllm.evaluation import policy_result
+    from mixllm.testset import TestSet
+
+    tune, rng = _tune(), np.random.default_rng(0)
+
+    def testset(tasks: list[str], quality: np.ndarray, cost: np.ndarray) -> TestSet:
+        n = len(tasks)
+        return TestSet(np.array([f"q{i}" for i in range(n)]), [f"p{i}" for i in range(n)], np.array(tasks),
+                       np.ones(n), ("cheap", "dear"), quality, cost, np.full((n, 2), np.nan))
+
+    quality = np.vstack([np.tile([0.2, 0.9], (8, 1)), np.tile([0.9, 0.9], (2, 1))]) + rng.normal(0, 0.01, (10, 2))
+    cost = np.tile([0.1, 1.0], (10, 1))
+    choices = np.array([[0] * 10, [1] * 8 + [0] * 2, [1] * 10])  # cheap, dear where it pays, dear
+    small = testset(["a"] * 8 + ["b"] * 2, quality, cost)
+    rep = [*range(8), 8, 9, 8, 9, 8, 9, 8, 9]
+    big = testset(["a"] * 8 + ["b"] * 8, quality[rep], cost[rep])
+    params = np.arange(3.0)
+    want = policy_result(big, "x", "policy", "", params, choices[:, rep], 1).metrics
+    got = tune.balanced_metrics(small, choices, 1)
+    plain = policy_result(small, "x", "policy", "", params, choices, 1).metrics
+    assert got["aiq"] == pytest.approx(want["aiq"]) and got["aiq"] != pytest.approx(plain["aiq"])
+    assert got["quality_at_25pct_cost"] == pytest.approx(want["quality_at_25pct_cost"], nan_ok=True)
