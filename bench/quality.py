@@ -244,6 +244,8 @@ def verdicts(results: dict) -> dict:
     for dataset, conds in results.items():
         for condition, r in conds.items():
             rivals = {n: iv for n, iv in r["intervals"].items() if n not in ("oracle", LABELLED_REF, SELF)}
+            if not rivals:  # --gap-only: no baselines ran, nothing to beat
+                continue
             failing = {n: iv["aiq"] for n, iv in rivals.items() if not iv["aiq"]["above_zero"]}
             out[f"{dataset}/{condition}"] = {"beats_every_baseline_aiq_ci_above_0": not failing,
                                              "not_beaten": {n: [iv["estimate"], iv["low"], iv["high"]]
