@@ -193,10 +193,17 @@ class LeanBert:
         """Pad `token_ids` (one list per text, already truncated) to the longest and run `forward`."""
         import torch
 
-        width = max(len(t) for t in token_ids)
-        ids = np.zeros((len(token_ids), width), np.int64)
-        mask = np.zeros((len(token_ids), width), np.int64)
-        for r, t in enumerate(token_ids):
-            ids[r, :len(t)] = t
-            mask[r, :len(t)] = 1
+        ids, mask = pad_token_ids(token_ids)
         return self.forward(torch.from_numpy(ids), torch.from_numpy(mask))
+
+
+def pad_token_ids(token_ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) as int64 [n, longest], zero-padded on the right: the one padding both the
+    torch batches here and the ONNX sessions (`mixllm.onnx_encoder`) feed MiniLM, so their vectors stay the same."""
+    width = max(len(t) for t in token_ids)
+    ids = np.zeros((len(token_ids), width), np.int64)
+    mask = np.zeros((len(token_ids), width), np.int64)
+    for r, t in enumerate(token_ids):
+        ids[r, :len(t)] = t
+        mask[r, :len(t)] = 1
+    return ids, mask

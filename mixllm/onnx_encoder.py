@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixllm.exceptions import ArtifactError, ConfigError
+from mixllm.lean_encoder import pad_token_ids
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -234,12 +235,7 @@ class OnnxSession:
         return out if out is not None else np.zeros((0, 384), np.float32)
 
     def _run(self, token_ids: list[list[int]]) -> np.ndarray:
-        width = max(len(t) for t in token_ids)
-        ids = np.zeros((len(token_ids), width), np.int64)
-        mask = np.zeros((len(token_ids), width), np.int64)
-        for r, t in enumerate(token_ids):
-            ids[r, :len(t)] = t
-            mask[r, :len(t)] = 1
+        ids, mask = pad_token_ids(token_ids)
         return self.session.run([OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
 
 
